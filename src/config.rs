@@ -1,0 +1,228 @@
+//! Configuration: built-in defaults, then an optional TOML file (`--config`), then `TESSERA_*`
+//! environment variables, then command-line flags (clap merges the last two: a flag wins over
+//! its variable).
+//!
+//! The master key is never a flag or a file setting (both end up in shell histories and
+//! backups): it comes from `TESSERA_SECRET_KEY` or from the key file in the data directory.
+
+use crate::domain::sealing::{KeyError, MasterKey};
+use crate::domain::totp::TotpPolicy;
+use crate::http::HttpSettings;
+use crate::service::ServiceConfig;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Settings shared by every command that opens the database.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StorageArgs {
+    /// TOML configuration file; its keys are the long flag names with `_` for `-`.
+    #[arg(long, env = "TESSERA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the SQLite database and the key file [default: ./tessera-data].
+    #[arg(long, env = "TESSERA_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL [default: sqlite://DATA_DIR/tessera.db]. Only `sqlite:` URLs are supported
+    /// by this build.
+    #[arg(long, env = "TESSERA_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+/// Settings of `tessera serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "TESSERA_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Seconds before a request is abandoned with 503 [default: 30].
+    #[arg(long, env = "TESSERA_REQUEST_TIMEOUT_SECS", value_name = "SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds of inactivity that end a session [default: 1800].
+    #[arg(long, env = "TESSERA_SESSION_IDLE_TIMEOUT_SECS", value_name = "SECS")]
+    pub session_idle_timeout_secs: Option<i64>,
+    /// Absolute session lifetime in seconds [default: 43200].
+    #[arg(long, env = "TESSERA_SESSION_LIFETIME_SECS", value_name = "SECS")]
+    pub session_lifetime_secs: Option<i64>,
+    /// Requests per minute per client address on register/login endpoints; 0 disables [default: 30].
+    #[arg(long, env = "TESSERA_IP_RATE_LIMIT_PER_MINUTE", value_name = "N")]
+    pub ip_rate_limit_per_minute: Option<u32>,
+    /// Proxies whose X-Forwarded-For is believed (comma-separated IPs) [default: none].
+    #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_name = "IPS", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<IpAddr>>,
+    /// Whether POST /api/auth/register accepts new accounts [default: true].
+    #[arg(long, env = "TESSERA_REGISTRATION_OPEN", value_name = "BOOL")]
+    pub registration_open: Option<bool>,
+    /// Issuer name shown by authenticator apps [default: Tessera].
+    #[arg(long, env = "TESSERA_MFA_ISSUER", value_name = "NAME")]
+    pub mfa_issuer: Option<String>,
+    /// TOTP steps accepted either side of now (0..=2) [default: 1].
+    #[arg(long, env = "TESSERA_TOTP_SKEW_STEPS", value_name = "N")]
+    pub totp_skew_steps: Option<u32>,
+}
+
+/// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    listen: Option<SocketAddr>,
+    request_timeout_secs: Option<u64>,
+    session_idle_timeout_secs: Option<i64>,
+    session_lifetime_secs: Option<i64>,
+    ip_rate_limit_per_minute: Option<u32>,
+    trusted_proxies: Option<Vec<IpAddr>>,
+    registration_open: Option<bool>,
+    mfa_issuer: Option<String>,
+    totp_skew_steps: Option<u32>,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("TESSERA_SECRET_KEY is unusable: {0}")]
+    SecretKey(KeyError),
+    #[error("invalid setting {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    /// From `TESSERA_SECRET_KEY`; `None` means the key file in the data directory.
+    pub secret_key: Option<MasterKey>,
+    pub request_timeout: Duration,
+    pub service: ServiceConfig,
+    pub ip_rate_limit_per_minute: u32,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./tessera-data"),
+            database_url: None,
+            secret_key: None,
+            request_timeout: Duration::from_secs(30),
+            service: ServiceConfig::default(),
+            ip_rate_limit_per_minute: 30,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+fn read_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    let Some(path) = path else { return Ok(FileConfig::default()) };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|err| ConfigError::Parse { path: path.into(), message: err.to_string() })
+}
+
+impl Config {
+    /// Resolves the settings of commands that only open the database.
+    pub fn for_storage(args: &StorageArgs) -> Result<Self, ConfigError> {
+        Self::resolve(&ServeArgs { storage: args.clone(), ..ServeArgs::default() })
+    }
+
+    /// Resolves defaults <- file <- env/flags, and reads `TESSERA_SECRET_KEY`.
+    pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = read_file(args.storage.config.as_deref())?;
+        let defaults = Config::default();
+        let service_defaults = ServiceConfig::default();
+        let skew = args.totp_skew_steps.or(file.totp_skew_steps).unwrap_or(service_defaults.totp.skew_steps);
+        if skew > 2 {
+            return Err(ConfigError::Invalid { name: "totp_skew_steps", message: "must be 0, 1 or 2".into() });
+        }
+        let positive = |name: &'static str, value: i64| {
+            if value > 0 { Ok(value) } else { Err(ConfigError::Invalid { name, message: "must be positive".into() }) }
+        };
+        let request_timeout_secs = args.request_timeout_secs.or(file.request_timeout_secs).unwrap_or(30);
+        positive("request_timeout_secs", i64::try_from(request_timeout_secs).unwrap_or(i64::MAX))?;
+        let issuer = args.mfa_issuer.clone().or(file.mfa_issuer).unwrap_or(service_defaults.mfa_issuer.clone());
+        if issuer.trim().is_empty() || issuer.contains(':') {
+            return Err(ConfigError::Invalid { name: "mfa_issuer", message: "must be non-empty and contain no ':'".into() });
+        }
+        let secret_key = match std::env::var("TESSERA_SECRET_KEY") {
+            Ok(text) => Some(MasterKey::from_base64(&text).map_err(ConfigError::SecretKey)?),
+            Err(_) => None,
+        };
+        Ok(Config {
+            listen: args.listen.or(file.listen).unwrap_or(defaults.listen),
+            data_dir: args.storage.data_dir.clone().or(file.data_dir).unwrap_or(defaults.data_dir),
+            database_url: args.storage.database_url.clone().or(file.database_url),
+            secret_key,
+            request_timeout: Duration::from_secs(request_timeout_secs),
+            service: ServiceConfig {
+                session_idle_secs: positive(
+                    "session_idle_timeout_secs",
+                    args.session_idle_timeout_secs.or(file.session_idle_timeout_secs).unwrap_or(service_defaults.session_idle_secs),
+                )?,
+                session_lifetime_secs: positive(
+                    "session_lifetime_secs",
+                    args.session_lifetime_secs.or(file.session_lifetime_secs).unwrap_or(service_defaults.session_lifetime_secs),
+                )?,
+                registration_open: args.registration_open.or(file.registration_open).unwrap_or(true),
+                mfa_issuer: issuer,
+                totp: TotpPolicy { skew_steps: skew, ..TotpPolicy::default() },
+                ..service_defaults
+            },
+            ip_rate_limit_per_minute: args.ip_rate_limit_per_minute.or(file.ip_rate_limit_per_minute).unwrap_or(30),
+            trusted_proxies: args.trusted_proxies.clone().or(file.trusted_proxies).unwrap_or_default(),
+        })
+    }
+
+    /// The HTTP layer's part.
+    pub fn http(&self) -> HttpSettings {
+        HttpSettings {
+            request_timeout: self.request_timeout,
+            trusted_proxies: self.trusted_proxies.clone(),
+            ip_rate_limit_per_minute: self.ip_rate_limit_per_minute,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "listen = \"127.0.0.1:9000\"\nmfa_issuer = \"Acme\"\nip_rate_limit_per_minute = 5").unwrap();
+        let args = ServeArgs {
+            storage: StorageArgs { config: Some(file.path().into()), ..StorageArgs::default() },
+            ip_rate_limit_per_minute: Some(7),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.service.mfa_issuer, "Acme");
+        assert_eq!(config.ip_rate_limit_per_minute, 7);
+        assert_eq!(config.data_dir, PathBuf::from("./tessera-data"));
+        assert_eq!(config.request_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "lisen = \"127.0.0.1:9000\"").unwrap();
+        let args = ServeArgs {
+            storage: StorageArgs { config: Some(file.path().into()), ..StorageArgs::default() },
+            ..ServeArgs::default()
+        };
+        assert!(matches!(Config::resolve(&args), Err(ConfigError::Parse { .. })));
+        let skew = ServeArgs { totp_skew_steps: Some(5), ..ServeArgs::default() };
+        assert!(matches!(Config::resolve(&skew), Err(ConfigError::Invalid { name: "totp_skew_steps", .. })));
+    }
+}

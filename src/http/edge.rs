@@ -1,0 +1,135 @@
+//! The outermost middleware: request ids, the request timeout, the access log, and the
+//! rendering of every error response into the problem envelope.
+//!
+//! Order of work for each request: take or make the request id, open the tracing span that
+//! carries it (so every log line of the request has it), run the rest of the stack under the
+//! timeout, then render: a [`Problem`] left in the response extensions becomes the envelope, and
+//! any other error status (404, 405, 413 from the body limit, the 500 of a caught panic) becomes
+//! the generic problem for that status. Every response carries `X-Request-Id`.
+
+use super::problem::{Problem, ProblemKind};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::any::Any;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request id of the current request, for extractors and handlers.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Keeps an incoming id of 1..=128 visible ASCII characters; anything else is replaced.
+pub fn accept_request_id(incoming: Option<&HeaderValue>) -> Option<String> {
+    let value = incoming?.to_str().ok()?;
+    let valid = (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic());
+    valid.then(|| value.to_owned())
+}
+
+/// Settings of the edge.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeConfig {
+    pub request_timeout: Duration,
+}
+
+pub async fn edge(State(config): State<EdgeConfig>, mut request: Request, next: Next) -> Response {
+    let request_id = accept_request_id(request.headers().get(&X_REQUEST_ID))
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    request.extensions_mut().insert(RequestId(request_id.clone()));
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %path);
+    async move {
+        let started = Instant::now();
+        let mut response = match tokio::time::timeout(config.request_timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::warn!(timeout_ms = config.request_timeout.as_millis() as u64, "request timed out");
+                Problem::new(
+                    ProblemKind::RequestTimeout,
+                    "The request did not complete in time and was abandoned.",
+                )
+                .into_response()
+            }
+        };
+        render_problem(&mut response, &path, &request_id);
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+        }
+        tracing::info!(
+            status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_millis() as u64,
+            "request finished"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+fn is_problem_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"))
+}
+
+fn render_problem(response: &mut Response, instance: &str, request_id: &str) {
+    let problem = match response.extensions_mut().remove::<Problem>() {
+        Some(problem) => problem,
+        None if response.status().as_u16() >= 400 && !is_problem_json(response) => {
+            Problem::for_status(response.status())
+        }
+        None => return,
+    };
+    let body = problem.body(instance, request_id);
+    let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+    *response.status_mut() = problem.kind.status();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    headers.remove(header::CONTENT_LENGTH);
+    if let Some(seconds) = problem.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    *response.body_mut() = Body::from(json);
+}
+
+/// The response of a handler that panicked: logged here (inside the request span, so with the
+/// request id), rendered as a generic 500 by [`edge`]. The panic payload is not logged: it may
+/// quote request data.
+pub fn panic_response(_payload: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    Problem::internal().into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn request_ids_of_1_to_128_visible_ascii_are_kept() {
+        let keep = |s: &str| accept_request_id(Some(&HeaderValue::from_str(s).unwrap()));
+        assert_eq!(keep("abc-123").as_deref(), Some("abc-123"));
+        assert_eq!(keep(&"x".repeat(128)).as_deref(), Some("x".repeat(128).as_str()));
+        assert_eq!(keep(&"x".repeat(129)), None);
+        assert_eq!(keep(""), None);
+        assert_eq!(keep("has space"), None);
+        assert_eq!(accept_request_id(None), None);
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_ids_are_always_short_visible_ascii(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                if let Some(id) = accept_request_id(Some(&value)) {
+                    prop_assert!(!id.is_empty() && id.len() <= 128);
+                    prop_assert!(id.bytes().all(|b| b.is_ascii_graphic()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The HTTP edge: routes, extractors, problems, request ids, cookies and the OpenAPI document.
+//!
+//! Handlers are thin: extract, call one service function, shape the response. Everything that
+//! can fail becomes a [`problem::Problem`], rendered by [`edge::edge`].
+//!
+//! - [`edge`]: request ids, timeout, access log, problem rendering, panic response.
+//! - [`problem`]: the RFC 7807 envelope and the one mapping from service errors.
+//! - [`extract`]: JSON bodies, authentication (bearer or cookie), client address, audit metadata.
+//! - [`rate_limit`]: per-address token buckets for unauthenticated endpoints.
+//! - [`routes`]: the handlers with their OpenAPI annotations.
+//! - [`openapi`]: the generated document and what is added to every operation.
+
+pub mod edge;
+pub mod extract;
+pub mod openapi;
+pub mod problem;
+pub mod rate_limit;
+pub mod routes;
+
+use crate::clock::Clock;
+use crate::service::Service;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::catch_panic::CatchPanicLayer;
+
+/// Largest accepted request body (16 KiB).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub request_timeout: Duration,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub ip_rate_limit_per_minute: u32,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { request_timeout: Duration::from_secs(30), trusted_proxies: Vec::new(), ip_rate_limit_per_minute: 30 }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub clock: Arc<dyn Clock>,
+    pub http: Arc<HttpSettings>,
+    pub limiter: Arc<rate_limit::RateLimiter>,
+}
+
+impl AppState {
+    pub fn new(service: Arc<Service>, clock: Arc<dyn Clock>, http: HttpSettings) -> Self {
+        let limiter = Arc::new(rate_limit::RateLimiter::new(http.ip_rate_limit_per_minute));
+        Self { service, clock, http: Arc::new(http), limiter }
+    }
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The application with `extra` routes merged in under the same edge (tests use this to
+/// mount a handler that panics or blocks).
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+    let (api, _) = openapi::api_router().split_for_parts();
+    let edge_config = edge::EdgeConfig { request_timeout: state.http.request_timeout };
+    api.merge(extra)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(edge::panic_response))
+        .layer(axum::middleware::from_fn_with_state(edge_config, edge::edge))
+        .with_state(state)
+}

@@ -1,0 +1,220 @@
+//! `/api/auth/*`: registration, login (both steps), logout, session introspection.
+
+use super::{IpRateLimit, UserDto};
+use crate::clock::rfc3339;
+use crate::http::AppState;
+use crate::http::extract::{ApiJson, Auth, Meta, SESSION_COOKIE};
+use crate::http::problem::{Problem, ProblemBody};
+use crate::service::accounts::{IssuedSession, LoginOutcome};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    /// Trimmed and lower-cased before use.
+    #[schema(example = "alice@example.com")]
+    pub email: String,
+    /// 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256)]
+    pub password: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RegisterResponse {
+    pub user: UserDto,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+/// A new session.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SessionResponse {
+    /// The session token (`tsr_...`); send it as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Absolute end of the session; it also ends after 30 minutes without use.
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    pub user: UserDto,
+}
+
+/// The password was right and MFA is on: finish with `POST /api/auth/login/mfa`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct MfaRequiredResponse {
+    /// Always `true`.
+    pub mfa_required: bool,
+    /// Single-use token for the second step (`tsm_...`), valid 5 minutes. Not a session.
+    pub mfa_token: String,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    /// `["totp", "backup_code"]`.
+    pub methods: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum LoginResponse {
+    Session(SessionResponse),
+    MfaRequired(MfaRequiredResponse),
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct LoginMfaRequest {
+    pub mfa_token: String,
+    /// A 6-digit TOTP code or an unused backup code. Aliases: `totp_code`, `mfa_code`, `otp`.
+    #[serde(alias = "totp_code", alias = "mfa_code", alias = "otp")]
+    pub code: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SessionInfo {
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// Absolute end of the session.
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    #[schema(format = DateTime)]
+    pub last_seen_at: String,
+    /// When the session ends unless it is used again (idle timeout).
+    #[schema(format = DateTime)]
+    pub idle_expires_at: String,
+    /// True when the session was opened with a second factor.
+    pub mfa: bool,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SessionIntrospection {
+    pub user: UserDto,
+    pub session: SessionInfo,
+}
+
+fn session_cookie(token: &str, max_age: i64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+    ))
+    .ok()
+}
+
+/// The session as JSON, plus the cookie for the web page.
+fn issue(session: IssuedSession, now: i64) -> Response {
+    let cookie = session_cookie(session.token.expose(), (session.expires_at - now).max(0));
+    let body = SessionResponse {
+        token: session.token.expose().to_owned(),
+        token_type: "Bearer".into(),
+        expires_at: rfc3339(session.expires_at),
+        user: session.user.into(),
+    };
+    let mut response = Json(LoginResponse::Session(body)).into_response();
+    if let Some(cookie) = cookie {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// Create an account.
+#[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "The account was created.", body = RegisterResponse),
+        (status = 403, description = "Registration is closed by configuration.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The email is already registered.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests from this address.", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn register(
+    _limit: IpRateLimit,
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), Problem> {
+    let user = state.service.register(&body.email, body.password, &meta).await?;
+    Ok((StatusCode::CREATED, Json(RegisterResponse { user: user.into() })))
+}
+
+/// Log in with email and password.
+///
+/// Answers a session when MFA is off, or `mfa_required` with a single-use `mfa_token` when it
+/// is on. Unknown email and wrong password give the same 401.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A session, or the demand for a second factor.", body = LoginResponse),
+        (status = 401, description = "Invalid email or password.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The account is disabled.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests from this address.", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn login(
+    _limit: IpRateLimit,
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<Response, Problem> {
+    match state.service.login(&body.email, body.password, &meta).await? {
+        LoginOutcome::Session(session) => Ok(issue(session, state.clock.now().unix_timestamp())),
+        LoginOutcome::MfaRequired { mfa_token, expires_at } => Ok(Json(LoginResponse::MfaRequired(MfaRequiredResponse {
+            mfa_required: true,
+            mfa_token: mfa_token.expose().to_owned(),
+            expires_at: rfc3339(expires_at),
+            methods: vec!["totp".into(), "backup_code".into()],
+        }))
+        .into_response()),
+    }
+}
+
+/// Finish a login with a second factor (TOTP or backup code).
+#[utoipa::path(post, path = "/api/auth/login/mfa", tag = "auth", request_body = LoginMfaRequest,
+    responses(
+        (status = 200, description = "The session.", body = SessionResponse),
+        (status = 401, description = "The mfa_token is invalid, expired or used, or the code is wrong.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The account is disabled.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests from this address, or too many failed codes for this account (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn login_mfa(
+    _limit: IpRateLimit,
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    ApiJson(body): ApiJson<LoginMfaRequest>,
+) -> Result<Response, Problem> {
+    let session = state.service.login_second_factor(&body.mfa_token, &body.code, &meta).await?;
+    Ok(issue(session, state.clock.now().unix_timestamp()))
+}
+
+/// Log out: the session is revoked server-side.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
+    security(("session_token" = []), ("session_cookie" = [])),
+    responses(
+        (status = 204, description = "The session is revoked."),
+        (status = 403, description = "Cookie-authenticated request from another origin.", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn logout(State(state): State<AppState>, Auth(auth): Auth, Meta(meta): Meta) -> Result<Response, Problem> {
+    state.service.logout(&auth, &meta).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Some(cookie) = session_cookie("", 0) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
+}
+
+/// Who does this token belong to? Introspection for other services.
+#[utoipa::path(get, path = "/api/auth/session", tag = "auth",
+    security(("session_token" = []), ("session_cookie" = [])),
+    responses((status = 200, description = "The session and its user.", body = SessionIntrospection)))]
+pub async fn session(State(state): State<AppState>, Auth(auth): Auth) -> Json<SessionIntrospection> {
+    let session = &auth.session;
+    Json(SessionIntrospection {
+        user: crate::service::accounts::UserView::from(&auth.user).into(),
+        session: SessionInfo {
+            created_at: rfc3339(session.created_at),
+            expires_at: rfc3339(session.expires_at),
+            last_seen_at: rfc3339(session.last_seen_at),
+            idle_expires_at: rfc3339(state.service.idle_deadline(session)),
+            mfa: session.mfa,
+        },
+    })
+}

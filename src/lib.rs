@@ -1,0 +1,21 @@
+//! Tessera: accounts, sessions and TOTP multi-factor authentication with one-time backup codes.
+//!
+//! Map of the crate (data flows down, never up):
+//!
+//! - [`http`]: the axum edge: routes, extractors, RFC 7807 problems, request ids, cookies, OpenAPI.
+//! - [`service`]: the use cases (register, login, sessions, MFA); owns transactions and the throttle.
+//! - [`domain`]: pure rules (TOTP, backup codes, passwords, tokens, sealing); no IO, no clock reads.
+//! - [`store`]: the persistence boundary: the [`store::Store`] trait and its SQLite implementation.
+//! - [`config`]: configuration (defaults <- TOML file <- `TESSERA_*` env vars <- flags).
+//! - [`cli`]: the `tessera` command line: `serve`, `migrate`, `user ...`.
+//! - [`clock`]: the one seam through which the current time enters the program.
+//! - [`server`]: `run(listener, app, shutdown)`, shared by the binary and the tests.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod server;
+pub mod service;
+pub mod store;

@@ -1,0 +1,395 @@
+//! The MFA lifecycle: setup, verify (enable), backup-code regeneration, disable, status, the
+//! second login step, security events and the operator reset.
+//!
+//! Every code-checking path follows the same order: validate the input (malformed codes are a
+//! validation problem and never count), reserve an attempt with the throttle (refused while the
+//! account is locked, even for a right code), check the password and code, and only then let the
+//! store consume the proof in the same transaction as the change it authorises. A failure
+//! changes nothing but the throttle counters and the audit trail.
+
+use super::accounts::{Authenticated, IssuedSession};
+use super::{RequestMeta, Service, ServiceError, ServiceResult};
+use crate::domain::backup_code::{self, BackupCodeSet, NormalizedBackupCode};
+use crate::domain::password::{Password, PasswordHashString};
+use crate::domain::throttle;
+use crate::domain::token::{PlainToken, TokenKind};
+use crate::domain::totp::{self, TotpCode, TotpSecret};
+use crate::domain::email::Email;
+use crate::store::{
+    AttemptReservation, BackupCodeHashes, Consumed, EnableMfa, EventRecord, PendingSetupRecord, SecondFactorProof,
+    UserRecord,
+};
+
+/// Number of backup codes in a set.
+pub const BACKUP_CODE_COUNT: usize = 10;
+
+/// A well-formed second factor: a 6-digit TOTP code or a backup code.
+#[derive(Debug)]
+pub enum SecondFactorInput {
+    Totp(TotpCode),
+    Backup(NormalizedBackupCode),
+}
+
+impl SecondFactorInput {
+    /// Accepts a TOTP code or a backup code; anything else is a validation problem naming
+    /// `member`, and is not counted as an attempt.
+    pub fn parse(member: &'static str, input: &str) -> ServiceResult<Self> {
+        if let Ok(code) = TotpCode::parse(input) {
+            return Ok(Self::Totp(code));
+        }
+        match backup_code::normalize(input) {
+            Ok(code) => Ok(Self::Backup(code)),
+            Err(_) if input.trim().is_empty() => Err(ServiceError::invalid(member, "must not be empty")),
+            Err(_) => Err(ServiceError::invalid(
+                member,
+                "must be a 6-digit code from the authenticator app or a backup code",
+            )),
+        }
+    }
+}
+
+fn parse_totp(member: &'static str, input: &str) -> ServiceResult<TotpCode> {
+    TotpCode::parse(input).map_err(|_| {
+        if input.trim().is_empty() {
+            ServiceError::invalid(member, "must not be empty")
+        } else {
+            ServiceError::invalid(member, "must be a 6-digit code from the authenticator app")
+        }
+    })
+}
+
+/// What `POST /api/user/profile/mfa/setup` hands out.
+#[derive(Debug)]
+pub struct SetupView {
+    pub secret: String,
+    pub otpauth_url: String,
+    pub qr_code_svg: String,
+    pub issuer: String,
+    pub account_name: String,
+    pub digits: u32,
+    pub period: u64,
+    pub expires_at: i64,
+}
+
+/// `GET /api/user/profile/mfa`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MfaStatus {
+    pub enabled: bool,
+    pub enabled_at: Option<i64>,
+    pub pending_setup: bool,
+    pub backup_codes_remaining: i64,
+}
+
+/// Freshly generated backup codes, in their display form. Shown once, never stored in the clear.
+pub struct FreshBackupCodes(pub Vec<String>);
+
+impl std::fmt::Debug for FreshBackupCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FreshBackupCodes({} codes, redacted)", self.0.len())
+    }
+}
+
+fn render_qr_svg(data: &str) -> ServiceResult<String> {
+    let code = qrcode::QrCode::new(data.as_bytes())
+        .map_err(|err| ServiceError::Internal(format!("QR encoding failed: {err}")))?;
+    Ok(code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(200, 200)
+        .quiet_zone(true)
+        .build())
+}
+
+impl Service {
+    /// Counts an attempt before evaluating it, or refuses while the account is locked.
+    pub(super) async fn reserve_attempt(&self, user: &UserRecord, now: i64) -> ServiceResult<u32> {
+        match self.store.reserve_attempt(&user.id, now, throttle::lock_after).await? {
+            AttemptReservation::Granted { failures } => Ok(failures),
+            AttemptReservation::Locked { until } => Err(ServiceError::Throttled {
+                retry_after_secs: (until - now).max(1),
+            }),
+        }
+    }
+
+    /// Records a failed second-factor attempt (and the lockout it caused) and returns `err`.
+    pub(super) async fn second_factor_failed(
+        &self,
+        user_id: &str,
+        failures: u32,
+        meta: &RequestMeta,
+        now: i64,
+        err: ServiceError,
+    ) -> ServiceError {
+        if let Err(store_err) = self.store.insert_event(&meta.event(user_id, "second_factor_failed", now)).await {
+            return store_err.into();
+        }
+        if failures >= throttle::FREE_FAILURES {
+            tracing::warn!(failures, "second factor locked after repeated failures");
+            if let Err(store_err) = self.store.insert_event(&meta.event(user_id, "mfa_lockout", now)).await {
+                return store_err.into();
+            }
+        }
+        err
+    }
+
+    /// Checks a well-formed factor against the user's MFA state. `Some(proof)` means the store
+    /// may consume it; the store still refuses a replayed step or a used backup code.
+    pub(super) async fn check_second_factor(
+        &self,
+        user: &UserRecord,
+        factor: &SecondFactorInput,
+        now: i64,
+    ) -> ServiceResult<Option<SecondFactorProof>> {
+        let Some(mfa) = &user.mfa else { return Ok(None) };
+        match factor {
+            SecondFactorInput::Totp(code) => {
+                let secret = self.open_secret(&mfa.sealed_secret, &user.id)?;
+                Ok(totp::verify(&secret, code, now, &self.config.totp, mfa.last_step).map(SecondFactorProof::TotpStep))
+            }
+            SecondFactorInput::Backup(code) => {
+                let Ok(salt) = <[u8; 16]>::try_from(mfa.backup_salt.as_slice()) else {
+                    return Ok(None);
+                };
+                let code = code.clone();
+                let hash = self
+                    .hashing
+                    .run(move || backup_code::hash_code(&code, &salt))
+                    .await?
+                    .map_err(|err| ServiceError::Internal(err.to_string()))?;
+                Ok(Some(SecondFactorProof::BackupCode(hash)))
+            }
+        }
+    }
+
+    fn open_secret(&self, sealed: &[u8], user_id: &str) -> ServiceResult<TotpSecret> {
+        let bytes = self
+            .key
+            .open(sealed, user_id.as_bytes())
+            .map_err(|err| ServiceError::Internal(format!("TOTP secret did not open: {err}")))?;
+        Ok(TotpSecret::from_bytes(bytes.to_vec()))
+    }
+
+    async fn new_backup_codes(&self) -> ServiceResult<(FreshBackupCodes, BackupCodeHashes)> {
+        self.hashing
+            .run(|| {
+                let set = BackupCodeSet::generate_os(BACKUP_CODE_COUNT)?;
+                let hashes = set.hashes()?;
+                let shown = set.codes.iter().map(|code| code.display().to_string()).collect();
+                Ok((FreshBackupCodes(shown), BackupCodeHashes { salt: set.salt.to_vec(), hashes }))
+            })
+            .await?
+            .map_err(|err: backup_code::BackupCodeError| ServiceError::Internal(err.to_string()))
+    }
+
+    async fn password_matches(&self, user: &UserRecord, password: String) -> ServiceResult<bool> {
+        self.verify_password(Password::candidate(password), PasswordHashString(user.password_hash.clone()))
+            .await
+    }
+
+    /// `POST /api/user/profile/mfa/setup`.
+    pub async fn mfa_setup(&self, auth: &Authenticated, password: String, meta: &RequestMeta) -> ServiceResult<SetupView> {
+        let user = &auth.user;
+        if user.mfa.is_some() {
+            return Err(ServiceError::MfaAlreadyEnabled);
+        }
+        let now = self.now();
+        if !self.password_matches(user, password).await? {
+            self.store.insert_event(&meta.event(&user.id, "mfa_setup_failed", now)).await?;
+            return Err(ServiceError::InvalidPasswordOrCode);
+        }
+        let secret = TotpSecret::generate_os()
+            .map_err(|err| ServiceError::Internal(format!("OS random number generator failed: {err}")))?;
+        let policy = &self.config.totp;
+        let otpauth_url = totp::otpauth_url(&self.config.mfa_issuer, &user.email, &secret, policy);
+        let qr_code_svg = render_qr_svg(&otpauth_url)?;
+        let setup = PendingSetupRecord {
+            sealed_secret: self.key.seal(secret.as_bytes(), user.id.as_bytes()),
+            created_at: now,
+            expires_at: now + self.config.setup_ttl_secs,
+        };
+        self.store
+            .put_pending_setup(&user.id, &setup, &meta.event(&user.id, "mfa_setup_started", now))
+            .await?;
+        Ok(SetupView {
+            secret: secret.to_base32().to_string(),
+            otpauth_url,
+            qr_code_svg,
+            issuer: self.config.mfa_issuer.clone(),
+            account_name: user.email.clone(),
+            digits: policy.digits,
+            period: policy.period,
+            expires_at: setup.expires_at,
+        })
+    }
+
+    /// `POST /api/user/profile/mfa/verify` (seed): enables MFA with a code of the pending secret.
+    pub async fn mfa_verify(&self, auth: &Authenticated, code: &str, meta: &RequestMeta) -> ServiceResult<FreshBackupCodes> {
+        let code = parse_totp("code", code)?;
+        let user = &auth.user;
+        if user.mfa.is_some() {
+            return Err(ServiceError::MfaAlreadyEnabled);
+        }
+        let now = self.now();
+        let pending = self.store.pending_setup(&user.id, now).await?.ok_or(ServiceError::NoPendingSetup)?;
+        let failures = self.reserve_attempt(user, now).await?;
+        let secret = self.open_secret(&pending.sealed_secret, &user.id)?;
+        let Some(step) = totp::verify(&secret, &code, now, &self.config.totp, None) else {
+            return Err(self.second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidMfaCode).await);
+        };
+        let (fresh, codes) = self.new_backup_codes().await?;
+        let enable = EnableMfa {
+            user_id: user.id.clone(),
+            sealed_secret: pending.sealed_secret,
+            step,
+            codes,
+            keep_session: auth.session.token_hash,
+            now,
+            event: meta.event(&user.id, "mfa_enabled", now),
+        };
+        match self.store.enable_mfa(&enable).await? {
+            Consumed::Yes => Ok(fresh),
+            // Another request enabled MFA or replaced the setup in the meantime.
+            Consumed::Rejected => Err(ServiceError::NoPendingSetup),
+        }
+    }
+
+    /// The common head of regenerate and disable: MFA must be on, the attempt is reserved,
+    /// password and code are checked together (one generic error for either).
+    async fn reauthenticate(
+        &self,
+        auth: &Authenticated,
+        password: String,
+        code: &str,
+        meta: &RequestMeta,
+        now: i64,
+    ) -> ServiceResult<(SecondFactorProof, u32)> {
+        let factor = SecondFactorInput::parse("code", code)?;
+        let user = &auth.user;
+        if user.mfa.is_none() {
+            return Err(ServiceError::MfaNotEnabled);
+        }
+        let failures = self.reserve_attempt(user, now).await?;
+        let password_ok = self.password_matches(user, password).await?;
+        match self.check_second_factor(user, &factor, now).await? {
+            Some(proof) if password_ok => Ok((proof, failures)),
+            _ => Err(self
+                .second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
+                .await),
+        }
+    }
+
+    /// `POST /api/user/profile/mfa/backup-codes` (seed): a fresh set; the old one dies.
+    pub async fn regenerate_backup_codes(
+        &self,
+        auth: &Authenticated,
+        password: String,
+        code: &str,
+        meta: &RequestMeta,
+    ) -> ServiceResult<FreshBackupCodes> {
+        let now = self.now();
+        let (proof, failures) = self.reauthenticate(auth, password, code, meta, now).await?;
+        let (fresh, codes) = self.new_backup_codes().await?;
+        let user_id = &auth.user.id;
+        let event = meta.event(user_id, "backup_codes_regenerated", now);
+        match self
+            .store
+            .replace_backup_codes(user_id, proof, &codes, &auth.session.token_hash, &event)
+            .await?
+        {
+            Consumed::Yes => Ok(fresh),
+            Consumed::Rejected => Err(self
+                .second_factor_failed(user_id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
+                .await),
+        }
+    }
+
+    /// `POST /api/user/profile/mfa/disable`.
+    pub async fn mfa_disable(&self, auth: &Authenticated, password: String, code: &str, meta: &RequestMeta) -> ServiceResult<()> {
+        let now = self.now();
+        let (proof, failures) = self.reauthenticate(auth, password, code, meta, now).await?;
+        let user_id = &auth.user.id;
+        let event = meta.event(user_id, "mfa_disabled", now);
+        match self.store.disable_mfa(user_id, proof, &auth.session.token_hash, &event).await? {
+            Consumed::Yes => Ok(()),
+            Consumed::Rejected => Err(self
+                .second_factor_failed(user_id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
+                .await),
+        }
+    }
+
+    /// `GET /api/user/profile/mfa`.
+    pub async fn mfa_status(&self, auth: &Authenticated) -> ServiceResult<MfaStatus> {
+        let user = &auth.user;
+        let pending = match user.mfa {
+            Some(_) => false,
+            None => self.store.pending_setup(&user.id, self.now()).await?.is_some(),
+        };
+        Ok(MfaStatus {
+            enabled: user.mfa.is_some(),
+            enabled_at: user.mfa.as_ref().map(|m| m.enabled_at),
+            pending_setup: pending,
+            backup_codes_remaining: user.mfa.as_ref().map_or(0, |m| m.backup_codes_remaining),
+        })
+    }
+
+    /// `GET /api/user/profile/security-events`.
+    pub async fn security_events(&self, auth: &Authenticated, limit: Option<u32>) -> ServiceResult<Vec<EventRecord>> {
+        let limit = match limit {
+            None => 50,
+            Some(limit @ 1..=200) => limit,
+            Some(_) => return Err(ServiceError::invalid("limit", "must be between 1 and 200")),
+        };
+        Ok(self.store.list_events(&auth.user.id, limit).await?)
+    }
+
+    /// `POST /api/auth/login/mfa`: the second login step.
+    pub async fn login_second_factor(&self, mfa_token: &str, code: &str, meta: &RequestMeta) -> ServiceResult<IssuedSession> {
+        let factor = SecondFactorInput::parse("code", code)?;
+        let token = PlainToken::parse(TokenKind::MfaChallenge, mfa_token).map_err(|_| ServiceError::InvalidMfaToken)?;
+        let now = self.now();
+        let user_id = self.store.challenge_user(&token.hash(), now).await?.ok_or(ServiceError::InvalidMfaToken)?;
+        let user = match self.store.user_by_id(&user_id).await? {
+            Some(user) if user.mfa.is_some() => user,
+            _ => return Err(ServiceError::InvalidMfaToken),
+        };
+        if user.disabled_at.is_some() {
+            return Err(ServiceError::AccountDisabled);
+        }
+        let failures = self.reserve_attempt(&user, now).await?;
+        let Some(proof) = self.check_second_factor(&user, &factor, now).await? else {
+            return Err(self
+                .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
+                .await);
+        };
+        let (session, record) = self.new_session(&user, true, now);
+        let event = meta.event(&user.id, "login_succeeded", now);
+        match self.store.complete_challenge(&token.hash(), proof, &record, &event).await? {
+            Consumed::Yes => Ok(session),
+            Consumed::Rejected => Err(self
+                .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
+                .await),
+        }
+    }
+
+    /// `tessera user reset-mfa EMAIL`: for a user who lost both phone and backup codes.
+    pub async fn operator_reset_mfa(&self, email: &str) -> ServiceResult<UserRecord> {
+        let email = Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
+        let user = self
+            .store
+            .user_by_email(email.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::invalid("email", "no such user"))?;
+        let meta = RequestMeta { ip: None, user_agent: Some("tessera-cli".into()), request_id: None };
+        self.store.reset_mfa(&user.id, &meta.event(&user.id, "mfa_reset_by_operator", self.now())).await?;
+        Ok(user)
+    }
+
+    /// `tessera user list` / `show`.
+    pub async fn users(&self) -> ServiceResult<Vec<UserRecord>> {
+        Ok(self.store.list_users().await?)
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> ServiceResult<Option<UserRecord>> {
+        let email = Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
+        Ok(self.store.user_by_email(email.as_str()).await?)
+    }
+}

@@ -1,0 +1,227 @@
+//! The use cases: register, login (with its second step), sessions, password change, the MFA
+//! lifecycle and security events. Knows no HTTP: it takes plain values and a [`RequestMeta`],
+//! returns values or a [`ServiceError`]. It owns the rules about *when* state may change; the
+//! store makes each change atomic.
+//!
+//! - [`accounts`]: registration, login, sessions, password change.
+//! - [`mfa`]: setup, verify, backup codes, disable, second-factor login, operator reset.
+
+pub mod accounts;
+pub mod mfa;
+
+use crate::clock::Clock;
+use crate::domain::password::{self, Password, PasswordHashString};
+use crate::domain::sealing::MasterKey;
+use crate::domain::totp::TotpPolicy;
+use crate::store::{NewEvent, Store, StoreError};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Everything that can go wrong in a use case. The HTTP layer maps each variant to exactly one
+/// problem type in one exhaustive `match`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Request members that failed validation: (member, message).
+    #[error("validation failed")]
+    Validation(Vec<(&'static str, String)>),
+    #[error("the email is already registered")]
+    EmailTaken,
+    #[error("registration is closed")]
+    RegistrationClosed,
+    /// Failed password login: the same for unknown email and wrong password.
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("the account is disabled")]
+    AccountDisabled,
+    /// Missing, malformed, expired or revoked session token.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Missing, malformed, expired or used `mfa_token`.
+    #[error("invalid or expired mfa_token")]
+    InvalidMfaToken,
+    /// Wrong second factor at the second login step.
+    #[error("invalid second factor")]
+    SecondFactorRejected,
+    /// Wrong TOTP code while enabling MFA.
+    #[error("invalid MFA code")]
+    InvalidMfaCode,
+    /// Wrong password or code inside an authenticated request (one problem for both).
+    #[error("invalid password or code")]
+    InvalidPasswordOrCode,
+    #[error("MFA is already enabled")]
+    MfaAlreadyEnabled,
+    #[error("MFA is not enabled")]
+    MfaNotEnabled,
+    #[error("no MFA setup in progress")]
+    NoPendingSetup,
+    /// Too many failed second-factor attempts: retry after this many seconds.
+    #[error("too many attempts")]
+    Throttled { retry_after_secs: i64 },
+    #[error("the database is unavailable")]
+    Unavailable,
+    /// A bug or broken invariant; the message is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    fn invalid(member: &'static str, message: impl Into<String>) -> Self {
+        Self::Validation(vec![(member, message.into())])
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    // Two documented outcomes only: an unreachable database is 503, anything else a 500.
+    // Conflicts are never mapped here: each call site that can conflict handles it first.
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => ServiceError::Unavailable,
+            StoreError::Conflict => ServiceError::Internal("unexpected conflict".into()),
+            StoreError::Other(message) => ServiceError::Internal(message),
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Who is asking, as far as the audit trail is concerned.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl RequestMeta {
+    fn event(&self, user_id: &str, kind: &'static str, at: i64) -> NewEvent {
+        NewEvent {
+            user_id: user_id.to_owned(),
+            kind,
+            at,
+            ip: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+/// Tunables of the use cases.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub session_idle_secs: i64,
+    pub session_lifetime_secs: i64,
+    pub registration_open: bool,
+    pub mfa_issuer: String,
+    pub totp: TotpPolicy,
+    /// Lifetime of an `mfa_token` (5 minutes).
+    pub challenge_ttl_secs: i64,
+    /// Lifetime of a pending MFA setup (10 minutes).
+    pub setup_ttl_secs: i64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            session_idle_secs: 30 * 60,
+            session_lifetime_secs: 12 * 60 * 60,
+            registration_open: true,
+            mfa_issuer: "Tessera".into(),
+            totp: TotpPolicy::default(),
+            challenge_ttl_secs: 5 * 60,
+            setup_ttl_secs: 10 * 60,
+        }
+    }
+}
+
+/// Runs argon2 (the only deliberately slow work) on tokio's blocking threads, at most
+/// `permits` at a time: a flood of password attempts queues here and raises its own latency,
+/// not that of session lookups on the async workers.
+#[derive(Debug, Clone)]
+pub struct HashingPool {
+    permits: Arc<Semaphore>,
+}
+
+impl HashingPool {
+    pub fn new(size: usize) -> Self {
+        Self { permits: Arc::new(Semaphore::new(size.max(1))) }
+    }
+
+    /// One slot per core.
+    pub fn per_core() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    pub async fn run<T, F>(&self, work: F) -> ServiceResult<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ServiceError::Internal("hashing pool closed".into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|err| ServiceError::Internal(format!("hashing task failed: {err}")))
+    }
+}
+
+/// The service: one per process, shared by the HTTP handlers and the CLI.
+pub struct Service {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    key: MasterKey,
+    hashing: HashingPool,
+    config: ServiceConfig,
+    /// Verified against when the email is unknown, so both failures cost the same.
+    dummy_hash: PasswordHashString,
+}
+
+impl Service {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        key: MasterKey,
+        config: ServiceConfig,
+    ) -> ServiceResult<Self> {
+        let hashing = HashingPool::per_core();
+        let dummy_hash = hashing
+            .run(|| {
+                let mut random = [0u8; 24];
+                rand::fill(&mut random[..]);
+                password::hash(&Password::candidate(data_encoding::HEXLOWER.encode(&random)))
+            })
+            .await?
+            .map_err(|err| ServiceError::Internal(err.to_string()))?;
+        Ok(Self { store, clock, key, hashing, config, dummy_hash })
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now().unix_timestamp()
+    }
+
+    /// `GET /readyz`: can the database answer?
+    pub async fn ready(&self) -> ServiceResult<()> {
+        self.store.ping().await.map_err(ServiceError::from)
+    }
+
+    async fn hash_password(&self, password: Password) -> ServiceResult<PasswordHashString> {
+        self.hashing
+            .run(move || password::hash(&password))
+            .await?
+            .map_err(|err| ServiceError::Internal(err.to_string()))
+    }
+
+    async fn verify_password(&self, password: Password, stored: PasswordHashString) -> ServiceResult<bool> {
+        self.hashing.run(move || password::verify(&password, &stored)).await
+    }
+}

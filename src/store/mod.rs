@@ -1,0 +1,257 @@
+//! The persistence boundary: one [`Store`] trait, one implementation per backend.
+//!
+//! Every state change that must be atomic (consume a code, advance the replay step, count a
+//! failure, rotate sessions) is a single method here, implemented as one statement or one
+//! transaction, so the service never does read-then-write on security state. The store knows
+//! rows, not rules: it does not hash, seal, or decide policy.
+
+pub mod sqlite;
+
+use crate::domain::token::TokenHash;
+use async_trait::async_trait;
+
+/// Errors of the persistence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached (closed pool, timeout, I/O): the service answers 503.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule was violated (e.g. the email is taken).
+    #[error("conflict with existing data")]
+    Conflict,
+    /// Anything else: a bug or a corrupt database. Logged, answered 500.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An account row.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
+    pub created_at: i64,
+    pub disabled_at: Option<i64>,
+    pub mfa: Option<MfaRecord>,
+    pub throttle: ThrottleRecord,
+}
+
+/// MFA state of a user with MFA on.
+#[derive(Clone)]
+pub struct MfaRecord {
+    pub sealed_secret: Vec<u8>,
+    pub enabled_at: i64,
+    pub last_step: Option<i64>,
+    pub backup_salt: Vec<u8>,
+    pub backup_codes_remaining: i64,
+}
+
+impl std::fmt::Debug for MfaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaRecord")
+            .field("enabled_at", &self.enabled_at)
+            .field("last_step", &self.last_step)
+            .field("backup_codes_remaining", &self.backup_codes_remaining)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The second-factor throttle counters of a user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThrottleRecord {
+    pub failures: u32,
+    pub locked_until: Option<i64>,
+}
+
+/// A new account.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
+    pub created_at: i64,
+}
+
+/// A session row.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub token_hash: TokenHash,
+    pub user_id: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+    pub mfa: bool,
+}
+
+/// A pending (not yet verified) MFA setup.
+#[derive(Clone)]
+pub struct PendingSetupRecord {
+    pub sealed_secret: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A security event to record.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub user_id: String,
+    pub kind: &'static str,
+    pub at: i64,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// A recorded security event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub kind: String,
+    pub at: i64,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// Proof of the second factor, checked by the service and consumed by the store in the same
+/// transaction as the change it authorises.
+#[derive(Debug, Clone, Copy)]
+pub enum SecondFactorProof {
+    /// A TOTP code matched this step; accepted only if greater than the stored last step.
+    TotpStep(i64),
+    /// A backup code with this hash; accepted only if the row still exists (then deleted).
+    BackupCode([u8; 32]),
+}
+
+/// The outcome of asking to evaluate one more second-factor attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptReservation {
+    /// Go ahead; this attempt is counted as the `failures`-th until a success resets the count.
+    Granted { failures: u32 },
+    /// The account is locked until this time; nothing is evaluated.
+    Locked { until: i64 },
+}
+
+/// What a store method that consumes a proof reports when the proof was already used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumed {
+    Yes,
+    /// The step was not newer than the last accepted one, the backup code was gone, the
+    /// challenge expired or was used, or the state changed underneath: nothing was written.
+    Rejected,
+}
+
+/// A fresh backup-code set, as stored.
+#[derive(Clone)]
+pub struct BackupCodeHashes {
+    pub salt: Vec<u8>,
+    pub hashes: Vec<[u8; 32]>,
+}
+
+/// Enabling MFA: everything `verify` writes, in one transaction.
+#[derive(Clone)]
+pub struct EnableMfa {
+    pub user_id: String,
+    /// The pending setup being consumed, identified by its sealed secret.
+    pub sealed_secret: Vec<u8>,
+    pub step: i64,
+    pub codes: BackupCodeHashes,
+    pub keep_session: TokenHash,
+    pub now: i64,
+    pub event: NewEvent,
+}
+
+/// The persistence interface. Implementations must make each method atomic.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // --- accounts ---
+    async fn insert_user(&self, user: &NewUser, event: &NewEvent) -> StoreResult<()>;
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>>;
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+    /// Replaces the hash only if it is still `old_hash` (parameter upgrade after login).
+    async fn upgrade_password_hash(&self, user_id: &str, old_hash: &str, new_hash: &str) -> StoreResult<()>;
+    /// Sets a new password, consumes the proof if any, revokes every session but `keep`,
+    /// resets the throttle and records the event.
+    async fn change_password(
+        &self,
+        user_id: &str,
+        proof: Option<SecondFactorProof>,
+        new_hash: &str,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed>;
+
+    // --- sessions ---
+    async fn insert_session(&self, session: &SessionRecord, event: &NewEvent) -> StoreResult<()>;
+    /// The session and its user if the session is neither expired nor idle past `idle_secs`;
+    /// refreshes `last_seen_at` (at most once a minute, to keep the hot path read-mostly).
+    async fn active_session(
+        &self,
+        token_hash: &TokenHash,
+        now: i64,
+        idle_secs: i64,
+    ) -> StoreResult<Option<(SessionRecord, UserRecord)>>;
+    /// Deletes the session; true if it existed.
+    async fn delete_session(&self, token_hash: &TokenHash, event: &NewEvent) -> StoreResult<bool>;
+
+    // --- security events ---
+    async fn insert_event(&self, event: &NewEvent) -> StoreResult<()>;
+    async fn list_events(&self, user_id: &str, limit: u32) -> StoreResult<Vec<EventRecord>>;
+
+    // --- second-factor throttle ---
+    /// Counts one more attempt before it is evaluated, unless the account is locked; sets the
+    /// lock that `lock_secs(failures)` prescribes. One conditional update, so a burst of
+    /// parallel attempts cannot all slip through.
+    async fn reserve_attempt(
+        &self,
+        user_id: &str,
+        now: i64,
+        lock_secs: fn(u32) -> i64,
+    ) -> StoreResult<AttemptReservation>;
+
+    // --- MFA lifecycle ---
+    /// Stores (or replaces) the pending setup.
+    async fn put_pending_setup(&self, user_id: &str, setup: &PendingSetupRecord, event: &NewEvent) -> StoreResult<()>;
+    async fn pending_setup(&self, user_id: &str, now: i64) -> StoreResult<Option<PendingSetupRecord>>;
+    /// Consumes the pending setup and turns MFA on with the first accepted step and the backup
+    /// codes; revokes the other sessions; resets the throttle. Rejected if the setup is gone,
+    /// expired or replaced, or MFA is already on.
+    async fn enable_mfa(&self, enable: &EnableMfa) -> StoreResult<Consumed>;
+    /// Consumes the proof and replaces the whole backup-code set; revokes other sessions.
+    async fn replace_backup_codes(
+        &self,
+        user_id: &str,
+        proof: SecondFactorProof,
+        codes: &BackupCodeHashes,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed>;
+    /// Consumes the proof and deletes secret, codes and challenges; revokes other sessions.
+    async fn disable_mfa(
+        &self,
+        user_id: &str,
+        proof: SecondFactorProof,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed>;
+    /// Operator reset: MFA off, pending setup and challenges gone, all sessions revoked.
+    async fn reset_mfa(&self, user_id: &str, event: &NewEvent) -> StoreResult<()>;
+
+    // --- second-factor login ---
+    async fn insert_challenge(&self, token_hash: &TokenHash, user_id: &str, created_at: i64, expires_at: i64, event: &NewEvent) -> StoreResult<()>;
+    /// The user id of a challenge that is still valid at `now`.
+    async fn challenge_user(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<String>>;
+    /// Consumes the challenge and the proof, resets the throttle and creates the session.
+    async fn complete_challenge(
+        &self,
+        token_hash: &TokenHash,
+        proof: SecondFactorProof,
+        session: &SessionRecord,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed>;
+}

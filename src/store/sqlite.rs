@@ -1,0 +1,692 @@
+//! The SQLite implementation of [`Store`]: the embedded default, one file in the data directory.
+//!
+//! WAL mode with `synchronous=NORMAL` (durable across process crashes, fast), a busy timeout so
+//! concurrent writers queue instead of failing, foreign keys on. Every multi-statement change
+//! runs in a `BEGIN IMMEDIATE` transaction: it takes the write lock up front, so two writers
+//! never both read a state and then both write on it.
+
+use super::*;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool, Sqlite, Transaction};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Migrations embedded at compile time and applied at start and by `tessera migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn map_err(err: sqlx::Error) -> StoreError {
+    match err {
+        sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(err.to_string())
+        }
+        sqlx::Error::Database(ref db) if db.is_unique_violation() => StoreError::Conflict,
+        other => StoreError::Other(other.to_string()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database named by a `sqlite:` URL.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|err| StoreError::Other(format!("invalid SQLite URL: {err}")))?;
+        Self::connect_with(options).await
+    }
+
+    /// Opens (creating if needed) the database file at `path`.
+    pub async fn open_file(path: &Path) -> StoreResult<Self> {
+        Self::connect_with(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    async fn connect_with(options: SqliteConnectOptions) -> StoreResult<Self> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        Ok(Self { pool })
+    }
+
+    /// Applies the embedded migrations that have not run yet.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|err| StoreError::Other(format!("migration failed: {err}")))
+    }
+
+    /// Closes the pool: later calls fail as [`StoreError::Unavailable`]. Used at shutdown and by
+    /// tests that simulate an unreachable database.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn immediate(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)
+    }
+}
+
+// One SELECT shape for users, so every lookup decodes the same columns.
+macro_rules! select_user {
+    ($where:literal) => {
+        select_user!("", $where)
+    };
+    ($extra:literal, $where:literal) => {
+        concat!(
+            "SELECT ",
+            $extra,
+            "u.id, u.email, u.password_hash, u.created_at, u.disabled_at, u.mfa_secret, ",
+            "u.mfa_enabled_at, u.mfa_last_step, u.backup_salt, u.mfa_failures, u.mfa_locked_until, ",
+            "(SELECT COUNT(*) FROM backup_codes b WHERE b.user_id = u.id) AS backup_codes_remaining ",
+            "FROM users u ",
+            $where
+        )
+    };
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
+    let enabled_at: Option<i64> = row.try_get("mfa_enabled_at")?;
+    let secret: Option<Vec<u8>> = row.try_get("mfa_secret")?;
+    let mfa = match (enabled_at, secret) {
+        (Some(enabled_at), Some(sealed_secret)) => Some(MfaRecord {
+            sealed_secret,
+            enabled_at,
+            last_step: row.try_get("mfa_last_step")?,
+            backup_salt: row.try_get::<Option<Vec<u8>>, _>("backup_salt")?.unwrap_or_default(),
+            backup_codes_remaining: row.try_get("backup_codes_remaining")?,
+        }),
+        _ => None,
+    };
+    let failures: i64 = row.try_get("mfa_failures")?;
+    Ok(UserRecord {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        password_hash: row.try_get("password_hash")?,
+        created_at: row.try_get("created_at")?,
+        disabled_at: row.try_get("disabled_at")?,
+        mfa,
+        throttle: ThrottleRecord {
+            failures: u32::try_from(failures).unwrap_or(u32::MAX),
+            locked_until: row.try_get("mfa_locked_until")?,
+        },
+    })
+}
+
+async fn insert_event_in(tx: &mut Transaction<'static, Sqlite>, event: &NewEvent) -> Result<(), sqlx::Error> {
+    insert_event_kind_in(tx, event, event.kind).await
+}
+
+async fn insert_event_kind_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: &NewEvent,
+    kind: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&event.user_id)
+    .bind(kind)
+    .bind(event.at)
+    .bind(&event.ip)
+    .bind(&event.user_agent)
+    .bind(&event.request_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Consumes a second-factor proof inside `tx`; false when it was already used.
+async fn consume_proof(
+    tx: &mut Transaction<'static, Sqlite>,
+    user_id: &str,
+    proof: SecondFactorProof,
+    event: &NewEvent,
+) -> Result<bool, sqlx::Error> {
+    let consumed = match proof {
+        SecondFactorProof::TotpStep(step) => {
+            sqlx::query(
+                "UPDATE users SET mfa_last_step = ? WHERE id = ? AND mfa_enabled_at IS NOT NULL \
+                 AND (mfa_last_step IS NULL OR mfa_last_step < ?)",
+            )
+            .bind(step)
+            .bind(user_id)
+            .bind(step)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+                == 1
+        }
+        SecondFactorProof::BackupCode(hash) => {
+            let deleted = sqlx::query("DELETE FROM backup_codes WHERE user_id = ? AND code_hash = ?")
+                .bind(user_id)
+                .bind(&hash[..])
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if deleted {
+                insert_event_kind_in(tx, event, "backup_code_used").await?;
+            }
+            deleted
+        }
+    };
+    Ok(consumed)
+}
+
+async fn reset_throttle_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET mfa_failures = 0, mfa_locked_until = NULL WHERE id = ?")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn revoke_other_sessions_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    user_id: &str,
+    keep: &TokenHash,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sessions WHERE user_id = ? AND token_hash <> ?")
+        .bind(user_id)
+        .bind(keep.as_bytes())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM mfa_challenges WHERE user_id = ?")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_codes_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    user_id: &str,
+    codes: &BackupCodeHashes,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM backup_codes WHERE user_id = ?")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    for hash in &codes.hashes {
+        sqlx::query("INSERT INTO backup_codes (user_id, code_hash) VALUES (?, ?)")
+            .bind(user_id)
+            .bind(&hash[..])
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("UPDATE users SET backup_salt = ? WHERE id = ?")
+        .bind(&codes.salt)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
+    let hash: Vec<u8> = row.try_get("token_hash")?;
+    Ok(SessionRecord {
+        token_hash: TokenHash::from_slice(&hash).ok_or_else(|| sqlx::Error::Decode("token hash is not 32 bytes".into()))?,
+        user_id: row.try_get("user_id")?,
+        created_at: row.try_get("s_created_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        expires_at: row.try_get("expires_at")?,
+        mfa: row.try_get::<i64, _>("mfa")? != 0,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn insert_user(&self, user: &NewUser, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.immediate().await?;
+        sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&user.id)
+            .bind(&user.email)
+            .bind(&user.password_hash)
+            .bind(user.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(select_user!("WHERE u.email = ?"))
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(user_from_row).transpose().map_err(map_err)
+    }
+
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(select_user!("WHERE u.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(user_from_row).transpose().map_err(map_err)
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        let rows = sqlx::query(select_user!("ORDER BY u.created_at, u.email"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(user_from_row).collect::<Result<_, _>>().map_err(map_err)
+    }
+
+    async fn upgrade_password_hash(&self, user_id: &str, old_hash: &str, new_hash: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?")
+            .bind(new_hash)
+            .bind(user_id)
+            .bind(old_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn change_password(
+        &self,
+        user_id: &str,
+        proof: Option<SecondFactorProof>,
+        new_hash: &str,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
+        let mut tx = self.immediate().await?;
+        if let Some(proof) = proof {
+            if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
+                return Ok(Consumed::Rejected);
+            }
+            reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
+        }
+        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+            .bind(new_hash)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        revoke_other_sessions_in(&mut tx, user_id, keep).await.map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+
+    async fn insert_session(&self, session: &SessionRecord, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.immediate().await?;
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(session.token_hash.as_bytes())
+        .bind(&session.user_id)
+        .bind(session.created_at)
+        .bind(session.last_seen_at)
+        .bind(session.expires_at)
+        .bind(i64::from(session.mfa))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn active_session(
+        &self,
+        token_hash: &TokenHash,
+        now: i64,
+        idle_secs: i64,
+    ) -> StoreResult<Option<(SessionRecord, UserRecord)>> {
+        let row = sqlx::query(select_user!(
+            "s.token_hash, s.user_id, s.created_at AS s_created_at, s.last_seen_at, s.expires_at, s.mfa, ",
+            "JOIN sessions s ON s.user_id = u.id WHERE s.token_hash = ? AND s.expires_at > ? AND s.last_seen_at > ?"
+        ))
+        .bind(token_hash.as_bytes())
+        .bind(now)
+        .bind(now.saturating_sub(idle_secs))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let user = user_from_row(&row).map_err(map_err)?;
+        let mut session = session_from_row(&row).map_err(map_err)?;
+        if now - session.last_seen_at >= 60 {
+            sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE token_hash = ? AND last_seen_at < ?")
+                .bind(now)
+                .bind(token_hash.as_bytes())
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+            session.last_seen_at = now;
+        }
+        Ok(Some((session, user)))
+    }
+
+    async fn delete_session(&self, token_hash: &TokenHash, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.immediate().await?;
+        let deleted = sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+            .bind(token_hash.as_bytes())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected()
+            == 1;
+        if deleted {
+            insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(deleted)
+    }
+
+    async fn insert_event(&self, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.immediate().await?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn list_events(&self, user_id: &str, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT kind, at, ip, user_agent, request_id FROM security_events WHERE user_id = ? \
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(user_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(EventRecord {
+                    kind: row.try_get("kind")?,
+                    at: row.try_get("at")?,
+                    ip: row.try_get("ip")?,
+                    user_agent: row.try_get("user_agent")?,
+                    request_id: row.try_get("request_id")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(map_err)
+    }
+
+    async fn reserve_attempt(
+        &self,
+        user_id: &str,
+        now: i64,
+        lock_secs: fn(u32) -> i64,
+    ) -> StoreResult<AttemptReservation> {
+        let mut tx = self.immediate().await?;
+        let counted: Option<i64> = sqlx::query_scalar(
+            "UPDATE users SET mfa_failures = mfa_failures + 1 \
+             WHERE id = ? AND (mfa_locked_until IS NULL OR mfa_locked_until <= ?) RETURNING mfa_failures",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let reservation = match counted {
+            Some(failures) => {
+                let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+                let lock = lock_secs(failures);
+                if lock > 0 {
+                    sqlx::query("UPDATE users SET mfa_locked_until = ? WHERE id = ?")
+                        .bind(now + lock)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                }
+                AttemptReservation::Granted { failures }
+            }
+            None => {
+                let until: Option<i64> = sqlx::query_scalar("SELECT mfa_locked_until FROM users WHERE id = ?")
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+                    .flatten();
+                AttemptReservation::Locked { until: until.unwrap_or(now) }
+            }
+        };
+        tx.commit().await.map_err(map_err)?;
+        Ok(reservation)
+    }
+
+    async fn put_pending_setup(&self, user_id: &str, setup: &PendingSetupRecord, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.immediate().await?;
+        sqlx::query(
+            "INSERT INTO mfa_pending (user_id, secret, created_at, expires_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (user_id) DO UPDATE SET secret = excluded.secret, \
+             created_at = excluded.created_at, expires_at = excluded.expires_at",
+        )
+        .bind(user_id)
+        .bind(&setup.sealed_secret)
+        .bind(setup.created_at)
+        .bind(setup.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn pending_setup(&self, user_id: &str, now: i64) -> StoreResult<Option<PendingSetupRecord>> {
+        let row = sqlx::query("SELECT secret, created_at, expires_at FROM mfa_pending WHERE user_id = ? AND expires_at > ?")
+            .bind(user_id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.map(|row| {
+            Ok(PendingSetupRecord {
+                sealed_secret: row.try_get("secret")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+        .map_err(map_err)
+    }
+
+    async fn enable_mfa(&self, enable: &EnableMfa) -> StoreResult<Consumed> {
+        let mut tx = self.immediate().await?;
+        let consumed = sqlx::query("DELETE FROM mfa_pending WHERE user_id = ? AND secret = ? AND expires_at > ?")
+            .bind(&enable.user_id)
+            .bind(&enable.sealed_secret)
+            .bind(enable.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected()
+            == 1;
+        if !consumed {
+            return Ok(Consumed::Rejected);
+        }
+        let enabled = sqlx::query(
+            "UPDATE users SET mfa_secret = ?, mfa_enabled_at = ?, mfa_last_step = ?, \
+             mfa_failures = 0, mfa_locked_until = NULL WHERE id = ? AND mfa_enabled_at IS NULL",
+        )
+        .bind(&enable.sealed_secret)
+        .bind(enable.now)
+        .bind(enable.step)
+        .bind(&enable.user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1;
+        if !enabled {
+            return Ok(Consumed::Rejected);
+        }
+        insert_codes_in(&mut tx, &enable.user_id, &enable.codes).await.map_err(map_err)?;
+        revoke_other_sessions_in(&mut tx, &enable.user_id, &enable.keep_session)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, &enable.event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+
+    async fn replace_backup_codes(
+        &self,
+        user_id: &str,
+        proof: SecondFactorProof,
+        codes: &BackupCodeHashes,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
+        let mut tx = self.immediate().await?;
+        if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
+            return Ok(Consumed::Rejected);
+        }
+        insert_codes_in(&mut tx, user_id, codes).await.map_err(map_err)?;
+        reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
+        revoke_other_sessions_in(&mut tx, user_id, keep).await.map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+
+    async fn disable_mfa(
+        &self,
+        user_id: &str,
+        proof: SecondFactorProof,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
+        let mut tx = self.immediate().await?;
+        if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
+            return Ok(Consumed::Rejected);
+        }
+        clear_mfa_in(&mut tx, user_id).await.map_err(map_err)?;
+        revoke_other_sessions_in(&mut tx, user_id, keep).await.map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+
+    async fn reset_mfa(&self, user_id: &str, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.immediate().await?;
+        clear_mfa_in(&mut tx, user_id).await.map_err(map_err)?;
+        for statement in [
+            "DELETE FROM sessions WHERE user_id = ?",
+            "DELETE FROM mfa_challenges WHERE user_id = ?",
+            "DELETE FROM mfa_pending WHERE user_id = ?",
+        ] {
+            sqlx::query(statement).bind(user_id).execute(&mut *tx).await.map_err(map_err)?;
+        }
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn insert_challenge(
+        &self,
+        token_hash: &TokenHash,
+        user_id: &str,
+        created_at: i64,
+        expires_at: i64,
+        event: &NewEvent,
+    ) -> StoreResult<()> {
+        let mut tx = self.immediate().await?;
+        // Expired challenges of this user are garbage; clearing them here keeps the table small.
+        sqlx::query("DELETE FROM mfa_challenges WHERE user_id = ? AND expires_at <= ?")
+            .bind(user_id)
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query("INSERT INTO mfa_challenges (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(token_hash.as_bytes())
+            .bind(user_id)
+            .bind(created_at)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn challenge_user(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<String>> {
+        sqlx::query_scalar("SELECT user_id FROM mfa_challenges WHERE token_hash = ? AND expires_at > ?")
+            .bind(token_hash.as_bytes())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn complete_challenge(
+        &self,
+        token_hash: &TokenHash,
+        proof: SecondFactorProof,
+        session: &SessionRecord,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
+        let mut tx = self.immediate().await?;
+        let taken = sqlx::query("DELETE FROM mfa_challenges WHERE token_hash = ? AND user_id = ? AND expires_at > ?")
+            .bind(token_hash.as_bytes())
+            .bind(&session.user_id)
+            .bind(session.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected()
+            == 1;
+        if !taken || !consume_proof(&mut tx, &session.user_id, proof, event).await.map_err(map_err)? {
+            return Ok(Consumed::Rejected);
+        }
+        reset_throttle_in(&mut tx, &session.user_id).await.map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(session.token_hash.as_bytes())
+        .bind(&session.user_id)
+        .bind(session.created_at)
+        .bind(session.last_seen_at)
+        .bind(session.expires_at)
+        .bind(i64::from(session.mfa))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+}
+
+async fn clear_mfa_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE users SET mfa_secret = NULL, mfa_enabled_at = NULL, mfa_last_step = NULL, \
+         backup_salt = NULL, mfa_failures = 0, mfa_locked_until = NULL WHERE id = ?",
+    )
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM backup_codes WHERE user_id = ?")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
