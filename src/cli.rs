@@ -59,7 +59,9 @@ pub enum UserCommand {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("TESSERA_LOG_FORMAT").is_ok_and(|format| format == "json") {
         builder.json().init();
     } else {
@@ -71,7 +73,9 @@ fn init_logging() {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(dispatch(cli.command))
 }
 
@@ -91,7 +95,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 fn describe_database(config: &Config) -> String {
     match &config.database_url {
         Some(_) => "the configured database".to_owned(),
-        None => config.data_dir.join(server::DATABASE_FILE).display().to_string(),
+        None => config
+            .data_dir
+            .join(server::DATABASE_FILE)
+            .display()
+            .to_string(),
     }
 }
 
@@ -120,14 +128,23 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
     match command {
         UserCommand::List(_) => {
             let users = service.users().await?;
-            println!("{:<38} {:<40} {:<5} {}", "ID", "EMAIL", "MFA", "CREATED");
+            println!("{:<38} {:<40} {:<5} CREATED", "ID", "EMAIL", "MFA");
             for user in users {
                 let mfa = if user.mfa.is_some() { "on" } else { "off" };
-                println!("{:<38} {:<40} {:<5} {}", user.id, user.email, mfa, rfc3339(user.created_at));
+                println!(
+                    "{:<38} {:<40} {:<5} {}",
+                    user.id,
+                    user.email,
+                    mfa,
+                    rfc3339(user.created_at)
+                );
             }
         }
         UserCommand::Show { email, .. } => {
-            let user = service.user_by_email(&email).await?.with_context(|| format!("no user with email {email}"))?;
+            let user = service
+                .user_by_email(&email)
+                .await?
+                .with_context(|| format!("no user with email {email}"))?;
             println!("id:                     {}", user.id);
             println!("email:                  {}", user.email);
             println!("created_at:             {}", rfc3339(user.created_at));
@@ -141,7 +158,10 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::ResetMfa { email, .. } => {
             let user = service.operator_reset_mfa(&email).await?;
-            println!("MFA reset for {}: MFA is off, all sessions revoked, event recorded.", user.email);
+            println!(
+                "MFA reset for {}: MFA is off, all sessions revoked, event recorded.",
+                user.email
+            );
         }
     }
     opened.store.close().await;

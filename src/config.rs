@@ -25,7 +25,12 @@ pub struct StorageArgs {
     pub data_dir: Option<PathBuf>,
     /// Database URL [default: sqlite://DATA_DIR/tessera.db]. Only `sqlite:` URLs are supported
     /// by this build.
-    #[arg(long, env = "TESSERA_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TESSERA_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 }
 
@@ -50,7 +55,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERA_IP_RATE_LIMIT_PER_MINUTE", value_name = "N")]
     pub ip_rate_limit_per_minute: Option<u32>,
     /// Proxies whose X-Forwarded-For is believed (comma-separated IPs) [default: none].
-    #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_name = "IPS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TESSERA_TRUSTED_PROXIES",
+        value_name = "IPS",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Option<Vec<IpAddr>>,
     /// Whether POST /api/auth/register accepts new accounts [default: true].
     #[arg(long, env = "TESSERA_REGISTRATION_OPEN", value_name = "BOOL")]
@@ -84,7 +94,10 @@ struct FileConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("TESSERA_SECRET_KEY is unusable: {0}")]
@@ -123,15 +136,26 @@ impl Default for Config {
 }
 
 fn read_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
-    let Some(path) = path else { return Ok(FileConfig::default()) };
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    toml::from_str(&text).map_err(|err| ConfigError::Parse { path: path.into(), message: err.to_string() })
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|err| ConfigError::Parse {
+        path: path.into(),
+        message: err.to_string(),
+    })
 }
 
 impl Config {
     /// Resolves the settings of commands that only open the database.
     pub fn for_storage(args: &StorageArgs) -> Result<Self, ConfigError> {
-        Self::resolve(&ServeArgs { storage: args.clone(), ..ServeArgs::default() })
+        Self::resolve(&ServeArgs {
+            storage: args.clone(),
+            ..ServeArgs::default()
+        })
     }
 
     /// Resolves defaults <- file <- env/flags, and reads `TESSERA_SECRET_KEY`.
@@ -139,18 +163,44 @@ impl Config {
         let file = read_file(args.storage.config.as_deref())?;
         let defaults = Config::default();
         let service_defaults = ServiceConfig::default();
-        let skew = args.totp_skew_steps.or(file.totp_skew_steps).unwrap_or(service_defaults.totp.skew_steps);
+        let skew = args
+            .totp_skew_steps
+            .or(file.totp_skew_steps)
+            .unwrap_or(service_defaults.totp.skew_steps);
         if skew > 2 {
-            return Err(ConfigError::Invalid { name: "totp_skew_steps", message: "must be 0, 1 or 2".into() });
+            return Err(ConfigError::Invalid {
+                name: "totp_skew_steps",
+                message: "must be 0, 1 or 2".into(),
+            });
         }
         let positive = |name: &'static str, value: i64| {
-            if value > 0 { Ok(value) } else { Err(ConfigError::Invalid { name, message: "must be positive".into() }) }
+            if value > 0 {
+                Ok(value)
+            } else {
+                Err(ConfigError::Invalid {
+                    name,
+                    message: "must be positive".into(),
+                })
+            }
         };
-        let request_timeout_secs = args.request_timeout_secs.or(file.request_timeout_secs).unwrap_or(30);
-        positive("request_timeout_secs", i64::try_from(request_timeout_secs).unwrap_or(i64::MAX))?;
-        let issuer = args.mfa_issuer.clone().or(file.mfa_issuer).unwrap_or(service_defaults.mfa_issuer.clone());
+        let request_timeout_secs = args
+            .request_timeout_secs
+            .or(file.request_timeout_secs)
+            .unwrap_or(30);
+        positive(
+            "request_timeout_secs",
+            i64::try_from(request_timeout_secs).unwrap_or(i64::MAX),
+        )?;
+        let issuer = args
+            .mfa_issuer
+            .clone()
+            .or(file.mfa_issuer)
+            .unwrap_or(service_defaults.mfa_issuer.clone());
         if issuer.trim().is_empty() || issuer.contains(':') {
-            return Err(ConfigError::Invalid { name: "mfa_issuer", message: "must be non-empty and contain no ':'".into() });
+            return Err(ConfigError::Invalid {
+                name: "mfa_issuer",
+                message: "must be non-empty and contain no ':'".into(),
+            });
         }
         let secret_key = match std::env::var("TESSERA_SECRET_KEY") {
             Ok(text) => Some(MasterKey::from_base64(&text).map_err(ConfigError::SecretKey)?),
@@ -158,26 +208,48 @@ impl Config {
         };
         Ok(Config {
             listen: args.listen.or(file.listen).unwrap_or(defaults.listen),
-            data_dir: args.storage.data_dir.clone().or(file.data_dir).unwrap_or(defaults.data_dir),
+            data_dir: args
+                .storage
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or(defaults.data_dir),
             database_url: args.storage.database_url.clone().or(file.database_url),
             secret_key,
             request_timeout: Duration::from_secs(request_timeout_secs),
             service: ServiceConfig {
                 session_idle_secs: positive(
                     "session_idle_timeout_secs",
-                    args.session_idle_timeout_secs.or(file.session_idle_timeout_secs).unwrap_or(service_defaults.session_idle_secs),
+                    args.session_idle_timeout_secs
+                        .or(file.session_idle_timeout_secs)
+                        .unwrap_or(service_defaults.session_idle_secs),
                 )?,
                 session_lifetime_secs: positive(
                     "session_lifetime_secs",
-                    args.session_lifetime_secs.or(file.session_lifetime_secs).unwrap_or(service_defaults.session_lifetime_secs),
+                    args.session_lifetime_secs
+                        .or(file.session_lifetime_secs)
+                        .unwrap_or(service_defaults.session_lifetime_secs),
                 )?,
-                registration_open: args.registration_open.or(file.registration_open).unwrap_or(true),
+                registration_open: args
+                    .registration_open
+                    .or(file.registration_open)
+                    .unwrap_or(true),
                 mfa_issuer: issuer,
-                totp: TotpPolicy { skew_steps: skew, ..TotpPolicy::default() },
+                totp: TotpPolicy {
+                    skew_steps: skew,
+                    ..TotpPolicy::default()
+                },
                 ..service_defaults
             },
-            ip_rate_limit_per_minute: args.ip_rate_limit_per_minute.or(file.ip_rate_limit_per_minute).unwrap_or(30),
-            trusted_proxies: args.trusted_proxies.clone().or(file.trusted_proxies).unwrap_or_default(),
+            ip_rate_limit_per_minute: args
+                .ip_rate_limit_per_minute
+                .or(file.ip_rate_limit_per_minute)
+                .unwrap_or(30),
+            trusted_proxies: args
+                .trusted_proxies
+                .clone()
+                .or(file.trusted_proxies)
+                .unwrap_or_default(),
         })
     }
 
@@ -199,9 +271,16 @@ mod tests {
     #[test]
     fn flags_win_over_the_file_which_wins_over_defaults() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(file, "listen = \"127.0.0.1:9000\"\nmfa_issuer = \"Acme\"\nip_rate_limit_per_minute = 5").unwrap();
+        writeln!(
+            file,
+            "listen = \"127.0.0.1:9000\"\nmfa_issuer = \"Acme\"\nip_rate_limit_per_minute = 5"
+        )
+        .unwrap();
         let args = ServeArgs {
-            storage: StorageArgs { config: Some(file.path().into()), ..StorageArgs::default() },
+            storage: StorageArgs {
+                config: Some(file.path().into()),
+                ..StorageArgs::default()
+            },
             ip_rate_limit_per_minute: Some(7),
             ..ServeArgs::default()
         };
@@ -218,11 +297,26 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "lisen = \"127.0.0.1:9000\"").unwrap();
         let args = ServeArgs {
-            storage: StorageArgs { config: Some(file.path().into()), ..StorageArgs::default() },
+            storage: StorageArgs {
+                config: Some(file.path().into()),
+                ..StorageArgs::default()
+            },
             ..ServeArgs::default()
         };
-        assert!(matches!(Config::resolve(&args), Err(ConfigError::Parse { .. })));
-        let skew = ServeArgs { totp_skew_steps: Some(5), ..ServeArgs::default() };
-        assert!(matches!(Config::resolve(&skew), Err(ConfigError::Invalid { name: "totp_skew_steps", .. })));
+        assert!(matches!(
+            Config::resolve(&args),
+            Err(ConfigError::Parse { .. })
+        ));
+        let skew = ServeArgs {
+            totp_skew_steps: Some(5),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::resolve(&skew),
+            Err(ConfigError::Invalid {
+                name: "totp_skew_steps",
+                ..
+            })
+        ));
     }
 }

@@ -25,10 +25,18 @@ pub const DATABASE_FILE: &str = "tessera.db";
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot prepare data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read or write key file {path}: {source}")]
-    KeyFile { path: PathBuf, source: std::io::Error },
-    #[error("key file {path} is unusable: {error}; restore the original key file or remove it only if the database is new")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "key file {path} is unusable: {error}; restore the original key file or remove it only if the database is new"
+    )]
     BadKeyFile { path: PathBuf, error: KeyError },
     #[error("unsupported database URL (this build supports sqlite: URLs only)")]
     UnsupportedDatabase,
@@ -61,18 +69,28 @@ pub fn load_or_create_key(config: &Config) -> Result<MasterKey, StartupError> {
     }
     let path = config.data_dir.join(KEY_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => MasterKey::from_base64(&text).map_err(|error| StartupError::BadKeyFile { path, error }),
+        Ok(text) => {
+            MasterKey::from_base64(&text).map_err(|error| StartupError::BadKeyFile { path, error })
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let key = MasterKey::generate();
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&path).map_err(|source| StartupError::KeyFile { path: path.clone(), source })?;
+            let mut file = options
+                .open(&path)
+                .map_err(|source| StartupError::KeyFile {
+                    path: path.clone(),
+                    source,
+                })?;
             file.write_all(key.to_base64().as_bytes())
                 .and_then(|()| file.write_all(b"\n"))
                 .and_then(|()| file.sync_all())
-                .map_err(|source| StartupError::KeyFile { path: path.clone(), source })?;
+                .map_err(|source| StartupError::KeyFile {
+                    path: path.clone(),
+                    source,
+                })?;
             tracing::info!(path = %path.display(), "created a new master key file");
             Ok(key)
         }
@@ -82,8 +100,10 @@ pub fn load_or_create_key(config: &Config) -> Result<MasterKey, StartupError> {
 
 /// Opens the store named by the configuration and applies pending migrations.
 pub async fn open_store(config: &Config) -> Result<SqliteStore, StartupError> {
-    create_private_dir(&config.data_dir)
-        .map_err(|source| StartupError::DataDir { path: config.data_dir.clone(), source })?;
+    create_private_dir(&config.data_dir).map_err(|source| StartupError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let store = match config.database_url.as_deref() {
         None => SqliteStore::open_file(&config.data_dir.join(DATABASE_FILE)).await?,
         Some(url) if url.starts_with("sqlite:") => SqliteStore::connect(url).await?,
@@ -98,17 +118,29 @@ pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Opened, Star
     let store = Arc::new(open_store(config).await?);
     let key = load_or_create_key(config)?;
     let dyn_store: Arc<dyn Store> = store.clone();
-    let service = Arc::new(Service::new(dyn_store, clock.clone(), key, config.service.clone()).await?);
+    let service =
+        Arc::new(Service::new(dyn_store, clock.clone(), key, config.service.clone()).await?);
     let state = AppState::new(service.clone(), clock, config.http());
-    Ok(Opened { service, store, state })
+    Ok(Opened {
+        service,
+        store,
+        state,
+    })
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish (graceful shutdown) before returning.
-pub async fn run(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+pub async fn run(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// The whole application router for an opened service.

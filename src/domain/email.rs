@@ -79,7 +79,16 @@ mod tests {
     fn malformed_emails_are_refused() {
         assert_eq!(Email::parse(""), Err(EmailError::Empty));
         assert_eq!(Email::parse("   "), Err(EmailError::Empty));
-        for bad in ["alice", "@example.com", "alice@", "a@b@c", "al ice@x.org", "a@.x", "a@x..y", "a\u{0}@x.y"] {
+        for bad in [
+            "alice",
+            "@example.com",
+            "alice@",
+            "a@b@c",
+            "al ice@x.org",
+            "a@.x",
+            "a@x..y",
+            "a\u{0}@x.y",
+        ] {
             assert_eq!(Email::parse(bad), Err(EmailError::Malformed), "{bad:?}");
         }
         let long = format!("{}@example.com", "a".repeat(250));

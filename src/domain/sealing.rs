@@ -52,7 +52,10 @@ impl MasterKey {
         let id_digest = Sha256::digest(bytes);
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&id_digest[..KEY_ID_LEN]);
-        Self { key: Zeroizing::new(bytes), id }
+        Self {
+            key: Zeroizing::new(bytes),
+            id,
+        }
     }
 
     /// Parses the base64 form used by `TESSERA_SECRET_KEY` and the key file (white space around
@@ -104,14 +107,24 @@ impl MasterKey {
         // XChaCha20-Poly1305 fails only for messages beyond 256 GiB; our plaintexts are 20 bytes.
         let ciphertext = self
             .cipher()
-            .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .unwrap_or_default();
         sealed.extend_from_slice(&ciphertext);
         sealed
     }
 
     /// Opens a value sealed by [`MasterKey::seal`] with the same associated data.
-    pub fn open(&self, sealed: &[u8], associated_data: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    pub fn open(
+        &self,
+        sealed: &[u8],
+        associated_data: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
         if sealed.len() < HEADER_LEN + TAG_LEN || sealed[0] != VERSION {
             return Err(OpenError::Malformed);
         }
@@ -119,10 +132,17 @@ impl MasterKey {
             return Err(OpenError::UnknownKey);
         }
         let (header, ciphertext) = sealed.split_at(HEADER_LEN);
-        let nonce = XNonce::try_from(&header[1 + KEY_ID_LEN..]).map_err(|_| OpenError::Malformed)?;
+        let nonce =
+            XNonce::try_from(&header[1 + KEY_ID_LEN..]).map_err(|_| OpenError::Malformed)?;
         let aad = [header, associated_data].concat();
         self.cipher()
-            .decrypt(&nonce, Payload { msg: ciphertext, aad: &aad })
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| OpenError::Tampered)
     }
@@ -130,7 +150,11 @@ impl MasterKey {
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MasterKey(id={})", data_encoding::HEXLOWER.encode(&self.id))
+        write!(
+            f,
+            "MasterKey(id={})",
+            data_encoding::HEXLOWER.encode(&self.id)
+        )
     }
 }
 
@@ -144,14 +168,20 @@ mod tests {
         let key = MasterKey::generate();
         let sealed = key.seal(b"twenty byte secret!!", b"user-1");
         assert_eq!(sealed.len(), HEADER_LEN + 20 + TAG_LEN);
-        assert_eq!(&key.open(&sealed, b"user-1").unwrap()[..], b"twenty byte secret!!");
+        assert_eq!(
+            &key.open(&sealed, b"user-1").unwrap()[..],
+            b"twenty byte secret!!"
+        );
     }
 
     #[test]
     fn sealed_value_bound_to_another_user_does_not_open() {
         let key = MasterKey::generate();
         let sealed = key.seal(b"secret", b"user-1");
-        assert_eq!(key.open(&sealed, b"user-2").err(), Some(OpenError::Tampered));
+        assert_eq!(
+            key.open(&sealed, b"user-2").err(),
+            Some(OpenError::Tampered)
+        );
     }
 
     #[test]
@@ -161,19 +191,28 @@ mod tests {
         for index in 0..sealed.len() {
             let mut tampered = sealed.clone();
             tampered[index] ^= 0x01;
-            assert!(key.open(&tampered, b"user-1").is_err(), "bit flip at {index} went unnoticed");
+            assert!(
+                key.open(&tampered, b"user-1").is_err(),
+                "bit flip at {index} went unnoticed"
+            );
         }
     }
 
     #[test]
     fn another_key_is_recognised_by_its_id() {
         let sealed = MasterKey::generate().seal(b"secret", b"u");
-        assert_eq!(MasterKey::generate().open(&sealed, b"u").err(), Some(OpenError::UnknownKey));
+        assert_eq!(
+            MasterKey::generate().open(&sealed, b"u").err(),
+            Some(OpenError::UnknownKey)
+        );
     }
 
     #[test]
     fn key_loading_refuses_wrong_sizes_and_never_prints_the_key() {
-        assert_eq!(MasterKey::from_base64("not base64!").err(), Some(KeyError::NotBase64));
+        assert_eq!(
+            MasterKey::from_base64("not base64!").err(),
+            Some(KeyError::NotBase64)
+        );
         assert_eq!(
             MasterKey::from_base64(&BASE64.encode(&[7u8; 16])).err(),
             Some(KeyError::WrongSize(16))

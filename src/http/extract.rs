@@ -23,11 +23,20 @@ pub const SESSION_COOKIE: &str = "__Host-tessera_session";
 pub struct ApiJson<T>(pub T);
 
 fn is_json_content_type(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Turns a serde error into a problem without echoing input values.
@@ -37,7 +46,11 @@ fn json_problem(err: serde_path_to_error::Error<serde_json::Error>) -> Problem {
     if inner.is_syntax() || inner.is_eof() {
         return Problem::new(
             ProblemKind::MalformedBody,
-            format!("The body is not valid JSON (line {}, column {}).", inner.line(), inner.column()),
+            format!(
+                "The body is not valid JSON (line {}, column {}).",
+                inner.line(),
+                inner.column()
+            ),
         );
     }
     let message = inner.to_string();
@@ -54,17 +67,34 @@ fn json_problem(err: serde_path_to_error::Error<serde_json::Error>) -> Problem {
             .and_then(|tail| tail.split(" at line").next())
             .unwrap_or("another type");
         if path == "." {
-            return Problem::validation(BTreeMap::from([("body".to_owned(), "must be a JSON object".to_owned())]));
+            return Problem::validation(BTreeMap::from([(
+                "body".to_owned(),
+                "must be a JSON object".to_owned(),
+            )]));
         }
-        (path.clone(), format!("has the wrong type (expected {expected})"))
+        (
+            path.clone(),
+            format!("has the wrong type (expected {expected})"),
+        )
     } else {
-        (if path == "." { "body".to_owned() } else { path.clone() }, "has an invalid value".to_owned())
+        (
+            if path == "." {
+                "body".to_owned()
+            } else {
+                path.clone()
+            },
+            "has an invalid value".to_owned(),
+        )
     };
     Problem::validation(BTreeMap::from([(member, text)]))
 }
 
 fn join_path(path: &str, name: &str) -> String {
-    if path == "." || path.is_empty() { name.to_owned() } else { format!("{path}.{name}") }
+    if path == "." || path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
 }
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -81,21 +111,32 @@ where
                 "The request body must be JSON with Content-Type: application/json.",
             ));
         }
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::for_status(rejection.status())
-            } else {
-                Problem::new(ProblemKind::MalformedBody, "The request body could not be read.")
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    Problem::for_status(rejection.status())
+                } else {
+                    Problem::new(
+                        ProblemKind::MalformedBody,
+                        "The request body could not be read.",
+                    )
+                }
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(Problem::new(ProblemKind::MalformedBody, "A JSON body is required."));
+            return Err(Problem::new(
+                ProblemKind::MalformedBody,
+                "A JSON body is required.",
+            ));
         }
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(json_problem)?;
-        deserializer
-            .end()
-            .map_err(|_| Problem::new(ProblemKind::MalformedBody, "Unexpected data after the JSON body."))?;
+        deserializer.end().map_err(|_| {
+            Problem::new(
+                ProblemKind::MalformedBody,
+                "Unexpected data after the JSON body.",
+            )
+        })?;
         Ok(ApiJson(value))
     }
 }
@@ -114,7 +155,9 @@ fn bearer_token(headers: &HeaderMap) -> Option<Result<String, ()>> {
     let value = headers.get(header::AUTHORIZATION)?;
     let parsed = value.to_str().ok().and_then(|text| {
         let (scheme, token) = text.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned())
     });
     Some(parsed.ok_or(()))
 }
@@ -149,7 +192,10 @@ fn same_origin(headers: &HeaderMap) -> bool {
 impl FromRequestParts<AppState> for Auth {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let (token, source) = match bearer_token(&parts.headers) {
             Some(Ok(token)) => (token, TokenSource::Bearer),
             Some(Err(())) => return Err(crate::service::ServiceError::Unauthenticated.into()),
@@ -172,7 +218,11 @@ impl FromRequestParts<AppState> for Auth {
 
 /// The client's address: the socket peer, or, when the peer is a configured trusted proxy, the
 /// right-most address of `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_ip(parts_headers: &HeaderMap, peer: Option<IpAddr>, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
+pub fn client_ip(
+    parts_headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    trusted_proxies: &[IpAddr],
+) -> Option<IpAddr> {
     let peer = peer?;
     if !trusted_proxies.contains(&peer) {
         return Some(peer);
@@ -186,11 +236,20 @@ pub fn client_ip(parts_headers: &HeaderMap, peer: Option<IpAddr>, trusted_proxie
         .map(|item| item.parse::<IpAddr>().ok())
         .collect::<Option<Vec<_>>>()
         .unwrap_or_default();
-    Some(forwarded.into_iter().rev().find(|ip| !trusted_proxies.contains(ip)).unwrap_or(peer))
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !trusted_proxies.contains(ip))
+            .unwrap_or(peer),
+    )
 }
 
 pub fn peer_ip(parts: &Parts) -> Option<IpAddr> {
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
 }
 
 /// Audit metadata of a request: client address, user agent, request id. Never rejects.
@@ -199,7 +258,10 @@ pub struct Meta(pub RequestMeta);
 impl FromRequestParts<AppState> for Meta {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let ip = client_ip(&parts.headers, peer_ip(parts), &state.http.trusted_proxies);
         let user_agent = parts
             .headers
@@ -207,7 +269,11 @@ impl FromRequestParts<AppState> for Meta {
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.chars().filter(|c| !c.is_control()).take(512).collect());
         let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
-        Ok(Meta(RequestMeta { ip: ip.map(|ip| ip.to_string()), user_agent, request_id }))
+        Ok(Meta(RequestMeta {
+            ip: ip.map(|ip| ip.to_string()),
+            user_agent,
+            request_id,
+        }))
     }
 }
 
@@ -229,7 +295,10 @@ mod tests {
         let peer: IpAddr = "10.0.0.5".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
         assert_eq!(client_ip(&h, Some(peer), &[]), Some(peer));
-        assert_eq!(client_ip(&h, Some(peer), &[peer]), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(
+            client_ip(&h, Some(peer), &[peer]),
+            Some("203.0.113.9".parse().unwrap())
+        );
     }
 
     #[test]
@@ -237,7 +306,10 @@ mod tests {
         let proxy: IpAddr = "10.0.0.5".parse().unwrap();
         let inner: IpAddr = "10.0.0.6".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.6")]);
-        assert_eq!(client_ip(&h, Some(proxy), &[proxy, inner]), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(
+            client_ip(&h, Some(proxy), &[proxy, inner]),
+            Some("203.0.113.9".parse().unwrap())
+        );
         let garbage = headers(&[("x-forwarded-for", "not-an-ip")]);
         assert_eq!(client_ip(&garbage, Some(proxy), &[proxy]), Some(proxy));
     }
@@ -245,9 +317,19 @@ mod tests {
     #[test]
     fn same_origin_uses_fetch_metadata_then_origin() {
         assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")])));
-        assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site"), ("origin", "http://a"), ("host", "a")])));
-        assert!(same_origin(&headers(&[("origin", "http://127.0.0.1:8080"), ("host", "127.0.0.1:8080")])));
-        assert!(!same_origin(&headers(&[("origin", "https://evil.example"), ("host", "127.0.0.1:8080")])));
+        assert!(!same_origin(&headers(&[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "http://a"),
+            ("host", "a")
+        ])));
+        assert!(same_origin(&headers(&[
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:8080")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("origin", "https://evil.example"),
+            ("host", "127.0.0.1:8080")
+        ])));
         assert!(!same_origin(&headers(&[("host", "127.0.0.1:8080")])));
     }
 }

@@ -39,7 +39,11 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { request_timeout: Duration::from_secs(30), trusted_proxies: Vec::new(), ip_rate_limit_per_minute: 30 }
+        Self {
+            request_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+            ip_rate_limit_per_minute: 30,
+        }
     }
 }
 
@@ -55,7 +59,12 @@ pub struct AppState {
 impl AppState {
     pub fn new(service: Arc<Service>, clock: Arc<dyn Clock>, http: HttpSettings) -> Self {
         let limiter = Arc::new(rate_limit::RateLimiter::new(http.ip_rate_limit_per_minute));
-        Self { service, clock, http: Arc::new(http), limiter }
+        Self {
+            service,
+            clock,
+            http: Arc::new(http),
+            limiter,
+        }
     }
 }
 
@@ -68,10 +77,15 @@ pub fn router(state: AppState) -> Router {
 /// mount a handler that panics or blocks).
 pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let (api, _) = openapi::api_router().split_for_parts();
-    let edge_config = edge::EdgeConfig { request_timeout: state.http.request_timeout };
+    let edge_config = edge::EdgeConfig {
+        request_timeout: state.http.request_timeout,
+    };
     api.merge(extra)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(edge::panic_response))
-        .layer(axum::middleware::from_fn_with_state(edge_config, edge::edge))
+        .layer(axum::middleware::from_fn_with_state(
+            edge_config,
+            edge::edge,
+        ))
         .with_state(state)
 }

@@ -84,7 +84,10 @@ fn problem_response(description: &str) -> RefOr<Response> {
     RefOr::T(
         ResponseBuilder::new()
             .description(description)
-            .content("application/problem+json", Content::new(Some(Ref::from_schema_name("Problem"))))
+            .content(
+                "application/problem+json",
+                Content::new(Some(Ref::from_schema_name("Problem"))),
+            )
             .build(),
     )
 }
@@ -97,18 +100,29 @@ fn complete(mut doc: Document) -> Document {
             let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
             let responses = &mut operation.responses.responses;
             let mut add = |status: &str, description: &str| {
-                responses.entry(status.to_owned()).or_insert_with(|| problem_response(description));
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem_response(description));
             };
             if has_body {
-                add("400", "The body is not JSON of the documented shape, or a member is invalid (`details` names it).");
+                add(
+                    "400",
+                    "The body is not JSON of the documented shape, or a member is invalid (`details` names it).",
+                );
                 add("413", "The body is larger than 16 KiB.");
                 add("415", "The body is not `application/json`.");
             }
             if secured {
-                add("401", "Authentication is required or the supplied token is invalid.");
+                add(
+                    "401",
+                    "Authentication is required or the supplied token is invalid.",
+                );
             }
             add("500", "Internal server error");
-            add("503", "The database is unavailable or the request timed out.");
+            add(
+                "503",
+                "The database is unavailable or the request timed out.",
+            );
         }
     }
     doc
@@ -120,5 +134,8 @@ pub fn document() -> Document {
 }
 
 /// The serialised document, built once.
-pub static DOCUMENT_JSON: LazyLock<String> =
-    LazyLock::new(|| document().to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
+pub static DOCUMENT_JSON: LazyLock<String> = LazyLock::new(|| {
+    document()
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".to_owned())
+});

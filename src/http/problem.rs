@@ -71,46 +71,126 @@ impl ProblemKind {
     fn parts(self) -> (StatusCode, &'static str, &'static str, &'static str) {
         use ProblemKind::*;
         match self {
-            Validation => (StatusCode::BAD_REQUEST, "validation-error", "Request validation failed",
-                "One or more request members are missing or invalid; `details` names each one."),
-            MalformedBody => (StatusCode::BAD_REQUEST, "malformed-request", "Malformed request body",
-                "The body is not a JSON object of the documented shape."),
-            InvalidMfaCode => (StatusCode::BAD_REQUEST, "invalid-mfa-code", "Invalid MFA code",
-                "The code does not match the pending authenticator secret, or was already used. MFA stays off."),
-            InvalidPasswordOrCode => (StatusCode::BAD_REQUEST, "invalid-password-or-code", "Invalid password or code",
-                "The password or the code is wrong. Nothing was changed; codes were not consumed."),
-            InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid-credentials", "Invalid email or password",
-                "The email and password do not match an account."),
-            Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required",
-                "The session token is missing, malformed, expired or revoked. Log in again."),
-            InvalidMfaToken => (StatusCode::UNAUTHORIZED, "invalid-mfa-token", "Invalid or expired MFA token",
-                "The mfa_token is unknown, expired (5 minutes) or already used. Log in with the password again."),
-            SecondFactorRejected => (StatusCode::UNAUTHORIZED, "invalid-second-factor", "Invalid second factor",
-                "The TOTP or backup code is wrong or was already used. The mfa_token stays valid until it expires."),
-            CrossSiteRequest => (StatusCode::FORBIDDEN, "cross-site-request", "Cross-site request refused",
-                "A state-changing request authenticated by the session cookie must come from the same origin."),
-            AccountDisabled => (StatusCode::FORBIDDEN, "account-disabled", "Account disabled",
-                "An operator disabled this account."),
-            RegistrationClosed => (StatusCode::FORBIDDEN, "registration-closed", "Registration closed",
-                "This instance does not accept new registrations."),
-            EmailTaken => (StatusCode::CONFLICT, "email-taken", "Email already registered",
-                "An account with this email exists."),
-            MfaAlreadyEnabled => (StatusCode::CONFLICT, "mfa-already-enabled", "MFA already enabled",
-                "Multi-factor authentication is already on for this account."),
-            MfaNotEnabled => (StatusCode::CONFLICT, "mfa-not-enabled", "MFA not enabled",
-                "Multi-factor authentication is off for this account."),
-            NoPendingSetup => (StatusCode::CONFLICT, "no-pending-setup", "No MFA setup in progress",
-                "There is no pending MFA setup (none started, expired after 10 minutes, or already completed)."),
-            TooManyAttempts => (StatusCode::TOO_MANY_REQUESTS, "too-many-attempts", "Too many attempts",
-                "Too many failed second-factor attempts on this account; wait `retry_after` seconds."),
-            RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests",
-                "Too many requests from this address; wait `retry_after` seconds."),
-            RequestTimeout => (StatusCode::SERVICE_UNAVAILABLE, "request-timeout", "Request timed out",
-                "The request did not complete in time and was abandoned; nothing was changed."),
-            ServiceUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "Service unavailable",
-                "The database cannot be reached. Retry later."),
-            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal-error", "Internal server error",
-                "An unexpected error occurred. It was logged with the request id."),
+            Validation => (
+                StatusCode::BAD_REQUEST,
+                "validation-error",
+                "Request validation failed",
+                "One or more request members are missing or invalid; `details` names each one.",
+            ),
+            MalformedBody => (
+                StatusCode::BAD_REQUEST,
+                "malformed-request",
+                "Malformed request body",
+                "The body is not a JSON object of the documented shape.",
+            ),
+            InvalidMfaCode => (
+                StatusCode::BAD_REQUEST,
+                "invalid-mfa-code",
+                "Invalid MFA code",
+                "The code does not match the pending authenticator secret, or was already used. MFA stays off.",
+            ),
+            InvalidPasswordOrCode => (
+                StatusCode::BAD_REQUEST,
+                "invalid-password-or-code",
+                "Invalid password or code",
+                "The password or the code is wrong. Nothing was changed; codes were not consumed.",
+            ),
+            InvalidCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-credentials",
+                "Invalid email or password",
+                "The email and password do not match an account.",
+            ),
+            Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                "The session token is missing, malformed, expired or revoked. Log in again.",
+            ),
+            InvalidMfaToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-mfa-token",
+                "Invalid or expired MFA token",
+                "The mfa_token is unknown, expired (5 minutes) or already used. Log in with the password again.",
+            ),
+            SecondFactorRejected => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-second-factor",
+                "Invalid second factor",
+                "The TOTP or backup code is wrong or was already used. The mfa_token stays valid until it expires.",
+            ),
+            CrossSiteRequest => (
+                StatusCode::FORBIDDEN,
+                "cross-site-request",
+                "Cross-site request refused",
+                "A state-changing request authenticated by the session cookie must come from the same origin.",
+            ),
+            AccountDisabled => (
+                StatusCode::FORBIDDEN,
+                "account-disabled",
+                "Account disabled",
+                "An operator disabled this account.",
+            ),
+            RegistrationClosed => (
+                StatusCode::FORBIDDEN,
+                "registration-closed",
+                "Registration closed",
+                "This instance does not accept new registrations.",
+            ),
+            EmailTaken => (
+                StatusCode::CONFLICT,
+                "email-taken",
+                "Email already registered",
+                "An account with this email exists.",
+            ),
+            MfaAlreadyEnabled => (
+                StatusCode::CONFLICT,
+                "mfa-already-enabled",
+                "MFA already enabled",
+                "Multi-factor authentication is already on for this account.",
+            ),
+            MfaNotEnabled => (
+                StatusCode::CONFLICT,
+                "mfa-not-enabled",
+                "MFA not enabled",
+                "Multi-factor authentication is off for this account.",
+            ),
+            NoPendingSetup => (
+                StatusCode::CONFLICT,
+                "no-pending-setup",
+                "No MFA setup in progress",
+                "There is no pending MFA setup (none started, expired after 10 minutes, or already completed).",
+            ),
+            TooManyAttempts => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-attempts",
+                "Too many attempts",
+                "Too many failed second-factor attempts on this account; wait `retry_after` seconds.",
+            ),
+            RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                "Too many requests from this address; wait `retry_after` seconds.",
+            ),
+            RequestTimeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request-timeout",
+                "Request timed out",
+                "The request did not complete in time and was abandoned; nothing was changed.",
+            ),
+            ServiceUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service-unavailable",
+                "Service unavailable",
+                "The database cannot be reached. Retry later.",
+            ),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal-error",
+                "Internal server error",
+                "An unexpected error occurred. It was logged with the request id.",
+            ),
             Http(status) => (status, "", "", ""),
         }
     }
@@ -127,7 +207,10 @@ impl ProblemKind {
     }
 
     pub fn type_uri(self) -> String {
-        self.slug().map_or_else(|| "about:blank".to_owned(), |slug| format!("/problems/{slug}"))
+        self.slug().map_or_else(
+            || "about:blank".to_owned(),
+            |slug| format!("/problems/{slug}"),
+        )
     }
 
     pub fn title(self) -> &'static str {
@@ -142,7 +225,10 @@ impl ProblemKind {
     }
 
     pub fn from_slug(slug: &str) -> Option<Self> {
-        TYPED_KINDS.iter().copied().find(|kind| kind.slug() == Some(slug))
+        TYPED_KINDS
+            .iter()
+            .copied()
+            .find(|kind| kind.slug() == Some(slug))
     }
 }
 
@@ -157,30 +243,49 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into(), details: BTreeMap::new(), retry_after: None }
+        Self {
+            kind,
+            detail: detail.into(),
+            details: BTreeMap::new(),
+            retry_after: None,
+        }
     }
 
     /// The generic problem for a bare status the framework produced.
     pub fn for_status(status: StatusCode) -> Self {
         match status {
             StatusCode::INTERNAL_SERVER_ERROR => Self::internal(),
-            StatusCode::SERVICE_UNAVAILABLE => Self::new(ProblemKind::ServiceUnavailable, "The service is unavailable."),
-            StatusCode::NOT_FOUND => Self::new(ProblemKind::Http(status), "No resource at this path."),
-            StatusCode::METHOD_NOT_ALLOWED => {
-                Self::new(ProblemKind::Http(status), "This method is not allowed on this path.")
+            StatusCode::SERVICE_UNAVAILABLE => Self::new(
+                ProblemKind::ServiceUnavailable,
+                "The service is unavailable.",
+            ),
+            StatusCode::NOT_FOUND => {
+                Self::new(ProblemKind::Http(status), "No resource at this path.")
             }
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(ProblemKind::Http(status), "The request body is larger than 16384 bytes.")
-            }
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                Self::new(ProblemKind::Http(status), "The request body must be application/json.")
-            }
-            other => Self::new(ProblemKind::Http(other), other.canonical_reason().unwrap_or("Error")),
+            StatusCode::METHOD_NOT_ALLOWED => Self::new(
+                ProblemKind::Http(status),
+                "This method is not allowed on this path.",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                ProblemKind::Http(status),
+                "The request body is larger than 16384 bytes.",
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                ProblemKind::Http(status),
+                "The request body must be application/json.",
+            ),
+            other => Self::new(
+                ProblemKind::Http(other),
+                other.canonical_reason().unwrap_or("Error"),
+            ),
         }
     }
 
     pub fn internal() -> Self {
-        Self::new(ProblemKind::Internal, "An unexpected error occurred; it has been logged with the request id.")
+        Self::new(
+            ProblemKind::Internal,
+            "An unexpected error occurred; it has been logged with the request id.",
+        )
     }
 
     pub fn validation(details: BTreeMap<String, String>) -> Self {
@@ -189,7 +294,13 @@ impl Problem {
             .map(|(member, message)| format!("{member} {message}"))
             .collect::<Vec<_>>()
             .join("; ");
-        Self { details, ..Self::new(ProblemKind::Validation, format!("Invalid request: {summary}.")) }
+        Self {
+            details,
+            ..Self::new(
+                ProblemKind::Validation,
+                format!("Invalid request: {summary}."),
+            )
+        }
     }
 
     /// The envelope, with the members only the edge knows.
@@ -252,31 +363,51 @@ impl From<ServiceError> for Problem {
         use ProblemKind as K;
         match err {
             ServiceError::Validation(members) => Problem::validation(
-                members.into_iter().map(|(member, message)| (member.to_owned(), message)).collect(),
+                members
+                    .into_iter()
+                    .map(|(member, message)| (member.to_owned(), message))
+                    .collect(),
             ),
-            ServiceError::EmailTaken => Problem::new(K::EmailTaken, "An account with this email already exists."),
-            ServiceError::RegistrationClosed => {
-                Problem::new(K::RegistrationClosed, "Registration is closed on this instance.")
+            ServiceError::EmailTaken => {
+                Problem::new(K::EmailTaken, "An account with this email already exists.")
             }
-            ServiceError::InvalidCredentials => Problem::new(K::InvalidCredentials, "Invalid email or password."),
-            ServiceError::AccountDisabled => Problem::new(K::AccountDisabled, "This account is disabled."),
-            ServiceError::Unauthenticated => {
-                Problem::new(K::Unauthenticated, "A valid session is required for this request.")
+            ServiceError::RegistrationClosed => Problem::new(
+                K::RegistrationClosed,
+                "Registration is closed on this instance.",
+            ),
+            ServiceError::InvalidCredentials => {
+                Problem::new(K::InvalidCredentials, "Invalid email or password.")
             }
-            ServiceError::InvalidMfaToken => {
-                Problem::new(K::InvalidMfaToken, "The mfa_token is invalid, expired or already used.")
+            ServiceError::AccountDisabled => {
+                Problem::new(K::AccountDisabled, "This account is disabled.")
             }
-            ServiceError::SecondFactorRejected => {
-                Problem::new(K::SecondFactorRejected, "The code is not valid for this account.")
+            ServiceError::Unauthenticated => Problem::new(
+                K::Unauthenticated,
+                "A valid session is required for this request.",
+            ),
+            ServiceError::InvalidMfaToken => Problem::new(
+                K::InvalidMfaToken,
+                "The mfa_token is invalid, expired or already used.",
+            ),
+            ServiceError::SecondFactorRejected => Problem::new(
+                K::SecondFactorRejected,
+                "The code is not valid for this account.",
+            ),
+            ServiceError::InvalidMfaCode => {
+                Problem::new(K::InvalidMfaCode, "The code is not valid for this account.")
             }
-            ServiceError::InvalidMfaCode => Problem::new(K::InvalidMfaCode, "The code is not valid for this account."),
-            ServiceError::InvalidPasswordOrCode => {
-                Problem::new(K::InvalidPasswordOrCode, "The password or code is not valid for this account.")
-            }
-            ServiceError::MfaAlreadyEnabled => {
-                Problem::new(K::MfaAlreadyEnabled, "Multi-factor authentication is already enabled.")
-            }
-            ServiceError::MfaNotEnabled => Problem::new(K::MfaNotEnabled, "Multi-factor authentication is not enabled."),
+            ServiceError::InvalidPasswordOrCode => Problem::new(
+                K::InvalidPasswordOrCode,
+                "The password or code is not valid for this account.",
+            ),
+            ServiceError::MfaAlreadyEnabled => Problem::new(
+                K::MfaAlreadyEnabled,
+                "Multi-factor authentication is already enabled.",
+            ),
+            ServiceError::MfaNotEnabled => Problem::new(
+                K::MfaNotEnabled,
+                "Multi-factor authentication is not enabled.",
+            ),
             ServiceError::NoPendingSetup => Problem::new(
                 K::NoPendingSetup,
                 "No MFA setup is in progress; start one with POST /api/user/profile/mfa/setup.",
@@ -290,7 +421,10 @@ impl From<ServiceError> for Problem {
             },
             ServiceError::Unavailable => {
                 tracing::error!("database unavailable");
-                Problem::new(K::ServiceUnavailable, "The database is unavailable; retry later.")
+                Problem::new(
+                    K::ServiceUnavailable,
+                    "The database is unavailable; retry later.",
+                )
             }
             ServiceError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
@@ -312,7 +446,10 @@ mod tests {
         assert_eq!(slugs.len(), TYPED_KINDS.len());
         for kind in TYPED_KINDS {
             assert!(!kind.title().is_empty() && !kind.explanation().is_empty());
-            assert_eq!(ProblemKind::from_slug(kind.slug().unwrap_or_default()), Some(kind));
+            assert_eq!(
+                ProblemKind::from_slug(kind.slug().unwrap_or_default()),
+                Some(kind)
+            );
         }
     }
 

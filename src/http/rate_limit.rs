@@ -27,7 +27,10 @@ struct Bucket {
 impl RateLimiter {
     /// `per_minute == 0` switches the limiter off.
     pub fn new(per_minute: u32) -> Self {
-        Self { per_minute, buckets: Mutex::new(HashMap::new()) }
+        Self {
+            per_minute,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Takes one token for `ip` at time `now` (seconds, fractional). `Err(seconds)` says how
@@ -38,11 +41,17 @@ impl RateLimiter {
         }
         let capacity = f64::from(self.per_minute);
         let refill_per_sec = capacity / 60.0;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if buckets.len() >= SWEEP_THRESHOLD {
             buckets.retain(|_, b| b.tokens + (now - b.updated) * refill_per_sec < capacity);
         }
-        let bucket = buckets.entry(ip).or_insert(Bucket { tokens: capacity, updated: now });
+        let bucket = buckets.entry(ip).or_insert(Bucket {
+            tokens: capacity,
+            updated: now,
+        });
         let elapsed = (now - bucket.updated).max(0.0);
         bucket.tokens = (bucket.tokens + elapsed * refill_per_sec).min(capacity);
         bucket.updated = now;

@@ -40,7 +40,10 @@ pub struct IssuedSession {
 pub enum LoginOutcome {
     Session(IssuedSession),
     /// MFA is on: the client must call the second step with this single-use token.
-    MfaRequired { mfa_token: PlainToken, expires_at: i64 },
+    MfaRequired {
+        mfa_token: PlainToken,
+        expires_at: i64,
+    },
 }
 
 /// A request authenticated by a live session.
@@ -56,7 +59,12 @@ fn parse_new_password(member: &'static str, input: String) -> ServiceResult<Pass
 
 impl Service {
     /// `POST /api/auth/register`.
-    pub async fn register(&self, email: &str, password: String, meta: &RequestMeta) -> ServiceResult<UserView> {
+    pub async fn register(
+        &self,
+        email: &str,
+        password: String,
+        meta: &RequestMeta,
+    ) -> ServiceResult<UserView> {
         let email = Email::parse(email);
         let password = Password::new(password);
         let mut problems = Vec::new();
@@ -84,8 +92,17 @@ impl Service {
             password_hash: password_hash.0,
             created_at: now,
         };
-        match self.store.insert_user(&user, &meta.event(&user.id, "user_registered", now)).await {
-            Ok(()) => Ok(UserView { id: user.id, email: user.email, mfa_enabled: false, created_at: now }),
+        match self
+            .store
+            .insert_user(&user, &meta.event(&user.id, "user_registered", now))
+            .await
+        {
+            Ok(()) => Ok(UserView {
+                id: user.id,
+                email: user.email,
+                mfa_enabled: false,
+                created_at: now,
+            }),
             Err(StoreError::Conflict) => Err(ServiceError::EmailTaken),
             Err(err) => Err(err.into()),
         }
@@ -93,33 +110,45 @@ impl Service {
 
     /// `POST /api/auth/login`: the first factor. Unknown email and wrong password are the same
     /// error after the same work (a verification against a dummy hash).
-    pub async fn login(&self, email: &str, password: String, meta: &RequestMeta) -> ServiceResult<LoginOutcome> {
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        meta: &RequestMeta,
+    ) -> ServiceResult<LoginOutcome> {
         let password = Password::candidate(password);
         let user = match Email::parse(email) {
             Ok(email) => self.store.user_by_email(email.as_str()).await?,
             Err(_) => None,
         };
-        let stored = user
-            .as_ref()
-            .map_or_else(|| self.dummy_hash.clone(), |u| PasswordHashString(u.password_hash.clone()));
+        let stored = user.as_ref().map_or_else(
+            || self.dummy_hash.clone(),
+            |u| PasswordHashString(u.password_hash.clone()),
+        );
         let rehash_source = password.clone();
         let matches = self.verify_password(password, stored.clone()).await?;
         let now = self.now();
         let user = match user {
             Some(user) if matches => user,
             Some(user) => {
-                self.store.insert_event(&meta.event(&user.id, "login_failed", now)).await?;
+                self.store
+                    .insert_event(&meta.event(&user.id, "login_failed", now))
+                    .await?;
                 return Err(ServiceError::InvalidCredentials);
             }
             None => return Err(ServiceError::InvalidCredentials),
         };
         if user.disabled_at.is_some() {
-            self.store.insert_event(&meta.event(&user.id, "login_refused_disabled", now)).await?;
+            self.store
+                .insert_event(&meta.event(&user.id, "login_refused_disabled", now))
+                .await?;
             return Err(ServiceError::AccountDisabled);
         }
         if password::needs_rehash(&stored) {
             let upgraded = self.hash_password(rehash_source).await?;
-            self.store.upgrade_password_hash(&user.id, &stored.0, &upgraded.0).await?;
+            self.store
+                .upgrade_password_hash(&user.id, &stored.0, &upgraded.0)
+                .await?;
         }
         if user.mfa.is_some() {
             let mfa_token = PlainToken::generate(TokenKind::MfaChallenge);
@@ -133,14 +162,24 @@ impl Service {
                     &meta.event(&user.id, "login_password_ok_mfa_required", now),
                 )
                 .await?;
-            return Ok(LoginOutcome::MfaRequired { mfa_token, expires_at });
+            return Ok(LoginOutcome::MfaRequired {
+                mfa_token,
+                expires_at,
+            });
         }
         let (session, record) = self.new_session(&user, false, now);
-        self.store.insert_session(&record, &meta.event(&user.id, "login_succeeded", now)).await?;
+        self.store
+            .insert_session(&record, &meta.event(&user.id, "login_succeeded", now))
+            .await?;
         Ok(LoginOutcome::Session(session))
     }
 
-    pub(super) fn new_session(&self, user: &UserRecord, mfa: bool, now: i64) -> (IssuedSession, SessionRecord) {
+    pub(super) fn new_session(
+        &self,
+        user: &UserRecord,
+        mfa: bool,
+        now: i64,
+    ) -> (IssuedSession, SessionRecord) {
         let token = PlainToken::generate(TokenKind::Session);
         let expires_at = now + self.config.session_lifetime_secs;
         let record = SessionRecord {
@@ -151,18 +190,28 @@ impl Service {
             expires_at,
             mfa,
         };
-        (IssuedSession { token, expires_at, user: UserView::from(user) }, record)
+        (
+            IssuedSession {
+                token,
+                expires_at,
+                user: UserView::from(user),
+            },
+            record,
+        )
     }
 
     /// Resolves a bearer token to its live session (the hot path of every host application).
     pub async fn authenticate(&self, token: &str) -> ServiceResult<Authenticated> {
-        let token = PlainToken::parse(TokenKind::Session, token).map_err(|_| ServiceError::Unauthenticated)?;
+        let token = PlainToken::parse(TokenKind::Session, token)
+            .map_err(|_| ServiceError::Unauthenticated)?;
         let found = self
             .store
             .active_session(&token.hash(), self.now(), self.config.session_idle_secs)
             .await?;
         match found {
-            Some((session, user)) if user.disabled_at.is_none() => Ok(Authenticated { user, session }),
+            Some((session, user)) if user.disabled_at.is_none() => {
+                Ok(Authenticated { user, session })
+            }
             _ => Err(ServiceError::Unauthenticated),
         }
     }
@@ -175,7 +224,9 @@ impl Service {
     /// `POST /api/auth/logout`: revokes the session server-side.
     pub async fn logout(&self, auth: &Authenticated, meta: &RequestMeta) -> ServiceResult<()> {
         let event = meta.event(&auth.user.id, "logout", self.now());
-        self.store.delete_session(&auth.session.token_hash, &event).await?;
+        self.store
+            .delete_session(&auth.session.token_hash, &event)
+            .await?;
         Ok(())
     }
 
@@ -194,47 +245,65 @@ impl Service {
         let factor = match (&user.mfa, code) {
             (Some(_), Some(code)) => Some(super::mfa::SecondFactorInput::parse("code", &code)?),
             (Some(_), None) => {
-                return Err(ServiceError::invalid("code", "is required while MFA is enabled"));
+                return Err(ServiceError::invalid(
+                    "code",
+                    "is required while MFA is enabled",
+                ));
             }
             (None, _) => None,
         };
         let now = self.now();
-        let proof = match factor {
+        let (proof, failures) = match factor {
             Some(factor) => {
                 let failures = self.reserve_attempt(user, now).await?;
-                let password_ok = self
-                    .verify_password(Password::candidate(current_password), PasswordHashString(user.password_hash.clone()))
-                    .await?;
+                let password_matches = self.password_matches(user, current_password).await?;
                 match self.check_second_factor(user, &factor, now).await? {
-                    Some(proof) if password_ok => Some(proof),
+                    Some(proof) if password_matches => (Some(proof), failures),
                     _ => {
                         return Err(self
-                            .second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
+                            .second_factor_failed(
+                                &user.id,
+                                failures,
+                                meta,
+                                now,
+                                ServiceError::InvalidPasswordOrCode,
+                            )
                             .await);
                     }
                 }
             }
             None => {
-                let password_ok = self
-                    .verify_password(Password::candidate(current_password), PasswordHashString(user.password_hash.clone()))
-                    .await?;
-                if !password_ok {
-                    self.store.insert_event(&meta.event(&user.id, "password_change_failed", now)).await?;
+                if !self.password_matches(user, current_password).await? {
+                    self.store
+                        .insert_event(&meta.event(&user.id, "password_change_failed", now))
+                        .await?;
                     return Err(ServiceError::InvalidPasswordOrCode);
                 }
-                None
+                (None, 0)
             }
         };
         let new_hash = self.hash_password(new_password).await?;
         let event = meta.event(&user.id, "password_changed", now);
         match self
             .store
-            .change_password(&user.id, proof, &new_hash.0, &auth.session.token_hash, &event)
+            .change_password(
+                &user.id,
+                proof,
+                &new_hash.0,
+                &auth.session.token_hash,
+                &event,
+            )
             .await?
         {
             Consumed::Yes => Ok(()),
             Consumed::Rejected => Err(self
-                .second_factor_failed(&user.id, 0, meta, now, ServiceError::InvalidPasswordOrCode)
+                .second_factor_failed(
+                    &user.id,
+                    failures,
+                    meta,
+                    now,
+                    ServiceError::InvalidPasswordOrCode,
+                )
                 .await),
         }
     }

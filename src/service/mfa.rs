@@ -10,14 +10,14 @@
 use super::accounts::{Authenticated, IssuedSession};
 use super::{RequestMeta, Service, ServiceError, ServiceResult};
 use crate::domain::backup_code::{self, BackupCodeSet, NormalizedBackupCode};
+use crate::domain::email::Email;
 use crate::domain::password::{Password, PasswordHashString};
 use crate::domain::throttle;
 use crate::domain::token::{PlainToken, TokenKind};
 use crate::domain::totp::{self, TotpCode, TotpSecret};
-use crate::domain::email::Email;
 use crate::store::{
-    AttemptReservation, BackupCodeHashes, Consumed, EnableMfa, EventRecord, PendingSetupRecord, SecondFactorProof,
-    UserRecord,
+    AttemptReservation, BackupCodeHashes, Consumed, EnableMfa, EventRecord, PendingSetupRecord,
+    SecondFactorProof, UserRecord,
 };
 
 /// Number of backup codes in a set.
@@ -39,7 +39,9 @@ impl SecondFactorInput {
         }
         match backup_code::normalize(input) {
             Ok(code) => Ok(Self::Backup(code)),
-            Err(_) if input.trim().is_empty() => Err(ServiceError::invalid(member, "must not be empty")),
+            Err(_) if input.trim().is_empty() => {
+                Err(ServiceError::invalid(member, "must not be empty"))
+            }
             Err(_) => Err(ServiceError::invalid(
                 member,
                 "must be a 6-digit code from the authenticator app or a backup code",
@@ -102,7 +104,11 @@ fn render_qr_svg(data: &str) -> ServiceResult<String> {
 impl Service {
     /// Counts an attempt before evaluating it, or refuses while the account is locked.
     pub(super) async fn reserve_attempt(&self, user: &UserRecord, now: i64) -> ServiceResult<u32> {
-        match self.store.reserve_attempt(&user.id, now, throttle::lock_after).await? {
+        match self
+            .store
+            .reserve_attempt(&user.id, now, throttle::lock_after)
+            .await?
+        {
             AttemptReservation::Granted { failures } => Ok(failures),
             AttemptReservation::Locked { until } => Err(ServiceError::Throttled {
                 retry_after_secs: (until - now).max(1),
@@ -119,12 +125,20 @@ impl Service {
         now: i64,
         err: ServiceError,
     ) -> ServiceError {
-        if let Err(store_err) = self.store.insert_event(&meta.event(user_id, "second_factor_failed", now)).await {
+        if let Err(store_err) = self
+            .store
+            .insert_event(&meta.event(user_id, "second_factor_failed", now))
+            .await
+        {
             return store_err.into();
         }
         if failures >= throttle::FREE_FAILURES {
             tracing::warn!(failures, "second factor locked after repeated failures");
-            if let Err(store_err) = self.store.insert_event(&meta.event(user_id, "mfa_lockout", now)).await {
+            if let Err(store_err) = self
+                .store
+                .insert_event(&meta.event(user_id, "mfa_lockout", now))
+                .await
+            {
                 return store_err.into();
             }
         }
@@ -139,11 +153,16 @@ impl Service {
         factor: &SecondFactorInput,
         now: i64,
     ) -> ServiceResult<Option<SecondFactorProof>> {
-        let Some(mfa) = &user.mfa else { return Ok(None) };
+        let Some(mfa) = &user.mfa else {
+            return Ok(None);
+        };
         match factor {
             SecondFactorInput::Totp(code) => {
                 let secret = self.open_secret(&mfa.sealed_secret, &user.id)?;
-                Ok(totp::verify(&secret, code, now, &self.config.totp, mfa.last_step).map(SecondFactorProof::TotpStep))
+                Ok(
+                    totp::verify(&secret, code, now, &self.config.totp, mfa.last_step)
+                        .map(SecondFactorProof::TotpStep),
+                )
             }
             SecondFactorInput::Backup(code) => {
                 let Ok(salt) = <[u8; 16]>::try_from(mfa.backup_salt.as_slice()) else {
@@ -173,31 +192,56 @@ impl Service {
             .run(|| {
                 let set = BackupCodeSet::generate_os(BACKUP_CODE_COUNT)?;
                 let hashes = set.hashes()?;
-                let shown = set.codes.iter().map(|code| code.display().to_string()).collect();
-                Ok((FreshBackupCodes(shown), BackupCodeHashes { salt: set.salt.to_vec(), hashes }))
+                let shown = set
+                    .codes
+                    .iter()
+                    .map(|code| code.display().to_string())
+                    .collect();
+                Ok((
+                    FreshBackupCodes(shown),
+                    BackupCodeHashes {
+                        salt: set.salt.to_vec(),
+                        hashes,
+                    },
+                ))
             })
             .await?
             .map_err(|err: backup_code::BackupCodeError| ServiceError::Internal(err.to_string()))
     }
 
-    async fn password_matches(&self, user: &UserRecord, password: String) -> ServiceResult<bool> {
-        self.verify_password(Password::candidate(password), PasswordHashString(user.password_hash.clone()))
-            .await
+    pub(super) async fn password_matches(
+        &self,
+        user: &UserRecord,
+        password: String,
+    ) -> ServiceResult<bool> {
+        self.verify_password(
+            Password::candidate(password),
+            PasswordHashString(user.password_hash.clone()),
+        )
+        .await
     }
 
     /// `POST /api/user/profile/mfa/setup`.
-    pub async fn mfa_setup(&self, auth: &Authenticated, password: String, meta: &RequestMeta) -> ServiceResult<SetupView> {
+    pub async fn mfa_setup(
+        &self,
+        auth: &Authenticated,
+        password: String,
+        meta: &RequestMeta,
+    ) -> ServiceResult<SetupView> {
         let user = &auth.user;
         if user.mfa.is_some() {
             return Err(ServiceError::MfaAlreadyEnabled);
         }
         let now = self.now();
         if !self.password_matches(user, password).await? {
-            self.store.insert_event(&meta.event(&user.id, "mfa_setup_failed", now)).await?;
+            self.store
+                .insert_event(&meta.event(&user.id, "mfa_setup_failed", now))
+                .await?;
             return Err(ServiceError::InvalidPasswordOrCode);
         }
-        let secret = TotpSecret::generate_os()
-            .map_err(|err| ServiceError::Internal(format!("OS random number generator failed: {err}")))?;
+        let secret = TotpSecret::generate_os().map_err(|err| {
+            ServiceError::Internal(format!("OS random number generator failed: {err}"))
+        })?;
         let policy = &self.config.totp;
         let otpauth_url = totp::otpauth_url(&self.config.mfa_issuer, &user.email, &secret, policy);
         let qr_code_svg = render_qr_svg(&otpauth_url)?;
@@ -207,7 +251,11 @@ impl Service {
             expires_at: now + self.config.setup_ttl_secs,
         };
         self.store
-            .put_pending_setup(&user.id, &setup, &meta.event(&user.id, "mfa_setup_started", now))
+            .put_pending_setup(
+                &user.id,
+                &setup,
+                &meta.event(&user.id, "mfa_setup_started", now),
+            )
             .await?;
         Ok(SetupView {
             secret: secret.to_base32().to_string(),
@@ -222,18 +270,29 @@ impl Service {
     }
 
     /// `POST /api/user/profile/mfa/verify` (seed): enables MFA with a code of the pending secret.
-    pub async fn mfa_verify(&self, auth: &Authenticated, code: &str, meta: &RequestMeta) -> ServiceResult<FreshBackupCodes> {
+    pub async fn mfa_verify(
+        &self,
+        auth: &Authenticated,
+        code: &str,
+        meta: &RequestMeta,
+    ) -> ServiceResult<FreshBackupCodes> {
         let code = parse_totp("code", code)?;
         let user = &auth.user;
         if user.mfa.is_some() {
             return Err(ServiceError::MfaAlreadyEnabled);
         }
         let now = self.now();
-        let pending = self.store.pending_setup(&user.id, now).await?.ok_or(ServiceError::NoPendingSetup)?;
+        let pending = self
+            .store
+            .pending_setup(&user.id, now)
+            .await?
+            .ok_or(ServiceError::NoPendingSetup)?;
         let failures = self.reserve_attempt(user, now).await?;
         let secret = self.open_secret(&pending.sealed_secret, &user.id)?;
         let Some(step) = totp::verify(&secret, &code, now, &self.config.totp, None) else {
-            return Err(self.second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidMfaCode).await);
+            return Err(self
+                .second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidMfaCode)
+                .await);
         };
         let (fresh, codes) = self.new_backup_codes().await?;
         let enable = EnableMfa {
@@ -272,7 +331,13 @@ impl Service {
         match self.check_second_factor(user, &factor, now).await? {
             Some(proof) if password_ok => Ok((proof, failures)),
             _ => Err(self
-                .second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
+                .second_factor_failed(
+                    &user.id,
+                    failures,
+                    meta,
+                    now,
+                    ServiceError::InvalidPasswordOrCode,
+                )
                 .await),
         }
     }
@@ -297,21 +362,43 @@ impl Service {
         {
             Consumed::Yes => Ok(fresh),
             Consumed::Rejected => Err(self
-                .second_factor_failed(user_id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
+                .second_factor_failed(
+                    user_id,
+                    failures,
+                    meta,
+                    now,
+                    ServiceError::InvalidPasswordOrCode,
+                )
                 .await),
         }
     }
 
     /// `POST /api/user/profile/mfa/disable`.
-    pub async fn mfa_disable(&self, auth: &Authenticated, password: String, code: &str, meta: &RequestMeta) -> ServiceResult<()> {
+    pub async fn mfa_disable(
+        &self,
+        auth: &Authenticated,
+        password: String,
+        code: &str,
+        meta: &RequestMeta,
+    ) -> ServiceResult<()> {
         let now = self.now();
         let (proof, failures) = self.reauthenticate(auth, password, code, meta, now).await?;
         let user_id = &auth.user.id;
         let event = meta.event(user_id, "mfa_disabled", now);
-        match self.store.disable_mfa(user_id, proof, &auth.session.token_hash, &event).await? {
+        match self
+            .store
+            .disable_mfa(user_id, proof, &auth.session.token_hash, &event)
+            .await?
+        {
             Consumed::Yes => Ok(()),
             Consumed::Rejected => Err(self
-                .second_factor_failed(user_id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
+                .second_factor_failed(
+                    user_id,
+                    failures,
+                    meta,
+                    now,
+                    ServiceError::InvalidPasswordOrCode,
+                )
                 .await),
         }
     }
@@ -321,7 +408,11 @@ impl Service {
         let user = &auth.user;
         let pending = match user.mfa {
             Some(_) => false,
-            None => self.store.pending_setup(&user.id, self.now()).await?.is_some(),
+            None => self
+                .store
+                .pending_setup(&user.id, self.now())
+                .await?
+                .is_some(),
         };
         Ok(MfaStatus {
             enabled: user.mfa.is_some(),
@@ -332,7 +423,11 @@ impl Service {
     }
 
     /// `GET /api/user/profile/security-events`.
-    pub async fn security_events(&self, auth: &Authenticated, limit: Option<u32>) -> ServiceResult<Vec<EventRecord>> {
+    pub async fn security_events(
+        &self,
+        auth: &Authenticated,
+        limit: Option<u32>,
+    ) -> ServiceResult<Vec<EventRecord>> {
         let limit = match limit {
             None => 50,
             Some(limit @ 1..=200) => limit,
@@ -342,11 +437,21 @@ impl Service {
     }
 
     /// `POST /api/auth/login/mfa`: the second login step.
-    pub async fn login_second_factor(&self, mfa_token: &str, code: &str, meta: &RequestMeta) -> ServiceResult<IssuedSession> {
+    pub async fn login_second_factor(
+        &self,
+        mfa_token: &str,
+        code: &str,
+        meta: &RequestMeta,
+    ) -> ServiceResult<IssuedSession> {
         let factor = SecondFactorInput::parse("code", code)?;
-        let token = PlainToken::parse(TokenKind::MfaChallenge, mfa_token).map_err(|_| ServiceError::InvalidMfaToken)?;
+        let token = PlainToken::parse(TokenKind::MfaChallenge, mfa_token)
+            .map_err(|_| ServiceError::InvalidMfaToken)?;
         let now = self.now();
-        let user_id = self.store.challenge_user(&token.hash(), now).await?.ok_or(ServiceError::InvalidMfaToken)?;
+        let user_id = self
+            .store
+            .challenge_user(&token.hash(), now)
+            .await?
+            .ok_or(ServiceError::InvalidMfaToken)?;
         let user = match self.store.user_by_id(&user_id).await? {
             Some(user) if user.mfa.is_some() => user,
             _ => return Err(ServiceError::InvalidMfaToken),
@@ -357,29 +462,55 @@ impl Service {
         let failures = self.reserve_attempt(&user, now).await?;
         let Some(proof) = self.check_second_factor(&user, &factor, now).await? else {
             return Err(self
-                .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
+                .second_factor_failed(
+                    &user.id,
+                    failures,
+                    meta,
+                    now,
+                    ServiceError::SecondFactorRejected,
+                )
                 .await);
         };
         let (session, record) = self.new_session(&user, true, now);
         let event = meta.event(&user.id, "login_succeeded", now);
-        match self.store.complete_challenge(&token.hash(), proof, &record, &event).await? {
+        match self
+            .store
+            .complete_challenge(&token.hash(), proof, &record, &event)
+            .await?
+        {
             Consumed::Yes => Ok(session),
             Consumed::Rejected => Err(self
-                .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
+                .second_factor_failed(
+                    &user.id,
+                    failures,
+                    meta,
+                    now,
+                    ServiceError::SecondFactorRejected,
+                )
                 .await),
         }
     }
 
     /// `tessera user reset-mfa EMAIL`: for a user who lost both phone and backup codes.
     pub async fn operator_reset_mfa(&self, email: &str) -> ServiceResult<UserRecord> {
-        let email = Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
+        let email =
+            Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
         let user = self
             .store
             .user_by_email(email.as_str())
             .await?
             .ok_or_else(|| ServiceError::invalid("email", "no such user"))?;
-        let meta = RequestMeta { ip: None, user_agent: Some("tessera-cli".into()), request_id: None };
-        self.store.reset_mfa(&user.id, &meta.event(&user.id, "mfa_reset_by_operator", self.now())).await?;
+        let meta = RequestMeta {
+            ip: None,
+            user_agent: Some("tessera-cli".into()),
+            request_id: None,
+        };
+        self.store
+            .reset_mfa(
+                &user.id,
+                &meta.event(&user.id, "mfa_reset_by_operator", self.now()),
+            )
+            .await?;
         Ok(user)
     }
 
@@ -389,7 +520,8 @@ impl Service {
     }
 
     pub async fn user_by_email(&self, email: &str) -> ServiceResult<Option<UserRecord>> {
-        let email = Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
+        let email =
+            Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
         Ok(self.store.user_by_email(email.as_str()).await?)
     }
 }

@@ -143,7 +143,9 @@ pub struct HashingPool {
 
 impl HashingPool {
     pub fn new(size: usize) -> Self {
-        Self { permits: Arc::new(Semaphore::new(size.max(1))) }
+        Self {
+            permits: Arc::new(Semaphore::new(size.max(1))),
+        }
     }
 
     /// One slot per core.
@@ -190,11 +192,20 @@ impl Service {
             .run(|| {
                 let mut random = [0u8; 24];
                 rand::fill(&mut random[..]);
-                password::hash(&Password::candidate(data_encoding::HEXLOWER.encode(&random)))
+                password::hash(&Password::candidate(
+                    data_encoding::HEXLOWER.encode(&random),
+                ))
             })
             .await?
             .map_err(|err| ServiceError::Internal(err.to_string()))?;
-        Ok(Self { store, clock, key, hashing, config, dummy_hash })
+        Ok(Self {
+            store,
+            clock,
+            key,
+            hashing,
+            config,
+            dummy_hash,
+        })
     }
 
     pub fn config(&self) -> &ServiceConfig {
@@ -221,7 +232,13 @@ impl Service {
             .map_err(|err| ServiceError::Internal(err.to_string()))
     }
 
-    async fn verify_password(&self, password: Password, stored: PasswordHashString) -> ServiceResult<bool> {
-        self.hashing.run(move || password::verify(&password, &stored)).await
+    async fn verify_password(
+        &self,
+        password: Password,
+        stored: PasswordHashString,
+    ) -> ServiceResult<bool> {
+        self.hashing
+            .run(move || password::verify(&password, &stored))
+            .await
     }
 }

@@ -88,7 +88,10 @@ pub struct BackupCodesResponse {
 #[utoipa::path(get, path = "/api/user/profile/mfa", tag = "mfa",
     security(("session_token" = []), ("session_cookie" = [])),
     responses((status = 200, description = "The MFA status.", body = MfaStatusResponse)))]
-pub async fn status(State(state): State<AppState>, Auth(auth): Auth) -> Result<Json<MfaStatusResponse>, Problem> {
+pub async fn status(
+    State(state): State<AppState>,
+    Auth(auth): Auth,
+) -> Result<Json<MfaStatusResponse>, Problem> {
     let status = state.service.mfa_status(&auth).await?;
     Ok(Json(MfaStatusResponse {
         enabled: status.enabled,
@@ -174,8 +177,13 @@ pub async fn regenerate_backup_codes(
     Meta(meta): Meta,
     ApiJson(body): ApiJson<PasswordAndCode>,
 ) -> Result<Json<BackupCodesResponse>, Problem> {
-    let codes = state.service.regenerate_backup_codes(&auth, body.password, &body.code, &meta).await?;
-    Ok(Json(BackupCodesResponse { backup_codes: codes.0 }))
+    let codes = state
+        .service
+        .regenerate_backup_codes(&auth, body.password, &body.code, &meta)
+        .await?;
+    Ok(Json(BackupCodesResponse {
+        backup_codes: codes.0,
+    }))
 }
 
 /// Turn MFA off: secret and backup codes are deleted; other sessions are revoked.
@@ -194,6 +202,11 @@ pub async fn disable(
     Meta(meta): Meta,
     ApiJson(body): ApiJson<PasswordAndCode>,
 ) -> Result<Json<SuccessMessage>, Problem> {
-    state.service.mfa_disable(&auth, body.password, &body.code, &meta).await?;
-    Ok(Json(SuccessMessage::new("MFA disabled. Other sessions were signed out.")))
+    state
+        .service
+        .mfa_disable(&auth, body.password, &body.code, &meta)
+        .await?;
+    Ok(Json(SuccessMessage::new(
+        "MFA disabled. Other sessions were signed out.",
+    )))
 }

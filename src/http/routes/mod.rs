@@ -30,7 +30,12 @@ pub struct UserDto {
 
 impl From<UserView> for UserDto {
     fn from(user: UserView) -> Self {
-        Self { id: user.id, email: user.email, mfa_enabled: user.mfa_enabled, created_at: rfc3339(user.created_at) }
+        Self {
+            id: user.id,
+            email: user.email,
+            mfa_enabled: user.mfa_enabled,
+            created_at: rfc3339(user.created_at),
+        }
     }
 }
 
@@ -43,7 +48,10 @@ pub struct SuccessMessage {
 
 impl SuccessMessage {
     pub fn new(message: &str) -> Self {
-        Self { success: true, message: message.to_owned() }
+        Self {
+            success: true,
+            message: message.to_owned(),
+        }
     }
 }
 
@@ -54,8 +62,12 @@ pub struct IpRateLimit;
 impl FromRequestParts<AppState> for IpRateLimit {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(ip) = client_ip(&parts.headers, peer_ip(parts), &state.http.trusted_proxies) else {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(ip) = client_ip(&parts.headers, peer_ip(parts), &state.http.trusted_proxies)
+        else {
             return Ok(IpRateLimit);
         };
         let now = state.clock.now().unix_timestamp_nanos() as f64 / 1e9;
@@ -65,7 +77,9 @@ impl FromRequestParts<AppState> for IpRateLimit {
                 retry_after: Some(retry_after),
                 ..Problem::new(
                     ProblemKind::RateLimited,
-                    format!("Too many requests from this address; try again in {retry_after} seconds."),
+                    format!(
+                        "Too many requests from this address; try again in {retry_after} seconds."
+                    ),
                 )
             }),
         }

@@ -7,8 +7,8 @@ use crate::http::extract::{ApiJson, Auth, Meta};
 use crate::http::problem::{Problem, ProblemBody};
 use crate::service::accounts::UserView;
 use axum::Json;
-use axum::extract::{Query, State};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
@@ -76,9 +76,17 @@ pub async fn change_password(
 ) -> Result<Json<SuccessMessage>, Problem> {
     state
         .service
-        .change_password(&auth, body.current_password, body.new_password, body.code, &meta)
+        .change_password(
+            &auth,
+            body.current_password,
+            body.new_password,
+            body.code,
+            &meta,
+        )
         .await?;
-    Ok(Json(SuccessMessage::new("Password changed. Other sessions were signed out.")))
+    Ok(Json(SuccessMessage::new(
+        "Password changed. Other sessions were signed out.",
+    )))
 }
 
 /// The security events of the signed-in user, newest first.
