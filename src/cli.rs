@@ -73,9 +73,7 @@ fn init_logging() {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(dispatch(cli.command))
 }
 
@@ -95,11 +93,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 fn describe_database(config: &Config) -> String {
     match &config.database_url {
         Some(_) => "the configured database".to_owned(),
-        None => config
-            .data_dir
-            .join(server::DATABASE_FILE)
-            .display()
-            .to_string(),
+        None => config.data_dir.join(server::DATABASE_FILE).display().to_string(),
     }
 }
 

@@ -25,12 +25,7 @@ pub struct StorageArgs {
     pub data_dir: Option<PathBuf>,
     /// Database URL [default: sqlite://DATA_DIR/tessera.db]. Only `sqlite:` URLs are supported
     /// by this build.
-    #[arg(
-        long,
-        env = "TESSERA_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "TESSERA_DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 
@@ -55,12 +50,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERA_IP_RATE_LIMIT_PER_MINUTE", value_name = "N")]
     pub ip_rate_limit_per_minute: Option<u32>,
     /// Proxies whose X-Forwarded-For is believed (comma-separated IPs) [default: none].
-    #[arg(
-        long,
-        env = "TESSERA_TRUSTED_PROXIES",
-        value_name = "IPS",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_name = "IPS", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<IpAddr>>,
     /// Whether POST /api/auth/register accepts new accounts [default: true].
     #[arg(long, env = "TESSERA_REGISTRATION_OPEN", value_name = "BOOL")]
@@ -94,10 +84,7 @@ struct FileConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("TESSERA_SECRET_KEY is unusable: {0}")]
@@ -183,10 +170,7 @@ impl Config {
                 })
             }
         };
-        let request_timeout_secs = args
-            .request_timeout_secs
-            .or(file.request_timeout_secs)
-            .unwrap_or(30);
+        let request_timeout_secs = args.request_timeout_secs.or(file.request_timeout_secs).unwrap_or(30);
         positive(
             "request_timeout_secs",
             i64::try_from(request_timeout_secs).unwrap_or(i64::MAX),
@@ -230,10 +214,7 @@ impl Config {
                         .or(file.session_lifetime_secs)
                         .unwrap_or(service_defaults.session_lifetime_secs),
                 )?,
-                registration_open: args
-                    .registration_open
-                    .or(file.registration_open)
-                    .unwrap_or(true),
+                registration_open: args.registration_open.or(file.registration_open).unwrap_or(true),
                 mfa_issuer: issuer,
                 totp: TotpPolicy {
                     skew_steps: skew,
@@ -303,10 +284,7 @@ mod tests {
             },
             ..ServeArgs::default()
         };
-        assert!(matches!(
-            Config::resolve(&args),
-            Err(ConfigError::Parse { .. })
-        ));
+        assert!(matches!(Config::resolve(&args), Err(ConfigError::Parse { .. })));
         let skew = ServeArgs {
             totp_skew_steps: Some(5),
             ..ServeArgs::default()

@@ -25,15 +25,9 @@ pub const DATABASE_FILE: &str = "tessera.db";
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot prepare data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot read or write key file {path}: {source}")]
-    KeyFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    KeyFile { path: PathBuf, source: std::io::Error },
     #[error(
         "key file {path} is unusable: {error}; restore the original key file or remove it only if the database is new"
     )]
@@ -69,21 +63,17 @@ pub fn load_or_create_key(config: &Config) -> Result<MasterKey, StartupError> {
     }
     let path = config.data_dir.join(KEY_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            MasterKey::from_base64(&text).map_err(|error| StartupError::BadKeyFile { path, error })
-        }
+        Ok(text) => MasterKey::from_base64(&text).map_err(|error| StartupError::BadKeyFile { path, error }),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let key = MasterKey::generate();
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options
-                .open(&path)
-                .map_err(|source| StartupError::KeyFile {
-                    path: path.clone(),
-                    source,
-                })?;
+            let mut file = options.open(&path).map_err(|source| StartupError::KeyFile {
+                path: path.clone(),
+                source,
+            })?;
             file.write_all(key.to_base64().as_bytes())
                 .and_then(|()| file.write_all(b"\n"))
                 .and_then(|()| file.sync_all())
@@ -118,14 +108,9 @@ pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Opened, Star
     let store = Arc::new(open_store(config).await?);
     let key = load_or_create_key(config)?;
     let dyn_store: Arc<dyn Store> = store.clone();
-    let service =
-        Arc::new(Service::new(dyn_store, clock.clone(), key, config.service.clone()).await?);
+    let service = Arc::new(Service::new(dyn_store, clock.clone(), key, config.service.clone()).await?);
     let state = AppState::new(service.clone(), clock, config.http());
-    Ok(Opened {
-        service,
-        store,
-        state,
-    })
+    Ok(Opened { service, store, state })
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests
@@ -135,12 +120,9 @@ pub async fn run(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// The whole application router for an opened service.

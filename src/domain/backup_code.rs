@@ -17,12 +17,7 @@
 // production code free of them (tests may unwrap).
 #![cfg_attr(
     not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
 )]
 
 use core::fmt;
@@ -229,10 +224,7 @@ impl BackupCodeSet {
     ///
     /// # Errors
     /// [`BackupCodeError::DegenerateRng`] if the RNG keeps repeating itself.
-    pub fn generate<R: CryptoRng + ?Sized>(
-        count: usize,
-        rng: &mut R,
-    ) -> Result<Self, BackupCodeError> {
+    pub fn generate<R: CryptoRng + ?Sized>(count: usize, rng: &mut R) -> Result<Self, BackupCodeError> {
         Self::generate_with(count, |buf| {
             rng.fill_bytes(buf);
             Ok(())
@@ -245,9 +237,7 @@ impl BackupCodeSet {
     /// [`BackupCodeError::Rng`] if the OS RNG fails,
     /// [`BackupCodeError::DegenerateRng`] as for `generate`.
     pub fn generate_os(count: usize) -> Result<Self, BackupCodeError> {
-        Self::generate_with(count, |buf| {
-            SysRng.try_fill_bytes(buf).map_err(BackupCodeError::Rng)
-        })
+        Self::generate_with(count, |buf| SysRng.try_fill_bytes(buf).map_err(BackupCodeError::Rng))
     }
 
     fn generate_with(
@@ -310,18 +300,9 @@ fn random_code(
 
 /// argon2id v1.3 with the module's fixed cost parameters.
 fn hasher() -> Result<Argon2<'static>, BackupCodeError> {
-    let params = Params::new(
-        ARGON2_M_COST_KIB,
-        ARGON2_T_COST,
-        ARGON2_P_COST,
-        Some(HASH_LEN),
-    )
-    .map_err(BackupCodeError::Hash)?;
-    Ok(Argon2::new(
-        argon2::Algorithm::Argon2id,
-        argon2::Version::V0x13,
-        params,
-    ))
+    let params =
+        Params::new(ARGON2_M_COST_KIB, ARGON2_T_COST, ARGON2_P_COST, Some(HASH_LEN)).map_err(BackupCodeError::Hash)?;
+    Ok(Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params))
 }
 
 fn hash_with(
@@ -342,10 +323,7 @@ fn hash_with(
 ///
 /// # Errors
 /// [`BackupCodeError::Hash`] if argon2 fails (not expected).
-pub fn hash_code(
-    code: &NormalizedBackupCode,
-    salt: &[u8; SALT_LEN],
-) -> Result<[u8; HASH_LEN], BackupCodeError> {
+pub fn hash_code(code: &NormalizedBackupCode, salt: &[u8; SALT_LEN]) -> Result<[u8; HASH_LEN], BackupCodeError> {
     hash_with(&hasher()?, code, salt)
 }
 
@@ -408,8 +386,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let set = BackupCodeSet::generate(10, &mut rng).unwrap();
         assert_eq!(set.codes.len(), 10);
-        let shown: std::collections::BTreeSet<String> =
-            set.codes.iter().map(|c| c.expose().to_string()).collect();
+        let shown: std::collections::BTreeSet<String> = set.codes.iter().map(|c| c.expose().to_string()).collect();
         assert_eq!(shown.len(), 10);
         for code in &set.codes {
             assert!(has_display_shape(&code.expose()), "{}", &*code.expose());
@@ -419,12 +396,7 @@ mod tests {
         let os = BackupCodeSet::generate_os(10).unwrap();
         assert_eq!(os.codes.len(), 10);
         assert_ne!(os.salt, set.salt);
-        assert!(
-            BackupCodeSet::generate(0, &mut rand::rng())
-                .unwrap()
-                .codes
-                .is_empty()
-        );
+        assert!(BackupCodeSet::generate(0, &mut rand::rng()).unwrap().codes.is_empty());
     }
 
     /// Always returns zero bytes: a broken "crypto" RNG.

@@ -109,16 +109,10 @@ mod tests {
 
     #[test]
     fn policy_counts_characters_not_bytes() {
-        assert_eq!(
-            Password::new("short".into()).err(),
-            Some(PasswordPolicyError::TooShort)
-        );
+        assert_eq!(Password::new("short".into()).err(), Some(PasswordPolicyError::TooShort));
         assert!(Password::new("éééééééé".into()).is_ok());
         assert!(Password::new("a".repeat(256)).is_ok());
-        assert_eq!(
-            Password::new("a".repeat(257)).err(),
-            Some(PasswordPolicyError::TooLong)
-        );
+        assert_eq!(Password::new("a".repeat(257)).err(), Some(PasswordPolicyError::TooLong));
     }
 
     #[test]
@@ -128,14 +122,8 @@ mod tests {
         assert!(hash.0.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(!needs_rehash(&hash));
         assert!(verify(&password, &hash));
-        assert!(!verify(
-            &Password::candidate("correct horse battery!".into()),
-            &hash
-        ));
-        assert!(!verify(
-            &password,
-            &PasswordHashString("not a phc string".into())
-        ));
+        assert!(!verify(&Password::candidate("correct horse battery!".into()), &hash));
+        assert!(!verify(&password, &PasswordHashString("not a phc string".into())));
     }
 
     #[test]

@@ -61,11 +61,7 @@ impl MasterKey {
     /// Parses the base64 form used by `TESSERA_SECRET_KEY` and the key file (white space around
     /// it is ignored, so a trailing newline in the file is fine).
     pub fn from_base64(text: &str) -> Result<Self, KeyError> {
-        let decoded = Zeroizing::new(
-            BASE64
-                .decode(text.trim().as_bytes())
-                .map_err(|_| KeyError::NotBase64)?,
-        );
+        let decoded = Zeroizing::new(BASE64.decode(text.trim().as_bytes()).map_err(|_| KeyError::NotBase64)?);
         let bytes: [u8; KEY_LEN] = decoded
             .as_slice()
             .try_into()
@@ -120,11 +116,7 @@ impl MasterKey {
     }
 
     /// Opens a value sealed by [`MasterKey::seal`] with the same associated data.
-    pub fn open(
-        &self,
-        sealed: &[u8],
-        associated_data: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    pub fn open(&self, sealed: &[u8], associated_data: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
         if sealed.len() < HEADER_LEN + TAG_LEN || sealed[0] != VERSION {
             return Err(OpenError::Malformed);
         }
@@ -132,8 +124,7 @@ impl MasterKey {
             return Err(OpenError::UnknownKey);
         }
         let (header, ciphertext) = sealed.split_at(HEADER_LEN);
-        let nonce =
-            XNonce::try_from(&header[1 + KEY_ID_LEN..]).map_err(|_| OpenError::Malformed)?;
+        let nonce = XNonce::try_from(&header[1 + KEY_ID_LEN..]).map_err(|_| OpenError::Malformed)?;
         let aad = [header, associated_data].concat();
         self.cipher()
             .decrypt(
@@ -150,11 +141,7 @@ impl MasterKey {
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "MasterKey(id={})",
-            data_encoding::HEXLOWER.encode(&self.id)
-        )
+        write!(f, "MasterKey(id={})", data_encoding::HEXLOWER.encode(&self.id))
     }
 }
 
@@ -168,20 +155,14 @@ mod tests {
         let key = MasterKey::generate();
         let sealed = key.seal(b"twenty byte secret!!", b"user-1");
         assert_eq!(sealed.len(), HEADER_LEN + 20 + TAG_LEN);
-        assert_eq!(
-            &key.open(&sealed, b"user-1").unwrap()[..],
-            b"twenty byte secret!!"
-        );
+        assert_eq!(&key.open(&sealed, b"user-1").unwrap()[..], b"twenty byte secret!!");
     }
 
     #[test]
     fn sealed_value_bound_to_another_user_does_not_open() {
         let key = MasterKey::generate();
         let sealed = key.seal(b"secret", b"user-1");
-        assert_eq!(
-            key.open(&sealed, b"user-2").err(),
-            Some(OpenError::Tampered)
-        );
+        assert_eq!(key.open(&sealed, b"user-2").err(), Some(OpenError::Tampered));
     }
 
     #[test]
@@ -209,10 +190,7 @@ mod tests {
 
     #[test]
     fn key_loading_refuses_wrong_sizes_and_never_prints_the_key() {
-        assert_eq!(
-            MasterKey::from_base64("not base64!").err(),
-            Some(KeyError::NotBase64)
-        );
+        assert_eq!(MasterKey::from_base64("not base64!").err(), Some(KeyError::NotBase64));
         assert_eq!(
             MasterKey::from_base64(&BASE64.encode(&[7u8; 16])).err(),
             Some(KeyError::WrongSize(16))

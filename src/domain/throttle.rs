@@ -31,10 +31,7 @@ mod tests {
     #[test]
     fn first_four_failures_are_free_then_delay_doubles_up_to_the_cap() {
         let delays: Vec<i64> = (1..=12).map(lock_after).collect();
-        assert_eq!(
-            delays,
-            vec![0, 0, 0, 0, 30, 60, 120, 240, 480, 900, 900, 900]
-        );
+        assert_eq!(delays, vec![0, 0, 0, 0, 30, 60, 120, 240, 480, 900, 900, 900]);
         assert_eq!(lock_after(u32::MAX), MAX_DELAY_SECS);
     }
 }

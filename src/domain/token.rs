@@ -59,9 +59,7 @@ impl PlainToken {
             return Err(TokenFormatError);
         }
         match BASE64URL_NOPAD.decode(body.as_bytes()) {
-            Ok(decoded) if decoded.len() == RANDOM_BYTES => {
-                Ok(Self(Zeroizing::new(input.to_owned())))
-            }
+            Ok(decoded) if decoded.len() == RANDOM_BYTES => Ok(Self(Zeroizing::new(input.to_owned()))),
             _ => Err(TokenFormatError),
         }
     }
@@ -114,10 +112,7 @@ mod tests {
         assert_eq!(token.expose().len(), 4 + ENCODED_LEN);
         let parsed = PlainToken::parse(TokenKind::Session, token.expose()).unwrap();
         assert_eq!(parsed.hash(), token.hash());
-        assert_ne!(
-            PlainToken::generate(TokenKind::Session).hash(),
-            token.hash()
-        );
+        assert_ne!(PlainToken::generate(TokenKind::Session).hash(), token.hash());
     }
 
     #[test]
@@ -131,10 +126,8 @@ mod tests {
 
     #[test]
     fn hash_is_sha256_of_the_whole_token() {
-        let token =
-            PlainToken::parse(TokenKind::Session, &format!("tsr_{}", "A".repeat(43))).unwrap();
-        let expected: [u8; 32] =
-            Sha256::digest(format!("tsr_{}", "A".repeat(43)).as_bytes()).into();
+        let token = PlainToken::parse(TokenKind::Session, &format!("tsr_{}", "A".repeat(43))).unwrap();
+        let expected: [u8; 32] = Sha256::digest(format!("tsr_{}", "A".repeat(43)).as_bytes()).into();
         assert_eq!(token.hash().0, expected);
     }
 

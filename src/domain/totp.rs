@@ -14,12 +14,7 @@
 // production code free of them (tests may unwrap).
 #![cfg_attr(
     not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
 )]
 
 use core::fmt;
@@ -357,12 +352,7 @@ pub fn verify(
 /// separator. An empty issuer omits the prefix and the parameter. The result
 /// contains the secret: do not log it.
 #[must_use]
-pub fn otpauth_url(
-    issuer: &str,
-    account_name: &str,
-    secret: &TotpSecret,
-    policy: &TotpPolicy,
-) -> String {
+pub fn otpauth_url(issuer: &str, account_name: &str, secret: &TotpSecret, policy: &TotpPolicy) -> String {
     let secret_b32 = secret.to_base32();
     let issuer_enc = percent_encode(issuer);
     let mut url = String::with_capacity(128);
@@ -440,8 +430,8 @@ mod tests {
     /// The same vectors reduced to 6 digits (last six of the 8-digit value),
     /// written out rather than derived so the `digits` reduction is tested.
     const RFC6238_SIX: [&str; 18] = [
-        "287082", "119246", "693936", "081804", "084774", "091201", "050471", "062674", "943326",
-        "005924", "819424", "441116", "279037", "698825", "618901", "353130", "737706", "863826",
+        "287082", "119246", "693936", "081804", "084774", "091201", "050471", "062674", "943326", "005924", "819424",
+        "441116", "279037", "698825", "618901", "353130", "737706", "863826",
     ];
 
     fn seed(algorithm: Algorithm) -> &'static [u8] {
@@ -500,11 +490,7 @@ mod tests {
             755224, 287082, 359152, 969429, 338314, 254676, 287922, 162583, 399871, 520489,
         ];
         for (counter, want) in (0u64..).zip(expected) {
-            assert_eq!(
-                hotp(SEED_SHA1, counter, 6, Algorithm::Sha1),
-                want,
-                "count {counter}"
-            );
+            assert_eq!(hotp(SEED_SHA1, counter, 6, Algorithm::Sha1), want, "count {counter}");
         }
     }
 
@@ -541,11 +527,7 @@ mod tests {
     const NOW: i64 = 1111111111; // step 37037037, 1 s into the step
 
     fn code_at(secret: &TotpSecret, time: i64) -> TotpCode {
-        TotpCode::parse(&format!(
-            "{:06}",
-            totp(secret.as_bytes(), time, 6, Algorithm::Sha1)
-        ))
-        .unwrap()
+        TotpCode::parse(&format!("{:06}", totp(secret.as_bytes(), time, 6, Algorithm::Sha1))).unwrap()
     }
 
     #[test]
@@ -555,9 +537,7 @@ mod tests {
         let t = step_at(NOW, 30);
         // Sanity: the five codes around NOW are distinct, so a match below
         // cannot be an accidental collision with a neighbouring step.
-        let codes: Vec<u32> = (-2..=2)
-            .map(|k| code_at(&secret, NOW + 30 * k).as_u32())
-            .collect();
+        let codes: Vec<u32> = (-2..=2).map(|k| code_at(&secret, NOW + 30 * k).as_u32()).collect();
         for (i, a) in codes.iter().enumerate() {
             assert!(!codes[i + 1..].contains(a));
         }
@@ -586,18 +566,9 @@ mod tests {
             ..TotpPolicy::default()
         };
         let t = step_at(NOW, 30);
-        assert_eq!(
-            verify(&secret, &code_at(&secret, NOW), NOW, &policy, None),
-            Some(t)
-        );
-        assert_eq!(
-            verify(&secret, &code_at(&secret, NOW - 30), NOW, &policy, None),
-            None
-        );
-        assert_eq!(
-            verify(&secret, &code_at(&secret, NOW + 30), NOW, &policy, None),
-            None
-        );
+        assert_eq!(verify(&secret, &code_at(&secret, NOW), NOW, &policy, None), Some(t));
+        assert_eq!(verify(&secret, &code_at(&secret, NOW - 30), NOW, &policy, None), None);
+        assert_eq!(verify(&secret, &code_at(&secret, NOW + 30), NOW, &policy, None), None);
     }
 
     #[test]
@@ -609,10 +580,7 @@ mod tests {
         let earlier = code_at(&secret, NOW - 30);
         let later = code_at(&secret, NOW + 30);
 
-        assert_eq!(
-            verify(&secret, &current, NOW, &policy, Some(t - 1)),
-            Some(t)
-        );
+        assert_eq!(verify(&secret, &current, NOW, &policy, Some(t - 1)), Some(t));
         // Same step again: refused.
         assert_eq!(verify(&secret, &current, NOW, &policy, Some(t)), None);
         // Earlier step after a later one was accepted: refused.
@@ -657,14 +625,7 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_input() {
-        for bad in [
-            "12345",
-            "1234567",
-            "12a456",
-            "１２３４５６",
-            "12\t3456",
-            "+12345",
-        ] {
+        for bad in ["12345", "1234567", "12a456", "１２３４５６", "12\t3456", "+12345"] {
             assert_eq!(
                 TotpCode::parse(bad).map(|c| c.as_u32()),
                 Err(CodeFormatError::Malformed),
@@ -683,12 +644,7 @@ mod tests {
     #[test]
     fn otpauth_url_exact() {
         let secret = TotpSecret::from_bytes(SEED_SHA1.to_vec());
-        let url = otpauth_url(
-            "Tessera",
-            "alice@example.com",
-            &secret,
-            &TotpPolicy::default(),
-        );
+        let url = otpauth_url("Tessera", "alice@example.com", &secret, &TotpPolicy::default());
         assert_eq!(
             url,
             "otpauth://totp/Tessera:alice%40example.com?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\
@@ -751,11 +707,7 @@ mod tests {
     fn debug_is_redacted() {
         let secret = TotpSecret::from_bytes(SEED_SHA1.to_vec());
         let code = TotpCode::parse("123456").unwrap();
-        for shown in [
-            format!("{secret:?}"),
-            format!("{code:?}"),
-            format!("{secret:#?}"),
-        ] {
+        for shown in [format!("{secret:?}"), format!("{code:?}"), format!("{secret:#?}")] {
             assert_eq!(shown, "[redacted]");
             assert!(!shown.chars().any(|c| c.is_ascii_digit()));
         }

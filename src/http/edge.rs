@@ -37,30 +37,27 @@ pub struct EdgeConfig {
 }
 
 pub async fn edge(State(config): State<EdgeConfig>, mut request: Request, next: Next) -> Response {
-    let request_id = accept_request_id(request.headers().get(&X_REQUEST_ID))
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    request
-        .extensions_mut()
-        .insert(RequestId(request_id.clone()));
+    let request_id =
+        accept_request_id(request.headers().get(&X_REQUEST_ID)).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    request.extensions_mut().insert(RequestId(request_id.clone()));
     let path = request.uri().path().to_owned();
     let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %path);
     async move {
         let started = Instant::now();
-        let mut response =
-            match tokio::time::timeout(config.request_timeout, next.run(request)).await {
-                Ok(response) => response,
-                Err(_) => {
-                    tracing::warn!(
-                        timeout_ms = config.request_timeout.as_millis() as u64,
-                        "request timed out"
-                    );
-                    Problem::new(
-                        ProblemKind::RequestTimeout,
-                        "The request did not complete in time and was abandoned.",
-                    )
-                    .into_response()
-                }
-            };
+        let mut response = match tokio::time::timeout(config.request_timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = config.request_timeout.as_millis() as u64,
+                    "request timed out"
+                );
+                Problem::new(
+                    ProblemKind::RequestTimeout,
+                    "The request did not complete in time and was abandoned.",
+                )
+                .into_response()
+            }
+        };
         render_problem(&mut response, &path, &request_id);
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID.clone(), value);
@@ -123,10 +120,7 @@ mod tests {
     fn request_ids_of_1_to_128_visible_ascii_are_kept() {
         let keep = |s: &str| accept_request_id(Some(&HeaderValue::from_str(s).unwrap()));
         assert_eq!(keep("abc-123").as_deref(), Some("abc-123"));
-        assert_eq!(
-            keep(&"x".repeat(128)).as_deref(),
-            Some("x".repeat(128).as_str())
-        );
+        assert_eq!(keep(&"x".repeat(128)).as_deref(), Some("x".repeat(128).as_str()));
         assert_eq!(keep(&"x".repeat(129)), None);
         assert_eq!(keep(""), None);
         assert_eq!(keep("has space"), None);

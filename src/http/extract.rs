@@ -23,20 +23,11 @@ pub const SESSION_COOKIE: &str = "__Host-tessera_session";
 pub struct ApiJson<T>(pub T);
 
 fn is_json_content_type(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Turns a serde error into a problem without echoing input values.
@@ -66,23 +57,10 @@ fn json_problem(err: serde_path_to_error::Error<serde_json::Error>) -> Problem {
             .nth(1)
             .and_then(|tail| tail.split(" at line").next())
             .unwrap_or("another type");
-        if path == "." {
-            return Problem::validation(BTreeMap::from([(
-                "body".to_owned(),
-                "must be a JSON object".to_owned(),
-            )]));
-        }
-        (
-            path.clone(),
-            format!("has the wrong type (expected {expected})"),
-        )
+        (path.clone(), format!("has the wrong type (expected {expected})"))
     } else {
         (
-            if path == "." {
-                "body".to_owned()
-            } else {
-                path.clone()
-            },
+            if path == "." { "body".to_owned() } else { path.clone() },
             "has an invalid value".to_owned(),
         )
     };
@@ -111,32 +89,27 @@ where
                 "The request body must be JSON with Content-Type: application/json.",
             ));
         }
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    Problem::for_status(rejection.status())
-                } else {
-                    Problem::new(
-                        ProblemKind::MalformedBody,
-                        "The request body could not be read.",
-                    )
-                }
-            })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(Problem::new(
-                ProblemKind::MalformedBody,
-                "A JSON body is required.",
-            ));
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::for_status(rejection.status())
+            } else {
+                Problem::new(ProblemKind::MalformedBody, "The request body could not be read.")
+            }
+        })?;
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => return Err(Problem::new(ProblemKind::MalformedBody, "A JSON body is required.")),
+            // Serde would accept an array for a struct (as a tuple); the API takes objects only.
+            Some(b'{') => {}
+            Some(_) => {
+                let details = BTreeMap::from([("body".to_owned(), "must be a JSON object".to_owned())]);
+                return Err(Problem::validation(details));
+            }
         }
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(json_problem)?;
-        deserializer.end().map_err(|_| {
-            Problem::new(
-                ProblemKind::MalformedBody,
-                "Unexpected data after the JSON body.",
-            )
-        })?;
+        deserializer
+            .end()
+            .map_err(|_| Problem::new(ProblemKind::MalformedBody, "Unexpected data after the JSON body."))?;
         Ok(ApiJson(value))
     }
 }
@@ -155,9 +128,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<Result<String, ()>> {
     let value = headers.get(header::AUTHORIZATION)?;
     let parsed = value.to_str().ok().and_then(|text| {
         let (scheme, token) = text.trim().split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned())
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
     });
     Some(parsed.ok_or(()))
 }
@@ -192,10 +163,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 impl FromRequestParts<AppState> for Auth {
     type Rejection = Problem;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let (token, source) = match bearer_token(&parts.headers) {
             Some(Ok(token)) => (token, TokenSource::Bearer),
             Some(Err(())) => return Err(crate::service::ServiceError::Unauthenticated.into()),
@@ -218,11 +186,7 @@ impl FromRequestParts<AppState> for Auth {
 
 /// The client's address: the socket peer, or, when the peer is a configured trusted proxy, the
 /// right-most address of `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_ip(
-    parts_headers: &HeaderMap,
-    peer: Option<IpAddr>,
-    trusted_proxies: &[IpAddr],
-) -> Option<IpAddr> {
+pub fn client_ip(parts_headers: &HeaderMap, peer: Option<IpAddr>, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
     let peer = peer?;
     if !trusted_proxies.contains(&peer) {
         return Some(peer);
@@ -258,10 +222,7 @@ pub struct Meta(pub RequestMeta);
 impl FromRequestParts<AppState> for Meta {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let ip = client_ip(&parts.headers, peer_ip(parts), &state.http.trusted_proxies);
         let user_agent = parts
             .headers
@@ -295,10 +256,7 @@ mod tests {
         let peer: IpAddr = "10.0.0.5".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
         assert_eq!(client_ip(&h, Some(peer), &[]), Some(peer));
-        assert_eq!(
-            client_ip(&h, Some(peer), &[peer]),
-            Some("203.0.113.9".parse().unwrap())
-        );
+        assert_eq!(client_ip(&h, Some(peer), &[peer]), Some("203.0.113.9".parse().unwrap()));
     }
 
     #[test]

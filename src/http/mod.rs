@@ -83,9 +83,6 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     api.merge(extra)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(edge::panic_response))
-        .layer(axum::middleware::from_fn_with_state(
-            edge_config,
-            edge::edge,
-        ))
+        .layer(axum::middleware::from_fn_with_state(edge_config, edge::edge))
         .with_state(state)
 }

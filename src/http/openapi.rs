@@ -113,16 +113,10 @@ fn complete(mut doc: Document) -> Document {
                 add("415", "The body is not `application/json`.");
             }
             if secured {
-                add(
-                    "401",
-                    "Authentication is required or the supplied token is invalid.",
-                );
+                add("401", "Authentication is required or the supplied token is invalid.");
             }
             add("500", "Internal server error");
-            add(
-                "503",
-                "The database is unavailable or the request timed out.",
-            );
+            add("503", "The database is unavailable or the request timed out.");
         }
     }
     doc
@@ -134,8 +128,5 @@ pub fn document() -> Document {
 }
 
 /// The serialised document, built once.
-pub static DOCUMENT_JSON: LazyLock<String> = LazyLock::new(|| {
-    document()
-        .to_pretty_json()
-        .unwrap_or_else(|_| "{}".to_owned())
-});
+pub static DOCUMENT_JSON: LazyLock<String> =
+    LazyLock::new(|| document().to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));

@@ -207,10 +207,8 @@ impl ProblemKind {
     }
 
     pub fn type_uri(self) -> String {
-        self.slug().map_or_else(
-            || "about:blank".to_owned(),
-            |slug| format!("/problems/{slug}"),
-        )
+        self.slug()
+            .map_or_else(|| "about:blank".to_owned(), |slug| format!("/problems/{slug}"))
     }
 
     pub fn title(self) -> &'static str {
@@ -225,10 +223,7 @@ impl ProblemKind {
     }
 
     pub fn from_slug(slug: &str) -> Option<Self> {
-        TYPED_KINDS
-            .iter()
-            .copied()
-            .find(|kind| kind.slug() == Some(slug))
+        TYPED_KINDS.iter().copied().find(|kind| kind.slug() == Some(slug))
     }
 }
 
@@ -255,29 +250,21 @@ impl Problem {
     pub fn for_status(status: StatusCode) -> Self {
         match status {
             StatusCode::INTERNAL_SERVER_ERROR => Self::internal(),
-            StatusCode::SERVICE_UNAVAILABLE => Self::new(
-                ProblemKind::ServiceUnavailable,
-                "The service is unavailable.",
-            ),
-            StatusCode::NOT_FOUND => {
-                Self::new(ProblemKind::Http(status), "No resource at this path.")
+            StatusCode::SERVICE_UNAVAILABLE => {
+                Self::new(ProblemKind::ServiceUnavailable, "The service is unavailable.")
             }
-            StatusCode::METHOD_NOT_ALLOWED => Self::new(
-                ProblemKind::Http(status),
-                "This method is not allowed on this path.",
-            ),
+            StatusCode::NOT_FOUND => Self::new(ProblemKind::Http(status), "No resource at this path."),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                Self::new(ProblemKind::Http(status), "This method is not allowed on this path.")
+            }
             StatusCode::PAYLOAD_TOO_LARGE => Self::new(
                 ProblemKind::Http(status),
                 "The request body is larger than 16384 bytes.",
             ),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
-                ProblemKind::Http(status),
-                "The request body must be application/json.",
-            ),
-            other => Self::new(
-                ProblemKind::Http(other),
-                other.canonical_reason().unwrap_or("Error"),
-            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                Self::new(ProblemKind::Http(status), "The request body must be application/json.")
+            }
+            other => Self::new(ProblemKind::Http(other), other.canonical_reason().unwrap_or("Error")),
         }
     }
 
@@ -296,10 +283,7 @@ impl Problem {
             .join("; ");
         Self {
             details,
-            ..Self::new(
-                ProblemKind::Validation,
-                format!("Invalid request: {summary}."),
-            )
+            ..Self::new(ProblemKind::Validation, format!("Invalid request: {summary}."))
         }
     }
 
@@ -368,46 +352,32 @@ impl From<ServiceError> for Problem {
                     .map(|(member, message)| (member.to_owned(), message))
                     .collect(),
             ),
-            ServiceError::EmailTaken => {
-                Problem::new(K::EmailTaken, "An account with this email already exists.")
+            ServiceError::EmailTaken => Problem::new(K::EmailTaken, "An account with this email already exists."),
+            ServiceError::RegistrationClosed => {
+                Problem::new(K::RegistrationClosed, "Registration is closed on this instance.")
             }
-            ServiceError::RegistrationClosed => Problem::new(
-                K::RegistrationClosed,
-                "Registration is closed on this instance.",
-            ),
-            ServiceError::InvalidCredentials => {
-                Problem::new(K::InvalidCredentials, "Invalid email or password.")
+            ServiceError::InvalidCredentials => Problem::new(K::InvalidCredentials, "Invalid email or password."),
+            ServiceError::AccountDisabled => Problem::new(K::AccountDisabled, "This account is disabled."),
+            ServiceError::Unauthenticated => {
+                Problem::new(K::Unauthenticated, "A valid session is required for this request.")
             }
-            ServiceError::AccountDisabled => {
-                Problem::new(K::AccountDisabled, "This account is disabled.")
+            ServiceError::InvalidMfaToken => {
+                Problem::new(K::InvalidMfaToken, "The mfa_token is invalid, expired or already used.")
             }
-            ServiceError::Unauthenticated => Problem::new(
-                K::Unauthenticated,
-                "A valid session is required for this request.",
-            ),
-            ServiceError::InvalidMfaToken => Problem::new(
-                K::InvalidMfaToken,
-                "The mfa_token is invalid, expired or already used.",
-            ),
-            ServiceError::SecondFactorRejected => Problem::new(
-                K::SecondFactorRejected,
-                "The code is not valid for this account.",
-            ),
-            ServiceError::InvalidMfaCode => {
-                Problem::new(K::InvalidMfaCode, "The code is not valid for this account.")
+            ServiceError::SecondFactorRejected => {
+                Problem::new(K::SecondFactorRejected, "The code is not valid for this account.")
             }
+            ServiceError::InvalidMfaCode => Problem::new(K::InvalidMfaCode, "The code is not valid for this account."),
             ServiceError::InvalidPasswordOrCode => Problem::new(
                 K::InvalidPasswordOrCode,
                 "The password or code is not valid for this account.",
             ),
-            ServiceError::MfaAlreadyEnabled => Problem::new(
-                K::MfaAlreadyEnabled,
-                "Multi-factor authentication is already enabled.",
-            ),
-            ServiceError::MfaNotEnabled => Problem::new(
-                K::MfaNotEnabled,
-                "Multi-factor authentication is not enabled.",
-            ),
+            ServiceError::MfaAlreadyEnabled => {
+                Problem::new(K::MfaAlreadyEnabled, "Multi-factor authentication is already enabled.")
+            }
+            ServiceError::MfaNotEnabled => {
+                Problem::new(K::MfaNotEnabled, "Multi-factor authentication is not enabled.")
+            }
             ServiceError::NoPendingSetup => Problem::new(
                 K::NoPendingSetup,
                 "No MFA setup is in progress; start one with POST /api/user/profile/mfa/setup.",
@@ -421,10 +391,7 @@ impl From<ServiceError> for Problem {
             },
             ServiceError::Unavailable => {
                 tracing::error!("database unavailable");
-                Problem::new(
-                    K::ServiceUnavailable,
-                    "The database is unavailable; retry later.",
-                )
+                Problem::new(K::ServiceUnavailable, "The database is unavailable; retry later.")
             }
             ServiceError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
@@ -446,10 +413,7 @@ mod tests {
         assert_eq!(slugs.len(), TYPED_KINDS.len());
         for kind in TYPED_KINDS {
             assert!(!kind.title().is_empty() && !kind.explanation().is_empty());
-            assert_eq!(
-                ProblemKind::from_slug(kind.slug().unwrap_or_default()),
-                Some(kind)
-            );
+            assert_eq!(ProblemKind::from_slug(kind.slug().unwrap_or_default()), Some(kind));
         }
     }
 

@@ -41,10 +41,7 @@ impl RateLimiter {
         }
         let capacity = f64::from(self.per_minute);
         let refill_per_sec = capacity / 60.0;
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if buckets.len() >= SWEEP_THRESHOLD {
             buckets.retain(|_, b| b.tokens + (now - b.updated) * refill_per_sec < capacity);
         }

@@ -59,12 +59,7 @@ fn parse_new_password(member: &'static str, input: String) -> ServiceResult<Pass
 
 impl Service {
     /// `POST /api/auth/register`.
-    pub async fn register(
-        &self,
-        email: &str,
-        password: String,
-        meta: &RequestMeta,
-    ) -> ServiceResult<UserView> {
+    pub async fn register(&self, email: &str, password: String, meta: &RequestMeta) -> ServiceResult<UserView> {
         let email = Email::parse(email);
         let password = Password::new(password);
         let mut problems = Vec::new();
@@ -110,12 +105,7 @@ impl Service {
 
     /// `POST /api/auth/login`: the first factor. Unknown email and wrong password are the same
     /// error after the same work (a verification against a dummy hash).
-    pub async fn login(
-        &self,
-        email: &str,
-        password: String,
-        meta: &RequestMeta,
-    ) -> ServiceResult<LoginOutcome> {
+    pub async fn login(&self, email: &str, password: String, meta: &RequestMeta) -> ServiceResult<LoginOutcome> {
         let password = Password::candidate(password);
         let user = match Email::parse(email) {
             Ok(email) => self.store.user_by_email(email.as_str()).await?,
@@ -162,10 +152,7 @@ impl Service {
                     &meta.event(&user.id, "login_password_ok_mfa_required", now),
                 )
                 .await?;
-            return Ok(LoginOutcome::MfaRequired {
-                mfa_token,
-                expires_at,
-            });
+            return Ok(LoginOutcome::MfaRequired { mfa_token, expires_at });
         }
         let (session, record) = self.new_session(&user, false, now);
         self.store
@@ -174,12 +161,7 @@ impl Service {
         Ok(LoginOutcome::Session(session))
     }
 
-    pub(super) fn new_session(
-        &self,
-        user: &UserRecord,
-        mfa: bool,
-        now: i64,
-    ) -> (IssuedSession, SessionRecord) {
+    pub(super) fn new_session(&self, user: &UserRecord, mfa: bool, now: i64) -> (IssuedSession, SessionRecord) {
         let token = PlainToken::generate(TokenKind::Session);
         let expires_at = now + self.config.session_lifetime_secs;
         let record = SessionRecord {
@@ -202,16 +184,13 @@ impl Service {
 
     /// Resolves a bearer token to its live session (the hot path of every host application).
     pub async fn authenticate(&self, token: &str) -> ServiceResult<Authenticated> {
-        let token = PlainToken::parse(TokenKind::Session, token)
-            .map_err(|_| ServiceError::Unauthenticated)?;
+        let token = PlainToken::parse(TokenKind::Session, token).map_err(|_| ServiceError::Unauthenticated)?;
         let found = self
             .store
             .active_session(&token.hash(), self.now(), self.config.session_idle_secs)
             .await?;
         match found {
-            Some((session, user)) if user.disabled_at.is_none() => {
-                Ok(Authenticated { user, session })
-            }
+            Some((session, user)) if user.disabled_at.is_none() => Ok(Authenticated { user, session }),
             _ => Err(ServiceError::Unauthenticated),
         }
     }
@@ -224,9 +203,7 @@ impl Service {
     /// `POST /api/auth/logout`: revokes the session server-side.
     pub async fn logout(&self, auth: &Authenticated, meta: &RequestMeta) -> ServiceResult<()> {
         let event = meta.event(&auth.user.id, "logout", self.now());
-        self.store
-            .delete_session(&auth.session.token_hash, &event)
-            .await?;
+        self.store.delete_session(&auth.session.token_hash, &event).await?;
         Ok(())
     }
 
@@ -245,10 +222,7 @@ impl Service {
         let factor = match (&user.mfa, code) {
             (Some(_), Some(code)) => Some(super::mfa::SecondFactorInput::parse("code", &code)?),
             (Some(_), None) => {
-                return Err(ServiceError::invalid(
-                    "code",
-                    "is required while MFA is enabled",
-                ));
+                return Err(ServiceError::invalid("code", "is required while MFA is enabled"));
             }
             (None, _) => None,
         };
@@ -261,13 +235,7 @@ impl Service {
                     Some(proof) if password_matches => (Some(proof), failures),
                     _ => {
                         return Err(self
-                            .second_factor_failed(
-                                &user.id,
-                                failures,
-                                meta,
-                                now,
-                                ServiceError::InvalidPasswordOrCode,
-                            )
+                            .second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
                             .await);
                     }
                 }
@@ -286,24 +254,12 @@ impl Service {
         let event = meta.event(&user.id, "password_changed", now);
         match self
             .store
-            .change_password(
-                &user.id,
-                proof,
-                &new_hash.0,
-                &auth.session.token_hash,
-                &event,
-            )
+            .change_password(&user.id, proof, &new_hash.0, &auth.session.token_hash, &event)
             .await?
         {
             Consumed::Yes => Ok(()),
             Consumed::Rejected => Err(self
-                .second_factor_failed(
-                    &user.id,
-                    failures,
-                    meta,
-                    now,
-                    ServiceError::InvalidPasswordOrCode,
-                )
+                .second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
                 .await),
         }
     }

@@ -16,8 +16,8 @@ use crate::domain::throttle;
 use crate::domain::token::{PlainToken, TokenKind};
 use crate::domain::totp::{self, TotpCode, TotpSecret};
 use crate::store::{
-    AttemptReservation, BackupCodeHashes, Consumed, EnableMfa, EventRecord, PendingSetupRecord,
-    SecondFactorProof, UserRecord,
+    AttemptReservation, BackupCodeHashes, Consumed, EnableMfa, EventRecord, PendingSetupRecord, SecondFactorProof,
+    UserRecord,
 };
 
 /// Number of backup codes in a set.
@@ -39,9 +39,7 @@ impl SecondFactorInput {
         }
         match backup_code::normalize(input) {
             Ok(code) => Ok(Self::Backup(code)),
-            Err(_) if input.trim().is_empty() => {
-                Err(ServiceError::invalid(member, "must not be empty"))
-            }
+            Err(_) if input.trim().is_empty() => Err(ServiceError::invalid(member, "must not be empty")),
             Err(_) => Err(ServiceError::invalid(
                 member,
                 "must be a 6-digit code from the authenticator app or a backup code",
@@ -104,11 +102,7 @@ fn render_qr_svg(data: &str) -> ServiceResult<String> {
 impl Service {
     /// Counts an attempt before evaluating it, or refuses while the account is locked.
     pub(super) async fn reserve_attempt(&self, user: &UserRecord, now: i64) -> ServiceResult<u32> {
-        match self
-            .store
-            .reserve_attempt(&user.id, now, throttle::lock_after)
-            .await?
-        {
+        match self.store.reserve_attempt(&user.id, now, throttle::lock_after).await? {
             AttemptReservation::Granted { failures } => Ok(failures),
             AttemptReservation::Locked { until } => Err(ServiceError::Throttled {
                 retry_after_secs: (until - now).max(1),
@@ -134,11 +128,7 @@ impl Service {
         }
         if failures >= throttle::FREE_FAILURES {
             tracing::warn!(failures, "second factor locked after repeated failures");
-            if let Err(store_err) = self
-                .store
-                .insert_event(&meta.event(user_id, "mfa_lockout", now))
-                .await
-            {
+            if let Err(store_err) = self.store.insert_event(&meta.event(user_id, "mfa_lockout", now)).await {
                 return store_err.into();
             }
         }
@@ -158,11 +148,10 @@ impl Service {
         };
         match factor {
             SecondFactorInput::Totp(code) => {
-                let secret = self.open_secret(&mfa.sealed_secret, &user.id)?;
-                Ok(
-                    totp::verify(&secret, code, now, &self.config.totp, mfa.last_step)
-                        .map(SecondFactorProof::TotpStep),
-                )
+                let Some(secret) = self.open_secret(&mfa.sealed_secret, &user.id) else {
+                    return Ok(None);
+                };
+                Ok(totp::verify(&secret, code, now, &self.config.totp, mfa.last_step).map(SecondFactorProof::TotpStep))
             }
             SecondFactorInput::Backup(code) => {
                 let Ok(salt) = <[u8; 16]>::try_from(mfa.backup_salt.as_slice()) else {
@@ -179,12 +168,17 @@ impl Service {
         }
     }
 
-    fn open_secret(&self, sealed: &[u8], user_id: &str) -> ServiceResult<TotpSecret> {
-        let bytes = self
-            .key
-            .open(sealed, user_id.as_bytes())
-            .map_err(|err| ServiceError::Internal(format!("TOTP secret did not open: {err}")))?;
-        Ok(TotpSecret::from_bytes(bytes.to_vec()))
+    /// Opens a sealed TOTP secret bound to `user_id`. A secret that does not open (another
+    /// key, tampered, or copied from another user's row) verifies no code: the attempt fails like
+    /// a wrong code, and the cause is logged for the operator.
+    fn open_secret(&self, sealed: &[u8], user_id: &str) -> Option<TotpSecret> {
+        match self.key.open(sealed, user_id.as_bytes()) {
+            Ok(bytes) => Some(TotpSecret::from_bytes(bytes.to_vec())),
+            Err(err) => {
+                tracing::error!(error = %err, "stored TOTP secret does not open for this user");
+                None
+            }
+        }
     }
 
     async fn new_backup_codes(&self) -> ServiceResult<(FreshBackupCodes, BackupCodeHashes)> {
@@ -192,11 +186,7 @@ impl Service {
             .run(|| {
                 let set = BackupCodeSet::generate_os(BACKUP_CODE_COUNT)?;
                 let hashes = set.hashes()?;
-                let shown = set
-                    .codes
-                    .iter()
-                    .map(|code| code.display().to_string())
-                    .collect();
+                let shown = set.codes.iter().map(|code| code.display().to_string()).collect();
                 Ok((
                     FreshBackupCodes(shown),
                     BackupCodeHashes {
@@ -209,11 +199,7 @@ impl Service {
             .map_err(|err: backup_code::BackupCodeError| ServiceError::Internal(err.to_string()))
     }
 
-    pub(super) async fn password_matches(
-        &self,
-        user: &UserRecord,
-        password: String,
-    ) -> ServiceResult<bool> {
+    pub(super) async fn password_matches(&self, user: &UserRecord, password: String) -> ServiceResult<bool> {
         self.verify_password(
             Password::candidate(password),
             PasswordHashString(user.password_hash.clone()),
@@ -239,9 +225,8 @@ impl Service {
                 .await?;
             return Err(ServiceError::InvalidPasswordOrCode);
         }
-        let secret = TotpSecret::generate_os().map_err(|err| {
-            ServiceError::Internal(format!("OS random number generator failed: {err}"))
-        })?;
+        let secret = TotpSecret::generate_os()
+            .map_err(|err| ServiceError::Internal(format!("OS random number generator failed: {err}")))?;
         let policy = &self.config.totp;
         let otpauth_url = totp::otpauth_url(&self.config.mfa_issuer, &user.email, &secret, policy);
         let qr_code_svg = render_qr_svg(&otpauth_url)?;
@@ -251,11 +236,7 @@ impl Service {
             expires_at: now + self.config.setup_ttl_secs,
         };
         self.store
-            .put_pending_setup(
-                &user.id,
-                &setup,
-                &meta.event(&user.id, "mfa_setup_started", now),
-            )
+            .put_pending_setup(&user.id, &setup, &meta.event(&user.id, "mfa_setup_started", now))
             .await?;
         Ok(SetupView {
             secret: secret.to_base32().to_string(),
@@ -288,8 +269,10 @@ impl Service {
             .await?
             .ok_or(ServiceError::NoPendingSetup)?;
         let failures = self.reserve_attempt(user, now).await?;
-        let secret = self.open_secret(&pending.sealed_secret, &user.id)?;
-        let Some(step) = totp::verify(&secret, &code, now, &self.config.totp, None) else {
+        let step = self
+            .open_secret(&pending.sealed_secret, &user.id)
+            .and_then(|secret| totp::verify(&secret, &code, now, &self.config.totp, None));
+        let Some(step) = step else {
             return Err(self
                 .second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidMfaCode)
                 .await);
@@ -331,13 +314,7 @@ impl Service {
         match self.check_second_factor(user, &factor, now).await? {
             Some(proof) if password_ok => Ok((proof, failures)),
             _ => Err(self
-                .second_factor_failed(
-                    &user.id,
-                    failures,
-                    meta,
-                    now,
-                    ServiceError::InvalidPasswordOrCode,
-                )
+                .second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
                 .await),
         }
     }
@@ -362,13 +339,7 @@ impl Service {
         {
             Consumed::Yes => Ok(fresh),
             Consumed::Rejected => Err(self
-                .second_factor_failed(
-                    user_id,
-                    failures,
-                    meta,
-                    now,
-                    ServiceError::InvalidPasswordOrCode,
-                )
+                .second_factor_failed(user_id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
                 .await),
         }
     }
@@ -392,13 +363,7 @@ impl Service {
         {
             Consumed::Yes => Ok(()),
             Consumed::Rejected => Err(self
-                .second_factor_failed(
-                    user_id,
-                    failures,
-                    meta,
-                    now,
-                    ServiceError::InvalidPasswordOrCode,
-                )
+                .second_factor_failed(user_id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
                 .await),
         }
     }
@@ -408,11 +373,7 @@ impl Service {
         let user = &auth.user;
         let pending = match user.mfa {
             Some(_) => false,
-            None => self
-                .store
-                .pending_setup(&user.id, self.now())
-                .await?
-                .is_some(),
+            None => self.store.pending_setup(&user.id, self.now()).await?.is_some(),
         };
         Ok(MfaStatus {
             enabled: user.mfa.is_some(),
@@ -423,11 +384,7 @@ impl Service {
     }
 
     /// `GET /api/user/profile/security-events`.
-    pub async fn security_events(
-        &self,
-        auth: &Authenticated,
-        limit: Option<u32>,
-    ) -> ServiceResult<Vec<EventRecord>> {
+    pub async fn security_events(&self, auth: &Authenticated, limit: Option<u32>) -> ServiceResult<Vec<EventRecord>> {
         let limit = match limit {
             None => 50,
             Some(limit @ 1..=200) => limit,
@@ -444,8 +401,7 @@ impl Service {
         meta: &RequestMeta,
     ) -> ServiceResult<IssuedSession> {
         let factor = SecondFactorInput::parse("code", code)?;
-        let token = PlainToken::parse(TokenKind::MfaChallenge, mfa_token)
-            .map_err(|_| ServiceError::InvalidMfaToken)?;
+        let token = PlainToken::parse(TokenKind::MfaChallenge, mfa_token).map_err(|_| ServiceError::InvalidMfaToken)?;
         let now = self.now();
         let user_id = self
             .store
@@ -462,13 +418,7 @@ impl Service {
         let failures = self.reserve_attempt(&user, now).await?;
         let Some(proof) = self.check_second_factor(&user, &factor, now).await? else {
             return Err(self
-                .second_factor_failed(
-                    &user.id,
-                    failures,
-                    meta,
-                    now,
-                    ServiceError::SecondFactorRejected,
-                )
+                .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
                 .await);
         };
         let (session, record) = self.new_session(&user, true, now);
@@ -480,21 +430,14 @@ impl Service {
         {
             Consumed::Yes => Ok(session),
             Consumed::Rejected => Err(self
-                .second_factor_failed(
-                    &user.id,
-                    failures,
-                    meta,
-                    now,
-                    ServiceError::SecondFactorRejected,
-                )
+                .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
                 .await),
         }
     }
 
     /// `tessera user reset-mfa EMAIL`: for a user who lost both phone and backup codes.
     pub async fn operator_reset_mfa(&self, email: &str) -> ServiceResult<UserRecord> {
-        let email =
-            Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
+        let email = Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
         let user = self
             .store
             .user_by_email(email.as_str())
@@ -506,10 +449,7 @@ impl Service {
             request_id: None,
         };
         self.store
-            .reset_mfa(
-                &user.id,
-                &meta.event(&user.id, "mfa_reset_by_operator", self.now()),
-            )
+            .reset_mfa(&user.id, &meta.event(&user.id, "mfa_reset_by_operator", self.now()))
             .await?;
         Ok(user)
     }
@@ -520,8 +460,7 @@ impl Service {
     }
 
     pub async fn user_by_email(&self, email: &str) -> ServiceResult<Option<UserRecord>> {
-        let email =
-            Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
+        let email = Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
         Ok(self.store.user_by_email(email.as_str()).await?)
     }
 }

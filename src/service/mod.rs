@@ -192,9 +192,7 @@ impl Service {
             .run(|| {
                 let mut random = [0u8; 24];
                 rand::fill(&mut random[..]);
-                password::hash(&Password::candidate(
-                    data_encoding::HEXLOWER.encode(&random),
-                ))
+                password::hash(&Password::candidate(data_encoding::HEXLOWER.encode(&random)))
             })
             .await?
             .map_err(|err| ServiceError::Internal(err.to_string()))?;
@@ -232,13 +230,7 @@ impl Service {
             .map_err(|err| ServiceError::Internal(err.to_string()))
     }
 
-    async fn verify_password(
-        &self,
-        password: Password,
-        stored: PasswordHashString,
-    ) -> ServiceResult<bool> {
-        self.hashing
-            .run(move || password::verify(&password, &stored))
-            .await
+    async fn verify_password(&self, password: Password, stored: PasswordHashString) -> ServiceResult<bool> {
+        self.hashing.run(move || password::verify(&password, &stored)).await
     }
 }

@@ -174,12 +174,7 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>>;
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
     /// Replaces the hash only if it is still `old_hash` (parameter upgrade after login).
-    async fn upgrade_password_hash(
-        &self,
-        user_id: &str,
-        old_hash: &str,
-        new_hash: &str,
-    ) -> StoreResult<()>;
+    async fn upgrade_password_hash(&self, user_id: &str, old_hash: &str, new_hash: &str) -> StoreResult<()>;
     /// Sets a new password, consumes the proof if any, revokes every session but `keep`,
     /// resets the throttle and records the event.
     async fn change_password(
@@ -221,17 +216,8 @@ pub trait Store: Send + Sync + 'static {
 
     // --- MFA lifecycle ---
     /// Stores (or replaces) the pending setup.
-    async fn put_pending_setup(
-        &self,
-        user_id: &str,
-        setup: &PendingSetupRecord,
-        event: &NewEvent,
-    ) -> StoreResult<()>;
-    async fn pending_setup(
-        &self,
-        user_id: &str,
-        now: i64,
-    ) -> StoreResult<Option<PendingSetupRecord>>;
+    async fn put_pending_setup(&self, user_id: &str, setup: &PendingSetupRecord, event: &NewEvent) -> StoreResult<()>;
+    async fn pending_setup(&self, user_id: &str, now: i64) -> StoreResult<Option<PendingSetupRecord>>;
     /// Consumes the pending setup and turns MFA on with the first accepted step and the backup
     /// codes; revokes the other sessions; resets the throttle. Rejected if the setup is gone,
     /// expired or replaced, or MFA is already on.
@@ -266,8 +252,7 @@ pub trait Store: Send + Sync + 'static {
         event: &NewEvent,
     ) -> StoreResult<()>;
     /// The user id of a challenge that is still valid at `now`.
-    async fn challenge_user(&self, token_hash: &TokenHash, now: i64)
-    -> StoreResult<Option<String>>;
+    async fn challenge_user(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<String>>;
     /// Consumes the challenge and the proof, resets the throttle and creates the session.
     async fn complete_challenge(
         &self,

@@ -6,9 +6,7 @@
 //! never both read a state and then both write on it.
 
 use super::*;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use std::path::Path;
 use std::str::FromStr;
@@ -76,10 +74,7 @@ impl SqliteStore {
     }
 
     async fn immediate(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)
     }
 }
 
@@ -109,9 +104,7 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
             sealed_secret,
             enabled_at,
             last_step: row.try_get("mfa_last_step")?,
-            backup_salt: row
-                .try_get::<Option<Vec<u8>>, _>("backup_salt")?
-                .unwrap_or_default(),
+            backup_salt: row.try_get::<Option<Vec<u8>>, _>("backup_salt")?.unwrap_or_default(),
             backup_codes_remaining: row.try_get("backup_codes_remaining")?,
         }),
         _ => None,
@@ -131,10 +124,7 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
     })
 }
 
-async fn insert_event_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    event: &NewEvent,
-) -> Result<(), sqlx::Error> {
+async fn insert_event_in(tx: &mut Transaction<'static, Sqlite>, event: &NewEvent) -> Result<(), sqlx::Error> {
     insert_event_kind_in(tx, event, event.kind).await
 }
 
@@ -164,9 +154,9 @@ async fn consume_proof(
     proof: SecondFactorProof,
     event: &NewEvent,
 ) -> Result<bool, sqlx::Error> {
-    let consumed =
-        match proof {
-            SecondFactorProof::TotpStep(step) => sqlx::query(
+    let consumed = match proof {
+        SecondFactorProof::TotpStep(step) => {
+            sqlx::query(
                 "UPDATE users SET mfa_last_step = ? WHERE id = ? AND mfa_enabled_at IS NOT NULL \
                  AND (mfa_last_step IS NULL OR mfa_last_step < ?)",
             )
@@ -176,29 +166,26 @@ async fn consume_proof(
             .execute(&mut **tx)
             .await?
             .rows_affected()
-                == 1,
-            SecondFactorProof::BackupCode(hash) => {
-                let deleted =
-                    sqlx::query("DELETE FROM backup_codes WHERE user_id = ? AND code_hash = ?")
-                        .bind(user_id)
-                        .bind(&hash[..])
-                        .execute(&mut **tx)
-                        .await?
-                        .rows_affected()
-                        == 1;
-                if deleted {
-                    insert_event_kind_in(tx, event, "backup_code_used").await?;
-                }
-                deleted
+                == 1
+        }
+        SecondFactorProof::BackupCode(hash) => {
+            let deleted = sqlx::query("DELETE FROM backup_codes WHERE user_id = ? AND code_hash = ?")
+                .bind(user_id)
+                .bind(&hash[..])
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if deleted {
+                insert_event_kind_in(tx, event, "backup_code_used").await?;
             }
-        };
+            deleted
+        }
+    };
     Ok(consumed)
 }
 
-async fn reset_throttle_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    user_id: &str,
-) -> Result<(), sqlx::Error> {
+async fn reset_throttle_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE users SET mfa_failures = 0, mfa_locked_until = NULL WHERE id = ?")
         .bind(user_id)
         .execute(&mut **tx)
@@ -263,10 +250,7 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
         Ok(())
     }
 
@@ -313,12 +297,7 @@ impl Store for SqliteStore {
             .map_err(map_err)
     }
 
-    async fn upgrade_password_hash(
-        &self,
-        user_id: &str,
-        old_hash: &str,
-        new_hash: &str,
-    ) -> StoreResult<()> {
+    async fn upgrade_password_hash(&self, user_id: &str, old_hash: &str, new_hash: &str) -> StoreResult<()> {
         sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?")
             .bind(new_hash)
             .bind(user_id)
@@ -339,10 +318,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Consumed> {
         let mut tx = self.immediate().await?;
         if let Some(proof) = proof {
-            if !consume_proof(&mut tx, user_id, proof, event)
-                .await
-                .map_err(map_err)?
-            {
+            if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
                 return Ok(Consumed::Rejected);
             }
             reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
@@ -400,15 +376,13 @@ impl Store for SqliteStore {
         let user = user_from_row(&row).map_err(map_err)?;
         let mut session = session_from_row(&row).map_err(map_err)?;
         if now - session.last_seen_at >= 60 {
-            sqlx::query(
-                "UPDATE sessions SET last_seen_at = ? WHERE token_hash = ? AND last_seen_at < ?",
-            )
-            .bind(now)
-            .bind(token_hash.as_bytes())
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
+            sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE token_hash = ? AND last_seen_at < ?")
+                .bind(now)
+                .bind(token_hash.as_bytes())
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
             session.last_seen_at = now;
         }
         Ok(Some((session, user)))
@@ -491,13 +465,12 @@ impl Store for SqliteStore {
                 AttemptReservation::Granted { failures }
             }
             None => {
-                let until: Option<i64> =
-                    sqlx::query_scalar("SELECT mfa_locked_until FROM users WHERE id = ?")
-                        .bind(user_id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(map_err)?
-                        .flatten();
+                let until: Option<i64> = sqlx::query_scalar("SELECT mfa_locked_until FROM users WHERE id = ?")
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+                    .flatten();
                 AttemptReservation::Locked {
                     until: until.unwrap_or(now),
                 }
@@ -507,12 +480,7 @@ impl Store for SqliteStore {
         Ok(reservation)
     }
 
-    async fn put_pending_setup(
-        &self,
-        user_id: &str,
-        setup: &PendingSetupRecord,
-        event: &NewEvent,
-    ) -> StoreResult<()> {
+    async fn put_pending_setup(&self, user_id: &str, setup: &PendingSetupRecord, event: &NewEvent) -> StoreResult<()> {
         let mut tx = self.immediate().await?;
         sqlx::query(
             "INSERT INTO mfa_pending (user_id, secret, created_at, expires_at) VALUES (?, ?, ?, ?) \
@@ -530,17 +498,14 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(map_err)
     }
 
-    async fn pending_setup(
-        &self,
-        user_id: &str,
-        now: i64,
-    ) -> StoreResult<Option<PendingSetupRecord>> {
-        let row = sqlx::query("SELECT secret, created_at, expires_at FROM mfa_pending WHERE user_id = ? AND expires_at > ?")
-            .bind(user_id)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_err)?;
+    async fn pending_setup(&self, user_id: &str, now: i64) -> StoreResult<Option<PendingSetupRecord>> {
+        let row =
+            sqlx::query("SELECT secret, created_at, expires_at FROM mfa_pending WHERE user_id = ? AND expires_at > ?")
+                .bind(user_id)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
         row.map(|row| {
             Ok(PendingSetupRecord {
                 sealed_secret: row.try_get("secret")?,
@@ -554,16 +519,14 @@ impl Store for SqliteStore {
 
     async fn enable_mfa(&self, enable: &EnableMfa) -> StoreResult<Consumed> {
         let mut tx = self.immediate().await?;
-        let consumed = sqlx::query(
-            "DELETE FROM mfa_pending WHERE user_id = ? AND secret = ? AND expires_at > ?",
-        )
-        .bind(&enable.user_id)
-        .bind(&enable.sealed_secret)
-        .bind(enable.now)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?
-        .rows_affected()
+        let consumed = sqlx::query("DELETE FROM mfa_pending WHERE user_id = ? AND secret = ? AND expires_at > ?")
+            .bind(&enable.user_id)
+            .bind(&enable.sealed_secret)
+            .bind(enable.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected()
             == 1;
         if !consumed {
             return Ok(Consumed::Rejected);
@@ -590,9 +553,7 @@ impl Store for SqliteStore {
         revoke_other_sessions_in(&mut tx, &enable.user_id, &enable.keep_session)
             .await
             .map_err(map_err)?;
-        insert_event_in(&mut tx, &enable.event)
-            .await
-            .map_err(map_err)?;
+        insert_event_in(&mut tx, &enable.event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
     }
@@ -606,15 +567,10 @@ impl Store for SqliteStore {
         event: &NewEvent,
     ) -> StoreResult<Consumed> {
         let mut tx = self.immediate().await?;
-        if !consume_proof(&mut tx, user_id, proof, event)
-            .await
-            .map_err(map_err)?
-        {
+        if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
             return Ok(Consumed::Rejected);
         }
-        insert_codes_in(&mut tx, user_id, codes)
-            .await
-            .map_err(map_err)?;
+        insert_codes_in(&mut tx, user_id, codes).await.map_err(map_err)?;
         reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
         revoke_other_sessions_in(&mut tx, user_id, keep)
             .await
@@ -632,10 +588,7 @@ impl Store for SqliteStore {
         event: &NewEvent,
     ) -> StoreResult<Consumed> {
         let mut tx = self.immediate().await?;
-        if !consume_proof(&mut tx, user_id, proof, event)
-            .await
-            .map_err(map_err)?
-        {
+        if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
             return Ok(Consumed::Rejected);
         }
         clear_mfa_in(&mut tx, user_id).await.map_err(map_err)?;
@@ -693,19 +646,13 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(map_err)
     }
 
-    async fn challenge_user(
-        &self,
-        token_hash: &TokenHash,
-        now: i64,
-    ) -> StoreResult<Option<String>> {
-        sqlx::query_scalar(
-            "SELECT user_id FROM mfa_challenges WHERE token_hash = ? AND expires_at > ?",
-        )
-        .bind(token_hash.as_bytes())
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)
+    async fn challenge_user(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<String>> {
+        sqlx::query_scalar("SELECT user_id FROM mfa_challenges WHERE token_hash = ? AND expires_at > ?")
+            .bind(token_hash.as_bytes())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)
     }
 
     async fn complete_challenge(
@@ -716,16 +663,14 @@ impl Store for SqliteStore {
         event: &NewEvent,
     ) -> StoreResult<Consumed> {
         let mut tx = self.immediate().await?;
-        let taken = sqlx::query(
-            "DELETE FROM mfa_challenges WHERE token_hash = ? AND user_id = ? AND expires_at > ?",
-        )
-        .bind(token_hash.as_bytes())
-        .bind(&session.user_id)
-        .bind(session.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?
-        .rows_affected()
+        let taken = sqlx::query("DELETE FROM mfa_challenges WHERE token_hash = ? AND user_id = ? AND expires_at > ?")
+            .bind(token_hash.as_bytes())
+            .bind(&session.user_id)
+            .bind(session.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected()
             == 1;
         if !taken
             || !consume_proof(&mut tx, &session.user_id, proof, event)
@@ -734,9 +679,7 @@ impl Store for SqliteStore {
         {
             return Ok(Consumed::Rejected);
         }
-        reset_throttle_in(&mut tx, &session.user_id)
-            .await
-            .map_err(map_err)?;
+        reset_throttle_in(&mut tx, &session.user_id).await.map_err(map_err)?;
         sqlx::query(
             "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -756,10 +699,7 @@ impl Store for SqliteStore {
     }
 }
 
-async fn clear_mfa_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    user_id: &str,
-) -> Result<(), sqlx::Error> {
+async fn clear_mfa_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE users SET mfa_secret = NULL, mfa_enabled_at = NULL, mfa_last_step = NULL, \
          backup_salt = NULL, mfa_failures = 0, mfa_locked_until = NULL WHERE id = ?",

@@ -134,14 +134,8 @@ pub async fn register(
     Meta(meta): Meta,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), Problem> {
-    let user = state
-        .service
-        .register(&body.email, body.password, &meta)
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(RegisterResponse { user: user.into() }),
-    ))
+    let user = state.service.register(&body.email, body.password, &meta).await?;
+    Ok((StatusCode::CREATED, Json(RegisterResponse { user: user.into() })))
 }
 
 /// Log in with email and password.
@@ -161,22 +155,17 @@ pub async fn login(
     Meta(meta): Meta,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Response, Problem> {
-    match state
-        .service
-        .login(&body.email, body.password, &meta)
-        .await?
-    {
+    match state.service.login(&body.email, body.password, &meta).await? {
         LoginOutcome::Session(session) => Ok(issue(session, state.clock.now().unix_timestamp())),
-        LoginOutcome::MfaRequired {
-            mfa_token,
-            expires_at,
-        } => Ok(Json(LoginResponse::MfaRequired(MfaRequiredResponse {
-            mfa_required: true,
-            mfa_token: mfa_token.expose().to_owned(),
-            expires_at: rfc3339(expires_at),
-            methods: vec!["totp".into(), "backup_code".into()],
-        }))
-        .into_response()),
+        LoginOutcome::MfaRequired { mfa_token, expires_at } => {
+            Ok(Json(LoginResponse::MfaRequired(MfaRequiredResponse {
+                mfa_required: true,
+                mfa_token: mfa_token.expose().to_owned(),
+                expires_at: rfc3339(expires_at),
+                methods: vec!["totp".into(), "backup_code".into()],
+            }))
+            .into_response())
+        }
     }
 }
 
@@ -208,11 +197,7 @@ pub async fn login_mfa(
         (status = 204, description = "The session is revoked."),
         (status = 403, description = "Cookie-authenticated request from another origin.", body = ProblemBody, content_type = "application/problem+json"),
     ))]
-pub async fn logout(
-    State(state): State<AppState>,
-    Auth(auth): Auth,
-    Meta(meta): Meta,
-) -> Result<Response, Problem> {
+pub async fn logout(State(state): State<AppState>, Auth(auth): Auth, Meta(meta): Meta) -> Result<Response, Problem> {
     state.service.logout(&auth, &meta).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(cookie) = session_cookie("", 0) {
@@ -225,10 +210,7 @@ pub async fn logout(
 #[utoipa::path(get, path = "/api/auth/session", tag = "auth",
     security(("session_token" = []), ("session_cookie" = [])),
     responses((status = 200, description = "The session and its user.", body = SessionIntrospection)))]
-pub async fn session(
-    State(state): State<AppState>,
-    Auth(auth): Auth,
-) -> Json<SessionIntrospection> {
+pub async fn session(State(state): State<AppState>, Auth(auth): Auth) -> Json<SessionIntrospection> {
     let session = &auth.session;
     Json(SessionIntrospection {
         user: crate::service::accounts::UserView::from(&auth.user).into(),

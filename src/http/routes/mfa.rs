@@ -88,10 +88,7 @@ pub struct BackupCodesResponse {
 #[utoipa::path(get, path = "/api/user/profile/mfa", tag = "mfa",
     security(("session_token" = []), ("session_cookie" = [])),
     responses((status = 200, description = "The MFA status.", body = MfaStatusResponse)))]
-pub async fn status(
-    State(state): State<AppState>,
-    Auth(auth): Auth,
-) -> Result<Json<MfaStatusResponse>, Problem> {
+pub async fn status(State(state): State<AppState>, Auth(auth): Auth) -> Result<Json<MfaStatusResponse>, Problem> {
     let status = state.service.mfa_status(&auth).await?;
     Ok(Json(MfaStatusResponse {
         enabled: status.enabled,
@@ -181,9 +178,7 @@ pub async fn regenerate_backup_codes(
         .service
         .regenerate_backup_codes(&auth, body.password, &body.code, &meta)
         .await?;
-    Ok(Json(BackupCodesResponse {
-        backup_codes: codes.0,
-    }))
+    Ok(Json(BackupCodesResponse { backup_codes: codes.0 }))
 }
 
 /// Turn MFA off: secret and backup codes are deleted; other sessions are revoked.

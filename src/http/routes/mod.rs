@@ -62,12 +62,8 @@ pub struct IpRateLimit;
 impl FromRequestParts<AppState> for IpRateLimit {
     type Rejection = Problem;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let Some(ip) = client_ip(&parts.headers, peer_ip(parts), &state.http.trusted_proxies)
-        else {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(ip) = client_ip(&parts.headers, peer_ip(parts), &state.http.trusted_proxies) else {
             return Ok(IpRateLimit);
         };
         let now = state.clock.now().unix_timestamp_nanos() as f64 / 1e9;
@@ -77,9 +73,7 @@ impl FromRequestParts<AppState> for IpRateLimit {
                 retry_after: Some(retry_after),
                 ..Problem::new(
                     ProblemKind::RateLimited,
-                    format!(
-                        "Too many requests from this address; try again in {retry_after} seconds."
-                    ),
+                    format!("Too many requests from this address; try again in {retry_after} seconds."),
                 )
             }),
         }

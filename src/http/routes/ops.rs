@@ -19,9 +19,7 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Alive.", body = Health)))]
 pub async fn healthz() -> axum::Json<Health> {
-    axum::Json(Health {
-        status: "ok".into(),
-    })
+    axum::Json(Health { status: "ok".into() })
 }
 
 /// Readiness: the database answers.
@@ -29,19 +27,14 @@ pub async fn healthz() -> axum::Json<Health> {
     responses((status = 200, description = "Ready.", body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, Problem> {
     state.service.ready().await?;
-    Ok(axum::Json(Health {
-        status: "ok".into(),
-    }))
+    Ok(axum::Json(Health { status: "ok".into() }))
 }
 
 /// This OpenAPI 3.1 document.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI document.", content_type = "application/json", body = Object)))]
 pub async fn openapi_json() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT_JSON.as_str(),
-    )
+    ([(header::CONTENT_TYPE, "application/json")], DOCUMENT_JSON.as_str())
 }
 
 /// A short page explaining a problem type (`type` of an error body).
@@ -52,8 +45,7 @@ pub async fn openapi_json() -> impl IntoResponse {
         (status = 404, description = "No such problem type.", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn problem_type(Path(slug): Path<String>) -> Result<impl IntoResponse, Problem> {
-    let kind = ProblemKind::from_slug(&slug)
-        .ok_or_else(|| Problem::for_status(axum::http::StatusCode::NOT_FOUND))?;
+    let kind = ProblemKind::from_slug(&slug).ok_or_else(|| Problem::for_status(axum::http::StatusCode::NOT_FOUND))?;
     let text = format!(
         "{title}\n\nType: /problems/{slug}\nStatus: {status}\n\n{explanation}\n",
         title = kind.title(),

@@ -76,13 +76,7 @@ pub async fn change_password(
 ) -> Result<Json<SuccessMessage>, Problem> {
     state
         .service
-        .change_password(
-            &auth,
-            body.current_password,
-            body.new_password,
-            body.code,
-            &meta,
-        )
+        .change_password(&auth, body.current_password, body.new_password, body.code, &meta)
         .await?;
     Ok(Json(SuccessMessage::new(
         "Password changed. Other sessions were signed out.",

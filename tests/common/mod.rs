@@ -1,0 +1,343 @@
+//! Test harness: the real router on port 0 with a fresh data directory, a manual clock, typed
+//! request helpers, and a TOTP reference implementation independent of the server's code.
+#![allow(dead_code)]
+
+use axum::Router;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha1::Sha1;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tessera::clock::{Clock, ManualClock};
+use tessera::config::Config;
+use tessera::http::AppState;
+use tessera::server;
+use tessera::store::sqlite::SqliteStore;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Options for [`spawn_with`].
+pub struct Options {
+    pub configure: Box<dyn FnOnce(&mut Config) + Send>,
+    pub extra_routes: Router<AppState>,
+    pub data_dir: Option<(PathBuf, Option<Arc<tempfile::TempDir>>)>,
+    pub clock: Option<ManualClock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            configure: Box::new(|_| {}),
+            extra_routes: Router::new(),
+            data_dir: None,
+            clock: None,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: ManualClock,
+    pub store: Arc<SqliteStore>,
+    pub data_dir: PathBuf,
+    dir_guard: Option<Arc<tempfile::TempDir>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(Options::default()).await
+}
+
+pub async fn spawn_with(options: Options) -> TestApp {
+    let (data_dir, dir_guard) = match options.data_dir {
+        Some(existing) => existing,
+        None => {
+            let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+            (dir.path().join("data"), Some(dir))
+        }
+    };
+    let clock = options.clock.unwrap_or_else(ManualClock::starting_now);
+    let mut config = Config {
+        data_dir: data_dir.clone(),
+        // Most journeys log in often from 127.0.0.1 under a frozen clock; the rate-limit
+        // tests switch it back on explicitly.
+        ip_rate_limit_per_minute: 0,
+        ..Config::default()
+    };
+    (options.configure)(&mut config);
+    let opened = server::open(&config, Arc::new(clock.clone()))
+        .await
+        .expect("service opens");
+    let store = opened.store.clone();
+    let router = tessera::http::router_with(opened.state.clone(), options.extra_routes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(listener, router, async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        clock,
+        store,
+        data_dir,
+        dir_guard,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the RFC 7807 envelope of the seeds, with its status, type and content type.
+    pub fn assert_problem(&self, status: u16, problem_type: &str) {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "body: {}",
+            self.text
+        );
+        let b = &self.body;
+        assert_eq!(b["type"], problem_type, "body: {}", self.text);
+        assert_eq!(b["status"], status);
+        for member in ["title", "detail", "instance", "error", "requestId"] {
+            assert!(b[member].is_string(), "member {member} missing in {}", self.text);
+        }
+        assert!(b["details"].is_object(), "details missing in {}", self.text);
+        assert_eq!(b["error"], b["detail"]);
+        assert_eq!(
+            Some(b["requestId"].as_str().unwrap_or_default()),
+            self.header("x-request-id")
+        );
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        let mut request = self.client.post(self.url(path)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
+    pub async fn register(&self, email: &str) -> Reply {
+        self.post(
+            "/api/auth/register",
+            None,
+            json!({"email": email, "password": PASSWORD}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post("/api/auth/login", None, json!({"email": email, "password": password}))
+            .await
+    }
+
+    /// Registers and logs in; returns the session token.
+    pub async fn user_with_session(&self, email: &str) -> String {
+        assert_eq!(self.register(email).await.status, 201);
+        self.session_for(email).await
+    }
+
+    pub async fn session_for(&self, email: &str) -> String {
+        let reply = self.login(email, PASSWORD).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply.body["token"].as_str().expect("token").to_owned()
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now().unix_timestamp()
+    }
+
+    /// Starts setup and verifies it with a code computed here; returns (secret, backup codes).
+    pub async fn enable_mfa(&self, token: &str) -> (String, Vec<String>) {
+        let setup = self
+            .post(
+                "/api/user/profile/mfa/setup",
+                Some(token),
+                json!({"password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(setup.status, 200, "{}", setup.text);
+        let secret = setup.body["secret"].as_str().expect("secret").to_owned();
+        let code = totp_code(&secret, self.now());
+        let verify = self
+            .post("/api/user/profile/mfa/verify", Some(token), json!({"code": code}))
+            .await;
+        assert_eq!(verify.status, 200, "{}", verify.text);
+        let codes = verify.body["backup_codes"]
+            .as_array()
+            .expect("codes")
+            .iter()
+            .map(|c| c.as_str().expect("code").to_owned())
+            .collect();
+        (secret, codes)
+    }
+
+    /// Moves the clock to the start of the next 30-second step, so a fresh code is due.
+    pub fn next_step(&self) {
+        let now = self.now();
+        let next = (now / 30 + 1) * 30;
+        self.clock.advance(time::Duration::seconds(next - now));
+    }
+
+    /// A read-only connection of the test's own to the database file, to check what it holds.
+    pub async fn db(&self) -> sqlx::SqlitePool {
+        let path = self.data_dir.join(server::DATABASE_FILE);
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(path))
+            .await
+            .expect("db opens")
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        let pool = self.db().await;
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.expect("count");
+        pool.close().await;
+        n
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) -> (PathBuf, Option<Arc<tempfile::TempDir>>, ManualClock) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server ran");
+        }
+        self.store.close().await;
+        (self.data_dir.clone(), self.dir_guard.take(), self.clock.clone())
+    }
+
+    /// Stops this instance and starts a new one on the same data directory and clock.
+    pub async fn restart(self) -> TestApp {
+        let (dir, guard, clock) = self.stop().await;
+        spawn_with(Options {
+            data_dir: Some((dir, guard)),
+            clock: Some(clock),
+            ..Options::default()
+        })
+        .await
+    }
+
+    pub fn shutdown_handle(&mut self) -> (oneshot::Sender<()>, JoinHandle<std::io::Result<()>>) {
+        (
+            self.shutdown.take().expect("shutdown"),
+            self.server.take().expect("server"),
+        )
+    }
+}
+
+pub fn data_file(dir: &Path) -> PathBuf {
+    dir.join(server::DATABASE_FILE)
+}
+
+// ---- TOTP reference implementation (RFC 4226 / RFC 6238), independent of tessera::domain ----
+
+fn base32_decode(input: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits: u64 = 0;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in input.bytes().filter(|c| *c != b'=') {
+        let value = ALPHABET
+            .iter()
+            .position(|a| *a == c.to_ascii_uppercase())
+            .expect("base32 char") as u64;
+        bits = (bits << 5) | value;
+        count += 5;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    out
+}
+
+/// HOTP-SHA1 with 6 digits.
+pub fn hotp_sha1(key: &[u8], counter: u64) -> String {
+    let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(key).expect("any key length");
+    mac.update(&counter.to_be_bytes());
+    let digest = mac.finalize().into_bytes();
+    let offset = (digest[19] & 0x0f) as usize;
+    let value = u32::from_be_bytes([
+        digest[offset] & 0x7f,
+        digest[offset + 1],
+        digest[offset + 2],
+        digest[offset + 3],
+    ]);
+    format!("{:06}", value % 1_000_000)
+}
+
+/// The 6-digit TOTP code of a base32 secret at unix time `at`.
+pub fn totp_code(secret_base32: &str, at: i64) -> String {
+    hotp_sha1(&base32_decode(secret_base32), (at / 30) as u64)
+}
+
+/// A code that is certainly wrong for `secret` at `at` (and its neighbours).
+pub fn wrong_code(secret: &str, at: i64) -> String {
+    let taken: Vec<String> = (-2..=2).map(|d| totp_code(secret, at + d * 30)).collect();
+    (0..1_000_000u32)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !taken.contains(c))
+        .expect("a free code")
+}
+
+#[test]
+fn reference_totp_matches_rfc_6238_vector() {
+    // RFC 6238 Appendix B, SHA1, T = 59: 94287082 -> 6 digits 287082.
+    let key = b"12345678901234567890";
+    assert_eq!(hotp_sha1(key, 1), "287082");
+    // RFC 4226 Appendix D, counter 0: 755224.
+    assert_eq!(hotp_sha1(key, 0), "755224");
+    assert_eq!(base32_decode("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"), key.to_vec());
+}
