@@ -720,3 +720,36 @@ async fn the_fifth_failure_locks_the_account_even_for_a_right_code_and_success_r
             >= 1
     );
 }
+
+/// The 6-digit code Debian's `oathtool` computes for `secret` at unix time `at`.
+fn oathtool_code(secret: &str, at: i64) -> Option<String> {
+    let output = std::process::Command::new("oathtool")
+        .args(["--totp", "-b", "-N", &format!("@{at}"), secret])
+        .output()
+        .ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+#[tokio::test]
+async fn codes_computed_by_oathtool_enable_mfa_and_log_in() {
+    // RFC 6238 vector through oathtool first: proves the tool and its time option work.
+    let Some(vector) = oathtool_code("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ", 59) else {
+        assert!(
+            std::env::var_os("TESSERA_REQUIRE_OATHTOOL").is_none(),
+            "oathtool is required here (TESSERA_REQUIRE_OATHTOOL is set) but did not run"
+        );
+        eprintln!("oathtool is not installed; .ci/run installs it and sets TESSERA_REQUIRE_OATHTOOL");
+        return;
+    };
+    assert_eq!(vector, "287082");
+    let app = spawn_app().await;
+    let token = app.user_with_session("oath@example.com").await;
+    let secret = setup(&app, &token).await.body["secret"].as_str().unwrap().to_owned();
+    let code = oathtool_code(&secret, app.now()).unwrap();
+    let enabled = app.post("/api/user/profile/mfa/verify", Some(&token), json!({"code": code})).await;
+    assert_eq!(enabled.status, 200, "{}", enabled.text);
+    app.next_step();
+    let challenge = mfa_token(&app, "oath@example.com").await;
+    let code = oathtool_code(&secret, app.now()).unwrap();
+    assert_eq!(login_mfa(&app, &challenge, &code).await.status, 200);
+}
