@@ -104,11 +104,26 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    let webhook = config.webhook.clone().map(|webhook| tessera_webhook(&opened, webhook));
     tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
-    server::run(listener, server::router(&opened), server::shutdown_signal()).await?;
+    server::run(
+        listener,
+        server::router(&opened),
+        config.connections,
+        server::shutdown_signal(),
+    )
+    .await?;
+    if let Some(task) = webhook {
+        task.abort();
+    }
     opened.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn tessera_webhook(opened: &server::Opened, config: crate::webhook::WebhookConfig) -> tokio::task::JoinHandle<()> {
+    tracing::info!(url = %config.url, "delivering security events to the webhook");
+    crate::webhook::spawn(opened.service.store().clone(), config)
 }
 
 async fn user(command: UserCommand) -> anyhow::Result<()> {

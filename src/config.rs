@@ -8,7 +8,9 @@
 use crate::domain::sealing::{KeyError, MasterKey};
 use crate::domain::totp::TotpPolicy;
 use crate::http::HttpSettings;
+use crate::server::ConnectionLimits;
 use crate::service::ServiceConfig;
+use crate::webhook::WebhookConfig;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -61,6 +63,15 @@ pub struct ServeArgs {
     /// TOTP steps accepted either side of now (0..=2) [default: 1].
     #[arg(long, env = "TESSERA_TOTP_SKEW_STEPS", value_name = "N")]
     pub totp_skew_steps: Option<u32>,
+    /// Connections served at once; more wait in the backlog [default: 512].
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request head; also the keep-alive idle limit [default: 10].
+    #[arg(long, env = "TESSERA_HEADER_READ_TIMEOUT_SECS", value_name = "SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// URL that receives every security event as signed JSON (HMAC-SHA256) [default: none].
+    #[arg(long, env = "TESSERA_EVENTS_WEBHOOK_URL", value_name = "URL")]
+    pub events_webhook_url: Option<String>,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -78,6 +89,9 @@ struct FileConfig {
     registration_open: Option<bool>,
     mfa_issuer: Option<String>,
     totp_skew_steps: Option<u32>,
+    max_connections: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+    events_webhook_url: Option<String>,
 }
 
 /// Why the configuration cannot be used.
@@ -105,6 +119,9 @@ pub struct Config {
     pub service: ServiceConfig,
     pub ip_rate_limit_per_minute: u32,
     pub trusted_proxies: Vec<IpAddr>,
+    pub connections: ConnectionLimits,
+    /// Where security events are delivered, if anywhere.
+    pub webhook: Option<WebhookConfig>,
 }
 
 impl Default for Config {
@@ -118,6 +135,8 @@ impl Default for Config {
             service: ServiceConfig::default(),
             ip_rate_limit_per_minute: 30,
             trusted_proxies: Vec::new(),
+            connections: ConnectionLimits::default(),
+            webhook: None,
         }
     }
 }
@@ -186,6 +205,36 @@ impl Config {
                 message: "must be non-empty and contain no ':'".into(),
             });
         }
+        let limits = ConnectionLimits::default();
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(limits.max_connections);
+        if max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max_connections",
+                message: "must be positive".into(),
+            });
+        }
+        let header_read_timeout_secs = args
+            .header_read_timeout_secs
+            .or(file.header_read_timeout_secs)
+            .unwrap_or(limits.header_read_timeout.as_secs());
+        positive(
+            "header_read_timeout_secs",
+            i64::try_from(header_read_timeout_secs).unwrap_or(i64::MAX),
+        )?;
+        let webhook = match args.events_webhook_url.clone().or(file.events_webhook_url) {
+            Some(url) => Some(
+                WebhookConfig::new(&url, std::env::var("TESSERA_EVENTS_WEBHOOK_SECRET").ok()).map_err(|message| {
+                    ConfigError::Invalid {
+                        name: "events_webhook_url",
+                        message,
+                    }
+                })?,
+            ),
+            None => None,
+        };
         let secret_key = match std::env::var("TESSERA_SECRET_KEY") {
             Ok(text) => Some(MasterKey::from_base64(&text).map_err(ConfigError::SecretKey)?),
             Err(_) => None,
@@ -231,6 +280,11 @@ impl Config {
                 .clone()
                 .or(file.trusted_proxies)
                 .unwrap_or_default(),
+            connections: ConnectionLimits {
+                max_connections,
+                header_read_timeout: Duration::from_secs(header_read_timeout_secs),
+            },
+            webhook,
         })
     }
 

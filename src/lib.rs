@@ -9,7 +9,8 @@
 //! - [`config`]: configuration (defaults <- TOML file <- `TESSERA_*` env vars <- flags).
 //! - [`cli`]: the `tessera` command line: `serve`, `migrate`, `user ...`.
 //! - [`clock`]: the one seam through which the current time enters the program.
-//! - [`server`]: `run(listener, app, shutdown)`, shared by the binary and the tests.
+//! - [`server`]: `run(listener, app, limits, shutdown)`, shared by the binary and the tests.
+//! - [`webhook`]: delivery of security events to a configured URL, signed, from an outbox.
 
 pub mod cli;
 pub mod clock;
@@ -19,3 +20,4 @@ pub mod http;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod webhook;

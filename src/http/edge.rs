@@ -10,7 +10,7 @@
 use super::problem::{Problem, ProblemKind};
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::any::Any;
@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Largest accepted sum of header names and values. Larger heads that hyper still parses (up
+/// to its ~400 KiB buffer) are answered 431 here, in the problem envelope.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// The request id of the current request, for extractors and handlers.
 #[derive(Debug, Clone)]
@@ -44,7 +48,21 @@ pub async fn edge(State(config): State<EdgeConfig>, mut request: Request, next: 
     let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %path);
     async move {
         let started = Instant::now();
-        let mut response = match tokio::time::timeout(config.request_timeout, next.run(request)).await {
+        let header_bytes: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        let outcome = if header_bytes > MAX_HEADER_BYTES {
+            Ok(Problem::new(
+                ProblemKind::Http(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+                "The request headers are larger than 32 KiB.",
+            )
+            .into_response())
+        } else {
+            tokio::time::timeout(config.request_timeout, next.run(request)).await
+        };
+        let mut response = match outcome {
             Ok(response) => response,
             Err(_) => {
                 tracing::warn!(

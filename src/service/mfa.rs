@@ -464,3 +464,51 @@ impl Service {
         Ok(self.store.user_by_email(email.as_str()).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_any_input_never_panics_and_accepts_only_well_formed_codes(input in "\\PC{0,40}") {
+            match SecondFactorInput::parse("code", &input) {
+                Ok(SecondFactorInput::Totp(_)) => {
+                    let digits: String = input.chars().filter(|c| !c.is_whitespace() && *c != '-').collect();
+                    prop_assert!(digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()));
+                }
+                Ok(SecondFactorInput::Backup(_)) => {
+                    let symbols: String = input.chars().filter(|c| !c.is_whitespace() && *c != '-').collect();
+                    prop_assert_eq!(symbols.chars().count(), 13);
+                }
+                Err(ServiceError::Validation(members)) => prop_assert_eq!(members[0].0, "code"),
+                Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_parsers(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = SecondFactorInput::parse("code", &text);
+            let _ = parse_totp("code", &text);
+        }
+    }
+
+    #[test]
+    fn codes_are_totp_or_backup_codes_or_a_validation_problem() {
+        assert!(matches!(
+            SecondFactorInput::parse("code", "123 456"),
+            Ok(SecondFactorInput::Totp(_))
+        ));
+        assert!(matches!(
+            SecondFactorInput::parse("code", "ABCD-EFGH-JKMNP"),
+            Ok(SecondFactorInput::Backup(_))
+        ));
+        for bad in ["", "12345", "1234567", "abcd-efgh-jkmn0"] {
+            assert!(
+                matches!(SecondFactorInput::parse("otp", bad), Err(ServiceError::Validation(m)) if m[0].0 == "otp")
+            );
+        }
+    }
+}

@@ -114,6 +114,14 @@ pub struct EventRecord {
     pub request_id: Option<String>,
 }
 
+/// A recorded event with its position in the outbox, for the webhook.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub user_id: String,
+    pub record: EventRecord,
+}
+
 /// Proof of the second factor, checked by the service and consumed by the store in the same
 /// transaction as the change it authorises.
 #[derive(Debug, Clone, Copy)]
@@ -202,6 +210,12 @@ pub trait Store: Send + Sync + 'static {
     // --- security events ---
     async fn insert_event(&self, event: &NewEvent) -> StoreResult<()>;
     async fn list_events(&self, user_id: &str, limit: u32) -> StoreResult<Vec<EventRecord>>;
+    /// Events with an id greater than `after`, oldest first (the webhook outbox).
+    async fn events_after(&self, after: i64, limit: u32) -> StoreResult<Vec<StoredEvent>>;
+    /// The id of the last event the webhook delivered; on first use, the newest event's id (so
+    /// enabling the webhook does not replay history).
+    async fn webhook_cursor(&self) -> StoreResult<i64>;
+    async fn set_webhook_cursor(&self, last_event_id: i64) -> StoreResult<()>;
 
     // --- second-factor throttle ---
     /// Counts one more attempt before it is evaluated, unless the account is locked; sets the

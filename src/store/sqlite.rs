@@ -234,6 +234,16 @@ async fn insert_codes_in(
     Ok(())
 }
 
+fn event_from_row(row: &SqliteRow) -> Result<EventRecord, sqlx::Error> {
+    Ok(EventRecord {
+        kind: row.try_get("kind")?,
+        at: row.try_get("at")?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        request_id: row.try_get("request_id")?,
+    })
+}
+
 fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
     let hash: Vec<u8> = row.try_get("token_hash")?;
     Ok(SessionRecord {
@@ -421,17 +431,55 @@ impl Store for SqliteStore {
         .await
         .map_err(map_err)?;
         rows.iter()
+            .map(event_from_row)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(map_err)
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> StoreResult<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, kind, at, ip, user_agent, request_id FROM security_events \
+             WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
             .map(|row| {
-                Ok(EventRecord {
-                    kind: row.try_get("kind")?,
-                    at: row.try_get("at")?,
-                    ip: row.try_get("ip")?,
-                    user_agent: row.try_get("user_agent")?,
-                    request_id: row.try_get("request_id")?,
+                Ok(StoredEvent {
+                    id: row.try_get("id")?,
+                    user_id: row.try_get("user_id")?,
+                    record: event_from_row(row)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(map_err)
+    }
+
+    async fn webhook_cursor(&self) -> StoreResult<i64> {
+        sqlx::query(
+            "INSERT INTO webhook_cursor (id, last_event_id) \
+             SELECT 1, COALESCE(MAX(id), 0) FROM security_events WHERE true ON CONFLICT (id) DO NOTHING",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        sqlx::query_scalar("SELECT last_event_id FROM webhook_cursor WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn set_webhook_cursor(&self, last_event_id: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE webhook_cursor SET last_event_id = ? WHERE id = 1 AND last_event_id < ?")
+            .bind(last_event_id)
+            .bind(last_event_id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
     }
 
     async fn reserve_attempt(

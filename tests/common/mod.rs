@@ -79,9 +79,20 @@ pub async fn spawn_with(options: Options) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(listener, router, async move {
-        let _ = rx.await;
-    }));
+    let webhook = config
+        .webhook
+        .clone()
+        .map(|webhook| tessera::webhook::spawn(opened.service.store().clone(), webhook));
+    let server = tokio::spawn(async move {
+        let result = server::run(listener, router, config.connections, async move {
+            let _ = rx.await;
+        })
+        .await;
+        if let Some(task) = webhook {
+            task.abort();
+        }
+        result
+    });
     TestApp {
         addr,
         base: format!("http://{addr}"),
