@@ -99,6 +99,7 @@ fn describe_database(config: &Config) -> String {
 
 async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(args)?;
+    let shutdown = server::shutdown_signal().context("cannot install signal handlers")?;
     let opened = server::open(&config, Arc::new(SystemClock)).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -106,13 +107,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let webhook = config.webhook.clone().map(|webhook| tessera_webhook(&opened, webhook));
     tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
-    server::run(
-        listener,
-        server::router(&opened),
-        config.connections,
-        server::shutdown_signal(),
-    )
-    .await?;
+    server::run(listener, server::router(&opened), config.connections, shutdown).await?;
     if let Some(task) = webhook {
         task.abort();
     }
@@ -132,7 +127,7 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
         UserCommand::Show { storage, .. } | UserCommand::ResetMfa { storage, .. } => storage,
     };
     let config = Config::for_storage(storage)?;
-    let opened = server::open(&config, Arc::new(SystemClock)).await?;
+    let opened = server::open_existing(&config, Arc::new(SystemClock)).await?;
     let service = &opened.service;
     match command {
         UserCommand::List(_) => {

@@ -40,6 +40,16 @@ pub enum StartupError {
         "key file {path} is unusable: {error}; restore the original key file or remove it only if the database is new"
     )]
     BadKeyFile { path: PathBuf, error: KeyError },
+    #[error(
+        "the database holds TOTP secrets sealed with another master key; set the original TESSERA_SECRET_KEY or key file"
+    )]
+    WrongKey,
+    #[error(
+        "the database holds sealed TOTP secrets but the key file {path} is missing; restore it (or set TESSERA_SECRET_KEY)"
+    )]
+    MissingKey { path: PathBuf },
+    #[error("no database at {path}; check --data-dir, or run `tessera migrate` to create one")]
+    NoDatabase { path: PathBuf },
     #[error("unsupported database URL (this build supports sqlite: URLs only)")]
     UnsupportedDatabase,
     #[error("database: {0}")]
@@ -63,36 +73,59 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
     builder.create(path)
 }
 
-/// The master key: `TESSERA_SECRET_KEY` if set, else the key file, created (mode 0600) on the
-/// first start. A key of the wrong size is refused, never replaced.
-pub fn load_or_create_key(config: &Config) -> Result<MasterKey, StartupError> {
+/// The master key from `TESSERA_SECRET_KEY` or the key file; `None` when neither exists yet.
+/// A key of the wrong size is refused, never replaced.
+pub fn load_key(config: &Config) -> Result<Option<MasterKey>, StartupError> {
     if let Some(key) = &config.secret_key {
-        return Ok(key.clone());
+        return Ok(Some(key.clone()));
     }
     let path = config.data_dir.join(KEY_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => MasterKey::from_base64(&text).map_err(|error| StartupError::BadKeyFile { path, error }),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            let key = MasterKey::generate();
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&path).map_err(|source| StartupError::KeyFile {
-                path: path.clone(),
-                source,
-            })?;
-            file.write_all(key.to_base64().as_bytes())
-                .and_then(|()| file.write_all(b"\n"))
-                .and_then(|()| file.sync_all())
-                .map_err(|source| StartupError::KeyFile {
-                    path: path.clone(),
-                    source,
-                })?;
-            tracing::info!(path = %path.display(), "created a new master key file");
-            Ok(key)
-        }
+        Ok(text) => MasterKey::from_base64(&text)
+            .map(Some)
+            .map_err(|error| StartupError::BadKeyFile { path, error }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(StartupError::KeyFile { path, source }),
+    }
+}
+
+/// Creates the key file (mode 0600) with a fresh key; never overwrites one.
+fn create_key_file(config: &Config) -> Result<MasterKey, StartupError> {
+    let path = config.data_dir.join(KEY_FILE);
+    let key = MasterKey::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).map_err(|source| StartupError::KeyFile {
+        path: path.clone(),
+        source,
+    })?;
+    file.write_all(key.to_base64().as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(|source| StartupError::KeyFile {
+            path: path.clone(),
+            source,
+        })?;
+    tracing::info!(path = %path.display(), "created a new master key file");
+    Ok(key)
+}
+
+/// The key for this database: the configured one if the sealed secrets in the database were
+/// sealed with it; a new one (written to the key file) only when the database holds no sealed
+/// secret yet. A missing or different key for a database with secrets stops the start: a new
+/// key would silently make every enrolled authenticator useless.
+async fn key_for(config: &Config, store: &SqliteStore) -> Result<MasterKey, StartupError> {
+    let key = load_key(config)?;
+    let sample = store.any_sealed_secret().await?;
+    match (key, sample) {
+        (Some(key), Some(sealed)) if !key.sealed_this(&sealed) => Err(StartupError::WrongKey),
+        (Some(key), _) => Ok(key),
+        (None, Some(_)) => Err(StartupError::MissingKey {
+            path: config.data_dir.join(KEY_FILE),
+        }),
+        (None, None) => create_key_file(config),
     }
 }
 
@@ -111,10 +144,22 @@ pub async fn open_store(config: &Config) -> Result<SqliteStore, StartupError> {
     Ok(store)
 }
 
+/// Like [`open`], for operator commands: refuses a data directory without a database instead
+/// of creating one (a mistyped `--data-dir` must not look like an empty installation).
+pub async fn open_existing(config: &Config, clock: Arc<dyn Clock>) -> Result<Opened, StartupError> {
+    let database = config.data_dir.join(DATABASE_FILE);
+    if config.database_url.is_none() && !database.exists() {
+        return Err(StartupError::NoDatabase { path: database });
+    }
+    open(config, clock).await
+}
+
 /// Everything but the listener: data dir, key, store, migrations, service, HTTP state.
 pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Opened, StartupError> {
+    // A broken key file is reported before anything is created or migrated.
+    load_key(config)?;
     let store = Arc::new(open_store(config).await?);
-    let key = load_or_create_key(config)?;
+    let key = key_for(config, &store).await?;
     let dyn_store: Arc<dyn Store> = store.clone();
     let service = Arc::new(Service::new(dyn_store, clock.clone(), key, config.service.clone()).await?);
     let state = AppState::new(service.clone(), clock, config.http());
@@ -203,26 +248,17 @@ pub fn router(opened: &Opened) -> Router {
     http::router(opened.state.clone())
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this
+/// function is called, not when the future is first polled, so a signal that arrives right after
+/// start-up still shuts down gracefully instead of killing the process.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
-    }
+    })
 }

@@ -69,7 +69,7 @@ pub struct EventPayload<'a> {
     pub id: i64,
     #[serde(rename = "type")]
     pub kind: &'a str,
-    pub user_id: &'a str,
+    pub user_id: Option<&'a str>,
     pub at: String,
     pub ip: Option<&'a str>,
     pub user_agent: Option<&'a str>,
@@ -128,7 +128,7 @@ async fn deliver_with_retry(client: &reqwest::Client, config: &WebhookConfig, ev
     let payload = EventPayload {
         id: event.id,
         kind: &event.record.kind,
-        user_id: &event.user_id,
+        user_id: event.user_id.as_deref(),
         at: rfc3339(event.record.at),
         ip: event.record.ip.as_deref(),
         user_agent: event.record.user_agent.as_deref(),

@@ -660,3 +660,44 @@ async fn security_events_record_address_user_agent_and_request_id() {
     let one = app.get("/api/user/profile/security-events?limit=1", Some(token)).await;
     assert_eq!(one.body["events"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_missing_or_different_master_key_stops_the_start_once_secrets_are_sealed() {
+    let app = spawn_app().await;
+    let token = app.user_with_session("keys@example.com").await;
+    app.post(
+        "/api/user/profile/mfa/setup",
+        Some(&token),
+        json!({"password": PASSWORD}),
+    )
+    .await;
+    let (dir, guard, clock) = app.stop().await;
+    let original = std::fs::read_to_string(dir.join("secret.key")).unwrap();
+    std::fs::remove_file(dir.join("secret.key")).unwrap();
+    let config = tessera::config::Config {
+        data_dir: dir.clone(),
+        ..Default::default()
+    };
+    let clock: Arc<dyn tessera::clock::Clock> = Arc::new(clock);
+    let missing = tessera::server::open(&config, clock.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(missing, tessera::server::StartupError::MissingKey { .. }),
+        "{missing}"
+    );
+    assert!(!dir.join("secret.key").exists(), "no replacement key was written");
+    let other = tessera::config::Config {
+        secret_key: Some(tessera::domain::sealing::MasterKey::generate()),
+        ..config.clone()
+    };
+    let wrong = tessera::server::open(&other, clock.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(wrong, tessera::server::StartupError::WrongKey), "{wrong}");
+    std::fs::write(dir.join("secret.key"), original).unwrap();
+    assert!(tessera::server::open(&config, clock).await.is_ok());
+    drop(guard);
+}

@@ -727,7 +727,10 @@ fn oathtool_code(secret: &str, at: i64) -> Option<String> {
         .args(["--totp", "-b", "-N", &format!("@{at}"), secret])
         .output()
         .ok()?;
-    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 #[tokio::test]
@@ -746,7 +749,9 @@ async fn codes_computed_by_oathtool_enable_mfa_and_log_in() {
     let token = app.user_with_session("oath@example.com").await;
     let secret = setup(&app, &token).await.body["secret"].as_str().unwrap().to_owned();
     let code = oathtool_code(&secret, app.now()).unwrap();
-    let enabled = app.post("/api/user/profile/mfa/verify", Some(&token), json!({"code": code})).await;
+    let enabled = app
+        .post("/api/user/profile/mfa/verify", Some(&token), json!({"code": code}))
+        .await;
     assert_eq!(enabled.status, 200, "{}", enabled.text);
     app.next_step();
     let challenge = mfa_token(&app, "oath@example.com").await;

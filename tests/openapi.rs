@@ -37,7 +37,10 @@ fn every_route_is_documented_with_its_problem_responses() {
         ("get", "/problems/{slug}"),
     ];
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.values().map(|p| p.as_object().unwrap().len()).sum::<usize>(), expected.len());
+    assert_eq!(
+        paths.values().map(|p| p.as_object().unwrap().len()).sum::<usize>(),
+        expected.len()
+    );
     for (method, path) in expected {
         let operation = &doc["paths"][path][method];
         assert!(operation.is_object(), "{method} {path} is not documented");
@@ -62,20 +65,43 @@ fn the_seed_endpoints_carry_the_seed_schemas() {
     let doc = document();
     let schemas = &doc["components"]["schemas"];
     let verify = &schemas["VerifyResponse"];
-    let mut required: Vec<&str> = verify["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let mut required: Vec<&str> = verify["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     required.sort_unstable();
     assert_eq!(required, ["backup_codes", "message", "success"]);
-    assert_eq!(schemas["BackupCodesResponse"]["required"], serde_json::json!(["backup_codes"]));
+    assert_eq!(
+        schemas["BackupCodesResponse"]["required"],
+        serde_json::json!(["backup_codes"])
+    );
     let problem = &schemas["Problem"]["properties"];
-    for member in ["type", "title", "status", "detail", "instance", "error", "details", "requestId"] {
+    for member in [
+        "type",
+        "title",
+        "status",
+        "detail",
+        "instance",
+        "error",
+        "details",
+        "requestId",
+    ] {
         assert!(problem[member].is_object(), "Problem lacks {member}");
     }
     assert_eq!(problem["type"]["format"], "uri-reference");
     assert_eq!(problem["details"]["additionalProperties"]["type"], "string");
     let verify_op = &doc["paths"]["/api/user/profile/mfa/verify"]["post"];
-    assert_eq!(verify_op["summary"], "Verifies MFA setup with TOTP code and enables MFA");
+    assert_eq!(
+        verify_op["summary"],
+        "Verifies MFA setup with TOTP code and enables MFA"
+    );
     assert_eq!(verify_op["responses"]["200"]["description"], "MFA enabled");
     let regen = &doc["paths"]["/api/user/profile/mfa/backup-codes"]["post"];
-    assert_eq!(regen["summary"], "Regenerates MFA backup codes. Requires password and current MFA code");
+    assert_eq!(
+        regen["summary"],
+        "Regenerates MFA backup codes. Requires password and current MFA code"
+    );
     assert_eq!(regen["responses"]["200"]["description"], "Backup codes regenerated");
 }

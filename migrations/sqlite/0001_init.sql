@@ -57,7 +57,7 @@ CREATE INDEX mfa_challenges_by_user ON mfa_challenges (user_id);
 -- Audit trail shown to the user (GET /api/user/profile/security-events) and kept for operators.
 CREATE TABLE security_events (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_id         TEXT    NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    user_id         TEXT    REFERENCES users (id) ON DELETE CASCADE, -- NULL: unknown account
     kind            TEXT    NOT NULL,
     at              INTEGER NOT NULL,
     ip              TEXT,

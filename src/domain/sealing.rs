@@ -87,6 +87,11 @@ impl MasterKey {
         self.id
     }
 
+    /// True when `sealed` names this key as its sealer (it may still fail to open if tampered).
+    pub fn sealed_this(&self, sealed: &[u8]) -> bool {
+        sealed.len() > HEADER_LEN && sealed[0] == VERSION && sealed[1..1 + KEY_ID_LEN] == self.id
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(&Key::from(*self.key))
     }

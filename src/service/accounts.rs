@@ -126,7 +126,14 @@ impl Service {
                     .await?;
                 return Err(ServiceError::InvalidCredentials);
             }
-            None => return Err(ServiceError::InvalidCredentials),
+            None => {
+                // The same write as for a known account, so both failures cost the same time;
+                // the unknown address is not stored.
+                self.store
+                    .insert_event(&meta.anonymous_event("login_failed_unknown_account", now))
+                    .await?;
+                return Err(ServiceError::InvalidCredentials);
+            }
         };
         if user.disabled_at.is_some() {
             self.store

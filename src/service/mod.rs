@@ -93,9 +93,17 @@ pub struct RequestMeta {
 }
 
 impl RequestMeta {
+    /// An event of no known account (a failed login with an unknown email).
+    fn anonymous_event(&self, kind: &'static str, at: i64) -> NewEvent {
+        NewEvent {
+            user_id: None,
+            ..self.event("", kind, at)
+        }
+    }
+
     fn event(&self, user_id: &str, kind: &'static str, at: i64) -> NewEvent {
         NewEvent {
-            user_id: user_id.to_owned(),
+            user_id: Some(user_id.to_owned()),
             kind,
             at,
             ip: self.ip.clone(),

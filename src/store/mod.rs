@@ -96,7 +96,8 @@ pub struct PendingSetupRecord {
 /// A security event to record.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub user_id: String,
+    /// `None` for a failed login with an unknown email (the address itself is not kept).
+    pub user_id: Option<String>,
     pub kind: &'static str,
     pub at: i64,
     pub ip: Option<String>,
@@ -118,7 +119,7 @@ pub struct EventRecord {
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub id: i64,
-    pub user_id: String,
+    pub user_id: Option<String>,
     pub record: EventRecord,
 }
 
@@ -175,6 +176,8 @@ pub struct EnableMfa {
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+    /// Any one sealed TOTP secret (enabled or pending), to check the master key at start.
+    async fn any_sealed_secret(&self) -> StoreResult<Option<Vec<u8>>>;
 
     // --- accounts ---
     async fn insert_user(&self, user: &NewUser, event: &NewEvent) -> StoreResult<()>;

@@ -264,6 +264,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn any_sealed_secret(&self) -> StoreResult<Option<Vec<u8>>> {
+        sqlx::query_scalar(
+            "SELECT mfa_secret FROM users WHERE mfa_secret IS NOT NULL \
+             UNION ALL SELECT secret FROM mfa_pending LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)
+    }
+
     async fn insert_user(&self, user: &NewUser, event: &NewEvent) -> StoreResult<()> {
         let mut tx = self.immediate().await?;
         sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)")

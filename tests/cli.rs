@@ -1,0 +1,515 @@
+//! The `tessera` binary as an operator runs it: `serve` from flags, environment variables or a
+//! config file, the data directory and its key file, shutdown on SIGTERM and SIGINT, the help
+//! text, `migrate`, and the `user` commands. Every test drives the real executable in its own
+//! temporary directory; a child process is killed if the test fails.
+
+mod common;
+
+use common::{PASSWORD, Reply, totp_code};
+use data_encoding::BASE64;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a command may take to start listening, to stop after a signal, or to finish.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+// ---- helpers: commands, running servers, finished commands ----
+
+/// `tessera ARGS` with none of the developer's `TESSERA_*` variables (in particular no
+/// `TESSERA_SECRET_KEY`): the key file of the data directory is used unless a test sets one.
+fn tessera(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    command.args(args);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TESSERA_") {
+            command.env_remove(name);
+        }
+    }
+    command.env_remove("TESSERA_SECRET_KEY");
+    command
+}
+
+/// `tessera serve --listen 127.0.0.1:0 --data-dir DATA`.
+fn serve_on(data: &Path) -> Command {
+    tessera(&["serve", "--listen", "127.0.0.1:0", "--data-dir", text(data)])
+}
+
+fn text(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// A child process that is killed (and reaped) when dropped, so a failing test leaves no server
+/// behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Both are no-ops for a child that was already waited for.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads `pipe` to its end on a thread; the whole text arrives on the returned channel.
+fn read_to_end_in_background(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        let _ = sender.send(text);
+    });
+    receiver
+}
+
+/// A command that ran to its end.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a command that is expected to finish by itself, within [`PATIENCE`].
+fn run(mut command: Command) -> Finished {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = KillOnDrop(command.spawn().expect("tessera starts"));
+    let stdout = read_to_end_in_background(child.0.stdout.take().expect("stdout piped"));
+    let stderr = read_to_end_in_background(child.0.stderr.take().expect("stderr piped"));
+    let deadline = Instant::now() + PATIENCE;
+    let stdout = stdout
+        .recv_timeout(remaining(deadline))
+        .unwrap_or_else(|_| panic!("{command:?} did not finish within {PATIENCE:?}"));
+    let stderr = stderr
+        .recv_timeout(remaining(deadline))
+        .unwrap_or_else(|_| panic!("{command:?} did not finish within {PATIENCE:?}"));
+    // Both pipes are closed: the process is exiting.
+    let status = child.0.wait().expect("wait for tessera");
+    Finished { status, stdout, stderr }
+}
+
+/// Runs a command that must succeed and returns its standard output.
+fn run_ok(command: Command) -> String {
+    let finished = run(command);
+    assert!(
+        finished.status.success(),
+        "{}\nstdout: {}\nstderr: {}",
+        finished.status,
+        finished.stdout,
+        finished.stderr
+    );
+    finished.stdout
+}
+
+/// A running `tessera serve`, its address and the log it wrote so far.
+struct Server {
+    child: KillOnDrop,
+    lines: mpsc::Receiver<String>,
+    log: String,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Server {
+    /// Starts `command` with `TESSERA_LOG=info` and reads its log until the `listening` line,
+    /// which names the address.
+    fn start(mut command: Command) -> Self {
+        command
+            .env("TESSERA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = KillOnDrop(command.spawn().expect("tessera starts"));
+        let stderr = child.0.stderr.take().expect("stderr piped");
+        let (sender, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            lines,
+            log: String::new(),
+            base: String::new(),
+            client: reqwest::Client::new(),
+        };
+        let listening = server.wait_for_line("listening");
+        let address = listening
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("address="))
+            .unwrap_or_else(|| panic!("no address in {listening:?}"));
+        let address: SocketAddr = address.parse().expect("a socket address");
+        assert!(address.ip().is_loopback() && address.port() != 0, "{address}");
+        server.base = format!("http://{address}");
+        server
+    }
+
+    /// The next log line containing `needle`, within [`PATIENCE`].
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self.lines.recv_timeout(remaining(deadline)) {
+                Ok(line) => {
+                    self.log.push_str(&line);
+                    self.log.push('\n');
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.0.wait().expect("wait for tessera");
+                    panic!(
+                        "tessera exited ({status}) before logging {needle:?}; log:\n{}",
+                        self.log
+                    )
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no {needle:?} within {PATIENCE:?}; log:\n{}", self.log)
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` (`-TERM`, `-INT`) with `kill`, waits within [`PATIENCE`] for the process
+    /// to close its log and exit, asserts a successful exit and returns the whole log.
+    fn stop(mut self, signal: &str) -> String {
+        let pid = self.child.0.id().to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+        assert!(sent.success(), "kill {signal} {pid} failed");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self.lines.recv_timeout(remaining(deadline)) {
+                Ok(line) => {
+                    self.log.push_str(&line);
+                    self.log.push('\n');
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "tessera still running {PATIENCE:?} after kill {signal}; log:\n{}",
+                        self.log
+                    )
+                }
+            }
+        }
+        // The log is closed: the process is exiting.
+        let status = self.child.0.wait().expect("wait for tessera");
+        assert!(status.success(), "exit after {signal}: {status}; log:\n{}", self.log);
+        std::mem::take(&mut self.log)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        let mut request = self.client.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
+    async fn register(&self, email: &str) -> Reply {
+        self.post(
+            "/api/auth/register",
+            None,
+            json!({"email": email, "password": PASSWORD}),
+        )
+        .await
+    }
+
+    async fn login(&self, email: &str) -> Reply {
+        self.post("/api/auth/login", None, json!({"email": email, "password": PASSWORD}))
+            .await
+    }
+
+    /// Registers `email` and logs in; returns the session token.
+    async fn user_with_session(&self, email: &str) -> String {
+        let registered = self.register(email).await;
+        assert_eq!(registered.status, 201, "{}", registered.text);
+        let login = self.login(email).await;
+        assert_eq!(login.status, 200, "{}", login.text);
+        login.body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Starts an MFA setup (the password re-authenticates); returns the setup reply.
+    async fn mfa_setup(&self, token: &str) -> Reply {
+        let setup = self
+            .post(
+                "/api/user/profile/mfa/setup",
+                Some(token),
+                json!({"password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(setup.status, 200, "{}", setup.text);
+        setup
+    }
+}
+
+fn unix_now() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970");
+    i64::try_from(since_epoch.as_secs()).expect("in range")
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn data_dir_in(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("data")
+}
+
+// ---- tests ----
+
+#[tokio::test]
+async fn serve_creates_the_data_dir_key_file_0600_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir_in(&dir);
+    let server = Server::start(serve_on(&data));
+    let health = server.get("/healthz", None).await;
+    assert_eq!(health.status, 200, "{}", health.text);
+
+    let key_file = data.join("secret.key");
+    assert_eq!(mode(&data), 0o700, "the data directory is private");
+    assert_eq!(mode(&key_file), 0o600, "the key file is private");
+    assert!(data.join("tessera.db").is_file());
+    let key = std::fs::read(&key_file).unwrap();
+    assert_eq!(server.register("quinn@example.com").await.status, 201);
+
+    let log = server.stop("-TERM");
+    assert!(log.contains("created a new master key file"), "{log}");
+    assert!(log.contains("SIGTERM received"), "{log}");
+
+    let server = Server::start(serve_on(&data));
+    let login = server.login("quinn@example.com").await;
+    assert_eq!(login.status, 200, "the account survives a restart: {}", login.text);
+    assert_eq!(
+        std::fs::read(&key_file).unwrap(),
+        key,
+        "the key file is reused as it is"
+    );
+    let log = server.stop("-TERM");
+    assert!(!log.contains("created a new master key file"), "{log}");
+}
+
+#[tokio::test]
+async fn env_vars_configure_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir_in(&dir);
+    let mut command = tessera(&["serve"]);
+    command
+        .env("TESSERA_LISTEN", "127.0.0.1:0")
+        .env("TESSERA_DATA_DIR", &data);
+    let server = Server::start(command);
+    assert_eq!(server.get("/healthz", None).await.status, 200);
+    assert!(data.join("tessera.db").is_file());
+    assert!(data.join("secret.key").is_file());
+    let log = server.stop("-INT");
+    assert!(log.contains("SIGINT received"), "{log}");
+}
+
+#[tokio::test]
+async fn a_secret_key_of_the_wrong_size_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir_in(&dir);
+    let short_key = BASE64.encode(&[0x5a; 16]);
+    let mut command = serve_on(&data);
+    command.env("TESSERA_SECRET_KEY", &short_key);
+    let refused = run(command);
+    assert!(!refused.status.success(), "{}", refused.stderr);
+    assert!(refused.stderr.contains("TESSERA_SECRET_KEY"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("32 bytes"), "{}", refused.stderr);
+    assert!(!refused.stderr.contains(&short_key), "the key is not echoed");
+    assert!(!refused.stderr.contains("listening"), "{}", refused.stderr);
+
+    std::fs::create_dir_all(&data).unwrap();
+    let key_file = data.join("secret.key");
+    let file_key = format!("{}\n", BASE64.encode(&[0xa5; 20]));
+    std::fs::write(&key_file, &file_key).unwrap();
+    let refused = run(serve_on(&data));
+    assert!(!refused.status.success(), "{}", refused.stderr);
+    assert!(refused.stderr.contains(text(&key_file)), "{}", refused.stderr);
+    assert!(refused.stderr.contains("32 bytes"), "{}", refused.stderr);
+    assert!(!refused.stderr.contains(file_key.trim()), "the key is not echoed");
+    assert!(!refused.stderr.contains("listening"), "{}", refused.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        file_key,
+        "a bad key file is never replaced"
+    );
+}
+
+#[tokio::test]
+async fn help_explains_every_option() {
+    let top = run_ok(tessera(&["--help"]));
+    for command in ["serve", "migrate", "user"] {
+        assert!(top.contains(command), "{command} missing from:\n{top}");
+    }
+    assert!(top.contains("TESSERA_SECRET_KEY"), "{top}");
+
+    let serve = run_ok(tessera(&["serve", "--help"]));
+    for option in [
+        "--listen",
+        "--data-dir",
+        "--database-url",
+        "--config",
+        "TESSERA_LISTEN",
+        "TESSERA_DATA_DIR",
+        "TESSERA_DATABASE_URL",
+        "--request-timeout-secs",
+        "--ip-rate-limit-per-minute",
+        "--trusted-proxies",
+    ] {
+        assert!(serve.contains(option), "{option} missing from:\n{serve}");
+    }
+
+    let user = run_ok(tessera(&["user", "--help"]));
+    for command in ["list", "show", "reset-mfa"] {
+        assert!(user.contains(command), "{command} missing from:\n{user}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_applies_migrations_and_user_commands_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir_in(&dir);
+    let d = text(&data);
+    let migrated = run_ok(tessera(&["migrate", "--data-dir", d]));
+    assert!(data.join("tessera.db").is_file());
+    assert!(migrated.contains("migrations applied"), "{migrated}");
+
+    // Create a user with MFA on, over HTTP.
+    let server = Server::start(serve_on(&data));
+    let old_token = server.user_with_session("ops@example.com").await;
+    let setup = server.mfa_setup(&old_token).await;
+    let secret = setup.body["secret"].as_str().expect("secret");
+    let verify = server
+        .post(
+            "/api/user/profile/mfa/verify",
+            Some(&old_token),
+            json!({"code": totp_code(secret, unix_now())}),
+        )
+        .await;
+    assert_eq!(verify.status, 200, "{}", verify.text);
+    server.stop("-TERM");
+
+    let list = run_ok(tessera(&["user", "list", "--data-dir", d]));
+    let row = list
+        .lines()
+        .find(|line| line.contains("ops@example.com"))
+        .unwrap_or_else(|| panic!("ops@example.com not listed:\n{list}"));
+    assert!(row.split_whitespace().any(|column| column == "on"), "{row}");
+
+    let show = run_ok(tessera(&["user", "show", "ops@example.com", "--data-dir", d]));
+    assert!(show.contains("mfa_enabled:            true"), "{show}");
+    assert!(show.contains("backup_codes_remaining: 10"), "{show}");
+
+    let reset = run_ok(tessera(&["user", "reset-mfa", "ops@example.com", "--data-dir", d]));
+    assert!(reset.contains("ops@example.com"), "{reset}");
+    let show = run_ok(tessera(&["user", "show", "ops@example.com", "--data-dir", d]));
+    assert!(show.contains("mfa_enabled:            false"), "{show}");
+    assert!(!show.contains("backup_codes_remaining"), "{show}");
+
+    let server = Server::start(serve_on(&data));
+    server
+        .get("/api/auth/session", Some(&old_token))
+        .await
+        .assert_problem(401, "/problems/unauthenticated");
+    let login = server.login("ops@example.com").await;
+    assert_eq!(login.status, 200, "{}", login.text);
+    assert!(login.body.get("mfa_required").is_none(), "{}", login.text);
+    let token = login.body["token"].as_str().expect("a session right away");
+    let events = server.get("/api/user/profile/security-events", Some(token)).await;
+    assert_eq!(events.status, 200, "{}", events.text);
+    let kinds: Vec<&str> = events.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|event| event["type"].as_str())
+        .collect();
+    assert!(kinds.contains(&"mfa_reset_by_operator"), "{kinds:?}");
+    server.stop("-TERM");
+
+    let missing = run(tessera(&["user", "show", "nobody@example.com", "--data-dir", d]));
+    assert!(!missing.status.success(), "{}", missing.stdout);
+    assert!(missing.stderr.contains("nobody@example.com"), "{}", missing.stderr);
+}
+
+#[tokio::test]
+async fn a_config_file_is_read_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir_in(&dir);
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nmfa_issuer = \"Acme Corp\"\nregistration_open = false\n",
+            text(&data)
+        ),
+    )
+    .unwrap();
+    let server = Server::start(tessera(&[
+        "serve",
+        "--config",
+        text(&config),
+        "--registration-open",
+        "true",
+    ]));
+    assert!(data.join("tessera.db").is_file(), "data_dir comes from the file");
+    // The file closes registration; the flag opens it again.
+    let token = server.user_with_session("acme@example.com").await;
+    let setup = server.mfa_setup(&token).await;
+    assert_eq!(setup.body["issuer"], "Acme Corp");
+    let url = setup.body["otpauth_url"].as_str().expect("otpauth_url");
+    assert!(url.starts_with("otpauth://totp/Acme%20Corp:"), "{url}");
+    server.stop("-TERM");
+
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "lisen = \"127.0.0.1:0\"\n").unwrap();
+    let mut command = tessera(&["serve", "--config", text(&typo)]);
+    // Were the file accepted, the default ./tessera-data would land in the temporary directory.
+    command.current_dir(dir.path());
+    let refused = run(command);
+    assert!(!refused.status.success(), "{}", refused.stderr);
+    assert!(refused.stderr.contains(text(&typo)), "{}", refused.stderr);
+    assert!(refused.stderr.contains("lisen"), "{}", refused.stderr);
+}
