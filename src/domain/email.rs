@@ -29,10 +29,11 @@ impl Email {
         if trimmed.chars().count() > 254 {
             return Err(EmailError::TooLong);
         }
+        let original_local = trimmed.split('@').next().unwrap_or_default();
         let lowered = trimmed.to_lowercase();
         let (local, domain) = lowered.split_once('@').ok_or(EmailError::Malformed)?;
         let well_formed = !local.is_empty()
-            && local.chars().count() <= 64
+            && original_local.chars().count() <= 64
             && !domain.is_empty()
             && !domain.contains('@')
             && !domain.starts_with('.')

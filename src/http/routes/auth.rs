@@ -15,8 +15,12 @@ use utoipa::ToSchema;
 
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    /// Trimmed and lower-cased before use.
-    #[schema(example = "alice@example.com")]
+    /// Trimmed and lower-cased before use; at most 254 characters, local part at most 64.
+    #[schema(
+        example = "alice@example.com",
+        max_length = 254,
+        pattern = "^[^@\\s<>\\x00-\\x1f\\x7f-\\x9f]{1,64}@[^@\\s<>.\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@\\s<>.\\x00-\\x1f\\x7f-\\x9f]+)*$"
+    )]
     pub email: String,
     /// 8 to 256 characters.
     #[schema(min_length = 8, max_length = 256)]
@@ -69,9 +73,15 @@ pub enum LoginResponse {
 
 #[derive(Deserialize, ToSchema)]
 pub struct LoginMfaRequest {
+    /// The token from `POST /api/auth/login`.
+    #[schema(pattern = "^tsm_[A-Za-z0-9_-]{43}$")]
     pub mfa_token: String,
-    /// A 6-digit TOTP code or an unused backup code. Aliases: `totp_code`, `mfa_code`, `otp`.
+    /// A 6-digit TOTP code or an unused backup code (`xxxx-xxxx-xxxxx`, any case, dashes and
+    /// spaces optional). Aliases: `totp_code`, `mfa_code`, `otp`.
     #[serde(alias = "totp_code", alias = "mfa_code", alias = "otp")]
+    #[schema(
+        pattern = "^[0-9]{6}$|^[a-km-np-zA-KM-NP-Z2-9]{4}-?[a-km-np-zA-KM-NP-Z2-9]{4}-?[a-km-np-zA-KM-NP-Z2-9]{5}$"
+    )]
     pub code: String,
 }
 

@@ -52,7 +52,7 @@ pub struct SetupResponse {
 pub struct VerifyRequest {
     /// The current 6-digit code of the pending secret. Aliases: `totp_code`, `mfa_code`, `otp`.
     #[serde(alias = "totp_code", alias = "mfa_code", alias = "otp")]
-    #[schema(example = "123456")]
+    #[schema(example = "123456", pattern = "^[0-9]{6}$")]
     pub code: String,
 }
 
@@ -73,6 +73,9 @@ pub struct PasswordAndCode {
     /// A 6-digit TOTP code or an unused backup code (consumed on success).
     /// Aliases: `totp_code`, `mfa_code`, `otp`.
     #[serde(alias = "totp_code", alias = "mfa_code", alias = "otp")]
+    #[schema(
+        pattern = "^[0-9]{6}$|^[a-km-np-zA-KM-NP-Z2-9]{4}-?[a-km-np-zA-KM-NP-Z2-9]{4}-?[a-km-np-zA-KM-NP-Z2-9]{5}$"
+    )]
     pub code: String,
 }
 

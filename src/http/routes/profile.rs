@@ -22,6 +22,9 @@ pub struct ChangePasswordRequest {
     /// Required while MFA is enabled: a TOTP code or an unused backup code (consumed).
     /// Aliases: `totp_code`, `mfa_code`, `otp`.
     #[serde(default, alias = "totp_code", alias = "mfa_code", alias = "otp")]
+    #[schema(
+        pattern = "^[0-9]{6}$|^[a-km-np-zA-KM-NP-Z2-9]{4}-?[a-km-np-zA-KM-NP-Z2-9]{4}-?[a-km-np-zA-KM-NP-Z2-9]{5}$"
+    )]
     pub code: Option<String>,
 }
 
