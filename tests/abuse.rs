@@ -566,3 +566,37 @@ async fn security_events_reach_the_webhook_signed_and_retried_without_blocking_r
     );
     assert!(!String::from_utf8_lossy(&body).contains(PASSWORD));
 }
+
+#[tokio::test]
+async fn the_per_ip_limit_covers_every_unauthenticated_route_but_the_health_checks() {
+    let app = spawn_with(Options {
+        configure: Box::new(|c| c.ip_rate_limit_per_minute = 1),
+        ..Options::default()
+    })
+    .await;
+    let doc: Value = serde_json::from_str(&tessera::http::openapi::DOCUMENT_JSON).unwrap();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if operation.get("security").is_some() || path == "/healthz" || path == "/readyz" {
+                continue;
+            }
+            let url = app.url(&path.replace("{slug}", "validation-error"));
+            let request = || match method.as_str() {
+                "get" => app.client.get(&url),
+                _ => app.client.post(&url).json(&json!({})),
+            };
+            // Buckets are per address, shared by all these routes: the first call of the run may
+            // pass, every later one is refused.
+            let _ = app.send(request()).await;
+            let reply = app.send(request()).await;
+            reply.assert_problem(429, "/problems/rate-limited");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "register, login, login/mfa, openapi.json, problems pages");
+    for _ in 0..5 {
+        assert_eq!(app.get("/healthz", None).await.status, 200);
+        assert_eq!(app.get("/readyz", None).await.status, 200);
+    }
+}

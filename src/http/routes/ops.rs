@@ -1,5 +1,6 @@
 //! Operations: liveness, readiness, the OpenAPI document and the problem-type pages.
 
+use super::IpRateLimit;
 use crate::http::AppState;
 use crate::http::openapi::DOCUMENT_JSON;
 use crate::http::problem::{Problem, ProblemBody, ProblemKind};
@@ -14,6 +15,9 @@ pub struct Health {
     /// `ok`.
     pub status: String,
 }
+
+// `/healthz` and `/readyz` are the only unauthenticated routes without the per-IP limit: load
+// balancers and orchestrators poll them from a few fixed addresses, and they do trivial work.
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
@@ -32,8 +36,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>,
 
 /// This OpenAPI 3.1 document.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
-    responses((status = 200, description = "The OpenAPI document.", content_type = "application/json", body = Object)))]
-pub async fn openapi_json() -> impl IntoResponse {
+    responses(
+        (status = 200, description = "The OpenAPI document.", content_type = "application/json", body = Object),
+        (status = 429, description = "Too many requests from this address.", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn openapi_json(_limit: IpRateLimit) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], DOCUMENT_JSON.as_str())
 }
 
@@ -43,8 +50,9 @@ pub async fn openapi_json() -> impl IntoResponse {
     responses(
         (status = 200, description = "The explanation, as plain text.", content_type = "text/plain", body = String),
         (status = 404, description = "No such problem type.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests from this address.", body = ProblemBody, content_type = "application/problem+json"),
     ))]
-pub async fn problem_type(Path(slug): Path<String>) -> Result<impl IntoResponse, Problem> {
+pub async fn problem_type(_limit: IpRateLimit, Path(slug): Path<String>) -> Result<impl IntoResponse, Problem> {
     let kind = ProblemKind::from_slug(&slug).ok_or_else(|| Problem::for_status(axum::http::StatusCode::NOT_FOUND))?;
     let text = format!(
         "{title}\n\nType: /problems/{slug}\nStatus: {status}\n\n{explanation}\n",
