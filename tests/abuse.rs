@@ -18,20 +18,6 @@ async fn mfa_user(app: &TestApp, email: &str) -> (String, String, Vec<String>) {
     (token, secret, codes)
 }
 
-async fn challenge(app: &TestApp, email: &str) -> String {
-    let reply = app.login(email, PASSWORD).await;
-    reply.body["mfa_token"].as_str().expect("mfa_token").to_owned()
-}
-
-async fn login_mfa(app: &TestApp, mfa_token: &str, code: &str) -> Reply {
-    app.post(
-        "/api/auth/login/mfa",
-        None,
-        json!({"mfa_token": mfa_token, "code": code}),
-    )
-    .await
-}
-
 async fn failures_recorded(app: &TestApp) -> i64 {
     app.count("SELECT COUNT(*) FROM security_events WHERE kind = 'second_factor_failed'")
         .await
@@ -43,7 +29,7 @@ async fn failures_recorded(app: &TestApp) -> i64 {
 async fn a_burst_of_30_parallel_wrong_guesses_evaluates_at_most_5() {
     let app = spawn_app().await;
     let (_, secret, _) = mfa_user(&app, "burst@example.com").await;
-    let mfa_token = challenge(&app, "burst@example.com").await;
+    let mfa_token = app.mfa_token("burst@example.com").await;
     let wrong = wrong_code(&secret, app.now());
     let requests: Vec<_> = (0..30)
         .map(|_| {
@@ -67,7 +53,7 @@ async fn a_burst_of_30_parallel_wrong_guesses_evaluates_at_most_5() {
     );
     assert!(failures_recorded(&app).await <= 5);
     // Even the right code is refused while locked.
-    let right = login_mfa(&app, &mfa_token, &totp_code(&secret, app.now())).await;
+    let right = app.login_mfa(&mfa_token, &totp_code(&secret, app.now())).await;
     right.assert_problem(429, "/problems/too-many-attempts");
 }
 
@@ -75,23 +61,23 @@ async fn a_burst_of_30_parallel_wrong_guesses_evaluates_at_most_5() {
 async fn lock_delays_double_from_30_seconds_to_at_most_15_minutes() {
     let app = spawn_app().await;
     let (_, secret, _) = mfa_user(&app, "delay@example.com").await;
-    let mut mfa_token = challenge(&app, "delay@example.com").await;
+    let mut mfa_token = app.mfa_token("delay@example.com").await;
     for _ in 0..4 {
         let wrong = wrong_code(&secret, app.now());
-        assert_eq!(login_mfa(&app, &mfa_token, &wrong).await.status, 401);
+        assert_eq!(app.login_mfa(&mfa_token, &wrong).await.status, 401);
     }
     let mut observed = Vec::new();
     for _ in 0..7 {
         let wrong = wrong_code(&secret, app.now());
-        assert_eq!(login_mfa(&app, &mfa_token, &wrong).await.status, 401);
-        let locked = login_mfa(&app, &mfa_token, &wrong).await;
+        assert_eq!(app.login_mfa(&mfa_token, &wrong).await.status, 401);
+        let locked = app.login_mfa(&mfa_token, &wrong).await;
         locked.assert_problem(429, "/problems/too-many-attempts");
         let retry: i64 = locked.header("retry-after").unwrap().parse().unwrap();
         assert_eq!(locked.body["retry_after"], retry);
         observed.push(retry);
         app.clock.advance(time::Duration::seconds(retry));
         // The mfa_token expires after 5 minutes; a fresh login does not reset the count.
-        mfa_token = challenge(&app, "delay@example.com").await;
+        mfa_token = app.mfa_token("delay@example.com").await;
     }
     assert_eq!(observed, vec![30, 60, 120, 240, 480, 900, 900]);
     assert_eq!(
@@ -106,10 +92,10 @@ async fn every_code_endpoint_shares_one_budget_and_a_new_login_does_not_reset_it
     let app = spawn_app().await;
     let (token, secret, _) = mfa_user(&app, "shared@example.com").await;
     let wrong = || wrong_code(&secret, app.now());
-    let first = challenge(&app, "shared@example.com").await;
-    assert_eq!(login_mfa(&app, &first, &wrong()).await.status, 401);
-    let second = challenge(&app, "shared@example.com").await;
-    assert_eq!(login_mfa(&app, &second, &wrong()).await.status, 401);
+    let first = app.mfa_token("shared@example.com").await;
+    assert_eq!(app.login_mfa(&first, &wrong()).await.status, 401);
+    let second = app.mfa_token("shared@example.com").await;
+    assert_eq!(app.login_mfa(&second, &wrong()).await.status, 401);
     let body = json!({"password": PASSWORD, "code": wrong()});
     assert_eq!(
         app.post("/api/user/profile/mfa/backup-codes", Some(&token), body.clone())
@@ -131,8 +117,8 @@ async fn every_code_endpoint_shares_one_budget_and_a_new_login_does_not_reset_it
         400
     );
     // Five failures across four endpoints: the account is locked everywhere.
-    let fresh = challenge(&app, "shared@example.com").await;
-    login_mfa(&app, &fresh, &totp_code(&secret, app.now()))
+    let fresh = app.mfa_token("shared@example.com").await;
+    app.login_mfa(&fresh, &totp_code(&secret, app.now()))
         .await
         .assert_problem(429, "/problems/too-many-attempts");
     let right = json!({"password": PASSWORD, "code": totp_code(&secret, app.now())});
@@ -178,39 +164,28 @@ async fn enabling_mfa_is_throttled_too() {
 async fn the_throttle_is_kept_in_the_database_across_a_restart() {
     let app = spawn_app().await;
     let (_, secret, _) = mfa_user(&app, "restart@example.com").await;
-    let mfa_token = challenge(&app, "restart@example.com").await;
+    let mfa_token = app.mfa_token("restart@example.com").await;
     for _ in 0..5 {
         assert_eq!(
-            login_mfa(&app, &mfa_token, &wrong_code(&secret, app.now()))
-                .await
-                .status,
+            app.login_mfa(&mfa_token, &wrong_code(&secret, app.now())).await.status,
             401
         );
     }
     let app = app.restart().await;
-    login_mfa(&app, &mfa_token, &totp_code(&secret, app.now()))
+    app.login_mfa(&mfa_token, &totp_code(&secret, app.now()))
         .await
         .assert_problem(429, "/problems/too-many-attempts");
 }
 
 // ---------------------------------------------------------------- races
 
-async fn fire(count: usize, make: impl Fn(usize) -> reqwest::RequestBuilder) -> Vec<u16> {
-    let requests: Vec<_> = (0..count).map(|i| tokio::spawn(make(i).send())).collect();
-    let mut statuses = Vec::new();
-    for request in requests {
-        statuses.push(request.await.unwrap().unwrap().status().as_u16());
-    }
-    statuses
-}
-
 #[tokio::test]
 async fn one_mfa_token_opens_one_session_however_many_valid_codes_race() {
     let app = spawn_app().await;
     let (_, _, codes) = mfa_user(&app, "token-race@example.com").await;
-    let mfa_token = challenge(&app, "token-race@example.com").await;
+    let mfa_token = app.mfa_token("token-race@example.com").await;
     let sessions_before = app.count("SELECT COUNT(*) FROM sessions").await;
-    let statuses = fire(10, |i| {
+    let statuses = concurrently(10, |i| {
         app.client
             .post(app.url("/api/auth/login/mfa"))
             .json(&json!({"mfa_token": mfa_token, "code": codes[i]}))
@@ -231,7 +206,7 @@ async fn fifty_concurrent_regenerations_with_one_code_replace_the_set_once() {
     let app = spawn_app().await;
     let (token, secret, old_codes) = mfa_user(&app, "regen-race@example.com").await;
     let code = totp_code(&secret, app.now());
-    let statuses = fire(50, |_| {
+    let statuses = concurrently(50, |_| {
         app.client
             .post(app.url("/api/user/profile/mfa/backup-codes"))
             .bearer_auth(&token)
@@ -246,8 +221,8 @@ async fn fifty_concurrent_regenerations_with_one_code_replace_the_set_once() {
             .await,
         1
     );
-    let mfa_token = challenge(&app, "regen-race@example.com").await;
-    login_mfa(&app, &mfa_token, &old_codes[0])
+    let mfa_token = app.mfa_token("regen-race@example.com").await;
+    app.login_mfa(&mfa_token, &old_codes[0])
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
 }
@@ -256,7 +231,7 @@ async fn fifty_concurrent_regenerations_with_one_code_replace_the_set_once() {
 async fn twenty_concurrent_setups_leave_exactly_one_pending_secret() {
     let app = spawn_app().await;
     let token = app.user_with_session("setup-race@example.com").await;
-    let statuses = fire(20, |_| {
+    let statuses = concurrently(20, |_| {
         app.client
             .post(app.url("/api/user/profile/mfa/setup"))
             .bearer_auth(&token)

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{PASSWORD, Reply, totp_code};
+use common::{PASSWORD, Reply, reply_to, totp_code};
 use data_encoding::BASE64;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read};
@@ -215,17 +215,7 @@ impl Server {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = request.send().await.expect("request sent");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-            text,
-        }
+        reply_to(request).await
     }
 
     async fn get(&self, path: &str, token: Option<&str>) -> Reply {

@@ -17,22 +17,6 @@ async fn setup(app: &TestApp, token: &str) -> Reply {
     .await
 }
 
-async fn mfa_token(app: &TestApp, email: &str) -> String {
-    let reply = app.login(email, PASSWORD).await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(reply.body["mfa_required"], true, "{}", reply.text);
-    reply.body["mfa_token"].as_str().unwrap().to_owned()
-}
-
-async fn login_mfa(app: &TestApp, mfa_token: &str, code: &str) -> Reply {
-    app.post(
-        "/api/auth/login/mfa",
-        None,
-        json!({"mfa_token": mfa_token, "code": code}),
-    )
-    .await
-}
-
 async fn status(app: &TestApp, token: &str) -> Value {
     let reply = app.get("/api/user/profile/mfa", Some(token)).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -80,21 +64,21 @@ async fn the_whole_journey_from_setup_to_disable() {
     assert_eq!(first_codes.len(), 10);
 
     // The code that enabled MFA cannot complete the next login (same step).
-    let challenge = mfa_token(&app, "alice@example.com").await;
-    login_mfa(&app, &challenge, &enabling_code)
+    let challenge = app.mfa_token("alice@example.com").await;
+    app.login_mfa(&challenge, &enabling_code)
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
     // login with TOTP in the next step
     app.next_step();
     let code = totp_code(&secret, app.now());
-    let session = login_mfa(&app, &challenge, &code).await;
+    let session = app.login_mfa(&challenge, &code).await;
     assert_eq!(session.status, 200, "{}", session.text);
     let mfa_session = session.body["token"].as_str().unwrap().to_owned();
     let introspection = app.get("/api/auth/session", Some(&mfa_session)).await;
     assert_eq!(introspection.body["session"]["mfa"], true);
     // replay refused, even with a fresh mfa_token
-    let again = mfa_token(&app, "alice@example.com").await;
-    login_mfa(&app, &again, &code)
+    let again = app.mfa_token("alice@example.com").await;
+    app.login_mfa(&again, &code)
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
 
@@ -115,16 +99,16 @@ async fn the_whole_journey_from_setup_to_disable() {
         .map(|c| c.as_str().unwrap().to_owned())
         .collect();
     assert_eq!(codes.len(), 10);
-    let old = mfa_token(&app, "alice@example.com").await;
-    login_mfa(&app, &old, &first_codes[0])
+    let old = app.mfa_token("alice@example.com").await;
+    app.login_mfa(&old, &first_codes[0])
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
 
     // login with a backup code -> same code refused
-    let with_backup = login_mfa(&app, &old, &codes[0]).await;
+    let with_backup = app.login_mfa(&old, &codes[0]).await;
     assert_eq!(with_backup.status, 200, "{}", with_backup.text);
-    let next = mfa_token(&app, "alice@example.com").await;
-    login_mfa(&app, &next, &codes[0])
+    let next = app.mfa_token("alice@example.com").await;
+    app.login_mfa(&next, &codes[0])
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
     assert_eq!(status(&app, &mfa_session).await["backup_codes_remaining"], 9);
@@ -335,27 +319,27 @@ async fn codes_of_the_neighbouring_steps_are_accepted_and_older_ones_are_not() {
     app.next_step();
     app.next_step();
     let now = app.now();
-    let too_old = mfa_token(&app, "ida@example.com").await;
-    login_mfa(&app, &too_old, &totp_code(&secret, now - 60))
+    let too_old = app.mfa_token("ida@example.com").await;
+    app.login_mfa(&too_old, &totp_code(&secret, now - 60))
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
-    let too_new = mfa_token(&app, "ida@example.com").await;
-    login_mfa(&app, &too_new, &totp_code(&secret, now + 60))
+    let too_new = app.mfa_token("ida@example.com").await;
+    app.login_mfa(&too_new, &totp_code(&secret, now + 60))
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
-    let previous = mfa_token(&app, "ida@example.com").await;
+    let previous = app.mfa_token("ida@example.com").await;
     assert_eq!(
-        login_mfa(&app, &previous, &totp_code(&secret, now - 30)).await.status,
+        app.login_mfa(&previous, &totp_code(&secret, now - 30)).await.status,
         200
     );
-    let following = mfa_token(&app, "ida@example.com").await;
+    let following = app.mfa_token("ida@example.com").await;
     assert_eq!(
-        login_mfa(&app, &following, &totp_code(&secret, now + 30)).await.status,
+        app.login_mfa(&following, &totp_code(&secret, now + 30)).await.status,
         200
     );
     // The current step is now older than the last accepted one (T+1): refused.
-    let current = mfa_token(&app, "ida@example.com").await;
-    login_mfa(&app, &current, &totp_code(&secret, now))
+    let current = app.mfa_token("ida@example.com").await;
+    app.login_mfa(&current, &totp_code(&secret, now))
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
 }
@@ -403,12 +387,12 @@ async fn backup_codes_work_in_any_case_with_or_without_separators_once() {
         format!("  {}  ", codes[2].replace('-', " ")),
     ];
     for variant in &variants {
-        let challenge = mfa_token(&app, "kay@example.com").await;
-        let reply = login_mfa(&app, &challenge, variant).await;
+        let challenge = app.mfa_token("kay@example.com").await;
+        let reply = app.login_mfa(&challenge, variant).await;
         assert_eq!(reply.status, 200, "{variant}: {}", reply.text);
     }
-    let challenge = mfa_token(&app, "kay@example.com").await;
-    login_mfa(&app, &challenge, &codes[0])
+    let challenge = app.mfa_token("kay@example.com").await;
+    app.login_mfa(&challenge, &codes[0])
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
     assert_eq!(app.count("SELECT COUNT(*) FROM backup_codes").await, 7);
@@ -447,15 +431,15 @@ async fn a_failed_regeneration_changes_nothing_and_consumes_no_code() {
     )
     .await
     .assert_problem(400, "/problems/invalid-password-or-code");
-    let challenge = mfa_token(&app, "lou@example.com").await;
+    let challenge = app.mfa_token("lou@example.com").await;
     assert_eq!(
-        login_mfa(&app, &challenge, &code).await.status,
+        app.login_mfa(&challenge, &code).await.status,
         200,
         "the TOTP step was not consumed"
     );
-    let challenge = mfa_token(&app, "lou@example.com").await;
+    let challenge = app.mfa_token("lou@example.com").await;
     assert_eq!(
-        login_mfa(&app, &challenge, &codes[0]).await.status,
+        app.login_mfa(&challenge, &codes[0]).await.status,
         200,
         "the old backup code still works"
     );
@@ -483,8 +467,8 @@ async fn regenerating_with_a_backup_code_consumes_it_and_replaces_the_set() {
     assert!(fresh.iter().all(|c| !codes.contains(c)));
     assert_eq!(status(&app, &token).await["backup_codes_remaining"], 10);
     for old in [&codes[3], &codes[4]] {
-        let challenge = mfa_token(&app, "mia@example.com").await;
-        login_mfa(&app, &challenge, old)
+        let challenge = app.mfa_token("mia@example.com").await;
+        app.login_mfa(&challenge, old)
             .await
             .assert_problem(401, "/problems/invalid-second-factor");
     }
@@ -542,17 +526,17 @@ async fn the_mfa_token_is_single_use_short_lived_and_not_a_session() {
     app.get("/api/auth/session", Some(&challenge))
         .await
         .assert_problem(401, "/problems/unauthenticated");
-    assert_eq!(login_mfa(&app, &challenge, &codes[0]).await.status, 200);
-    login_mfa(&app, &challenge, &codes[1])
+    assert_eq!(app.login_mfa(&challenge, &codes[0]).await.status, 200);
+    app.login_mfa(&challenge, &codes[1])
         .await
         .assert_problem(401, "/problems/invalid-mfa-token");
     // expires after 5 minutes
-    let late = mfa_token(&app, "pam@example.com").await;
+    let late = app.mfa_token("pam@example.com").await;
     app.clock.advance(time::Duration::minutes(5));
-    login_mfa(&app, &late, &totp_code(&secret, app.now()))
+    app.login_mfa(&late, &totp_code(&secret, app.now()))
         .await
         .assert_problem(401, "/problems/invalid-mfa-token");
-    login_mfa(&app, "tsm_garbage", &codes[1])
+    app.login_mfa("tsm_garbage", &codes[1])
         .await
         .assert_problem(401, "/problems/invalid-mfa-token");
 }
@@ -564,8 +548,8 @@ async fn an_mfa_token_is_bound_to_its_user() {
     let b = app.user_with_session("rex@example.com").await;
     app.enable_mfa(&a).await;
     let (_, b_codes) = app.enable_mfa(&b).await;
-    let a_challenge = mfa_token(&app, "quinn@example.com").await;
-    login_mfa(&app, &a_challenge, &b_codes[0])
+    let a_challenge = app.mfa_token("quinn@example.com").await;
+    app.login_mfa(&a_challenge, &b_codes[0])
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
     assert_eq!(
@@ -592,8 +576,8 @@ async fn a_sealed_secret_copied_onto_another_user_does_not_verify() {
     .unwrap();
     pool.close().await;
     app.next_step();
-    let challenge = mfa_token(&app, "tia@example.com").await;
-    login_mfa(&app, &challenge, &totp_code(&a_secret, app.now()))
+    let challenge = app.mfa_token("tia@example.com").await;
+    app.login_mfa(&challenge, &totp_code(&a_secret, app.now()))
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
 }
@@ -615,7 +599,7 @@ async fn password_change_needs_a_code_while_mfa_is_on() {
         200
     );
     let challenge = mfa_token_with(&app, "uma@example.com", "another long passphrase").await;
-    login_mfa(&app, &challenge, &code)
+    app.login_mfa(&challenge, &code)
         .await
         .assert_problem(401, "/problems/invalid-second-factor");
 }
@@ -623,15 +607,6 @@ async fn password_change_needs_a_code_while_mfa_is_on() {
 async fn mfa_token_with(app: &TestApp, email: &str, password: &str) -> String {
     let reply = app.login(email, password).await;
     reply.body["mfa_token"].as_str().unwrap().to_owned()
-}
-
-async fn concurrently(count: usize, make: impl Fn(usize) -> reqwest::RequestBuilder) -> Vec<u16> {
-    let requests: Vec<_> = (0..count).map(|i| tokio::spawn(make(i).send())).collect();
-    let mut statuses = Vec::new();
-    for request in requests {
-        statuses.push(request.await.unwrap().unwrap().status().as_u16());
-    }
-    statuses
 }
 
 #[tokio::test]
@@ -643,7 +618,7 @@ async fn twenty_concurrent_logins_with_one_totp_code_let_exactly_one_win() {
     let code = totp_code(&secret, app.now());
     let mut challenges = Vec::new();
     for _ in 0..20 {
-        challenges.push(mfa_token(&app, "vic@example.com").await);
+        challenges.push(app.mfa_token("vic@example.com").await);
     }
     let statuses = concurrently(20, |i| {
         app.client
@@ -681,7 +656,7 @@ async fn twenty_concurrent_logins_with_one_backup_code_let_exactly_one_win() {
     let (_, codes) = app.enable_mfa(&token).await;
     let mut challenges = Vec::new();
     for _ in 0..20 {
-        challenges.push(mfa_token(&app, "xia@example.com").await);
+        challenges.push(app.mfa_token("xia@example.com").await);
     }
     let statuses = concurrently(20, |i| {
         app.client
@@ -699,20 +674,20 @@ async fn the_fifth_failure_locks_the_account_even_for_a_right_code_and_success_r
     let token = app.user_with_session("yan@example.com").await;
     let (secret, _) = app.enable_mfa(&token).await;
     app.next_step();
-    let challenge = mfa_token(&app, "yan@example.com").await;
+    let challenge = app.mfa_token("yan@example.com").await;
     let wrong = wrong_code(&secret, app.now());
     for _ in 0..5 {
-        login_mfa(&app, &challenge, &wrong)
+        app.login_mfa(&challenge, &wrong)
             .await
             .assert_problem(401, "/problems/invalid-second-factor");
     }
-    let locked = login_mfa(&app, &challenge, &totp_code(&secret, app.now())).await;
+    let locked = app.login_mfa(&challenge, &totp_code(&secret, app.now())).await;
     locked.assert_problem(429, "/problems/too-many-attempts");
     assert_eq!(locked.header("retry-after"), Some("30"));
     assert_eq!(locked.body["retry_after"], 30);
     app.clock.advance(time::Duration::seconds(30));
     let code = totp_code(&secret, app.now());
-    assert_eq!(login_mfa(&app, &challenge, &code).await.status, 200);
+    assert_eq!(app.login_mfa(&challenge, &code).await.status, 200);
     assert_eq!(app.count("SELECT mfa_failures FROM users").await, 0);
     assert!(
         app.count("SELECT COUNT(*) FROM security_events WHERE kind = 'mfa_lockout'")
@@ -754,7 +729,7 @@ async fn codes_computed_by_oathtool_enable_mfa_and_log_in() {
         .await;
     assert_eq!(enabled.status, 200, "{}", enabled.text);
     app.next_step();
-    let challenge = mfa_token(&app, "oath@example.com").await;
+    let challenge = app.mfa_token("oath@example.com").await;
     let code = oathtool_code(&secret, app.now()).unwrap();
-    assert_eq!(login_mfa(&app, &challenge, &code).await.status, 200);
+    assert_eq!(app.login_mfa(&challenge, &code).await.status, 200);
 }

@@ -148,17 +148,7 @@ impl TestApp {
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = request.send().await.expect("request sent");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-            text,
-        }
+        reply_to(request).await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
@@ -201,6 +191,23 @@ impl TestApp {
         let reply = self.login(email, PASSWORD).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
         reply.body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Logs in a user with MFA on and returns the `mfa_token` of the second step.
+    pub async fn mfa_token(&self, email: &str) -> String {
+        let reply = self.login(email, PASSWORD).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.body["mfa_required"], true, "{}", reply.text);
+        reply.body["mfa_token"].as_str().expect("mfa_token").to_owned()
+    }
+
+    pub async fn login_mfa(&self, mfa_token: &str, code: &str) -> Reply {
+        self.post(
+            "/api/auth/login/mfa",
+            None,
+            json!({"mfa_token": mfa_token, "code": code}),
+        )
+        .await
     }
 
     pub fn now(&self) -> i64 {
@@ -285,6 +292,31 @@ impl TestApp {
             self.server.take().expect("server"),
         )
     }
+}
+
+/// Sends a request and keeps status, headers and body (parsed as JSON when it is JSON).
+pub async fn reply_to(request: reqwest::RequestBuilder) -> Reply {
+    let response = request.send().await.expect("request sent");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+/// Sends `count` requests at once and returns their statuses.
+pub async fn concurrently(count: usize, make: impl Fn(usize) -> reqwest::RequestBuilder) -> Vec<u16> {
+    let requests: Vec<_> = (0..count).map(|i| tokio::spawn(make(i).send())).collect();
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.expect("task").expect("response").status().as_u16());
+    }
+    statuses
 }
 
 pub fn data_file(dir: &Path) -> PathBuf {
