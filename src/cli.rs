@@ -101,9 +101,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(args)?;
     let shutdown = server::shutdown_signal().context("cannot install signal handlers")?;
     let opened = server::open(&config, Arc::new(SystemClock)).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = server::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     let webhook = config.webhook.clone().map(|webhook| tessera_webhook(&opened, webhook));
     tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");

@@ -166,6 +166,19 @@ pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Opened, Star
     Ok(Opened { service, store, state })
 }
 
+/// Binds a listener with a deep accept backlog (4096, the usual `somaxconn`): while every
+/// connection slot is taken, new clients wait there instead of having their SYNs dropped.
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
 /// Limits of the connection layer, below HTTP.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {

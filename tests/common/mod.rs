@@ -76,7 +76,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         .expect("service opens");
     let store = opened.store.clone();
     let router = tessera::http::router_with(opened.state.clone(), options.extra_routes);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = server::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
     let webhook = config
