@@ -248,13 +248,15 @@ impl Service {
                 }
             }
             None => {
+                // Counted like a code: a stolen session must not allow unlimited password guesses.
+                let failures = self.reserve_attempt(user, now).await?;
                 if !self.password_matches(user, current_password).await? {
-                    self.store
-                        .insert_event(&meta.event(&user.id, "password_change_failed", now))
-                        .await?;
-                    return Err(ServiceError::InvalidPasswordOrCode);
+                    let err = ServiceError::InvalidPasswordOrCode;
+                    return Err(self
+                        .attempt_failed(&user.id, "password_change_failed", failures, meta, now, err)
+                        .await);
                 }
-                (None, 0)
+                (None, failures)
             }
         };
         let new_hash = self.hash_password(new_password).await?;

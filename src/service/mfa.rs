@@ -119,11 +119,21 @@ impl Service {
         now: i64,
         err: ServiceError,
     ) -> ServiceError {
-        if let Err(store_err) = self
-            .store
-            .insert_event(&meta.event(user_id, "second_factor_failed", now))
+        self.attempt_failed(user_id, "second_factor_failed", failures, meta, now, err)
             .await
-        {
+    }
+
+    /// Records a failed counted attempt of kind `kind` (and the lockout it caused); returns `err`.
+    pub(super) async fn attempt_failed(
+        &self,
+        user_id: &str,
+        kind: &'static str,
+        failures: u32,
+        meta: &RequestMeta,
+        now: i64,
+        err: ServiceError,
+    ) -> ServiceError {
+        if let Err(store_err) = self.store.insert_event(&meta.event(user_id, kind, now)).await {
             return store_err.into();
         }
         if failures >= throttle::FREE_FAILURES {
@@ -219,11 +229,14 @@ impl Service {
             return Err(ServiceError::MfaAlreadyEnabled);
         }
         let now = self.now();
+        // Re-authentication by password counts against the account's throttle too: a stolen
+        // session must not become an unlimited password oracle.
+        let failures = self.reserve_attempt(user, now).await?;
         if !self.password_matches(user, password).await? {
-            self.store
-                .insert_event(&meta.event(&user.id, "mfa_setup_failed", now))
-                .await?;
-            return Err(ServiceError::InvalidPasswordOrCode);
+            let err = ServiceError::InvalidPasswordOrCode;
+            return Err(self
+                .attempt_failed(&user.id, "mfa_setup_failed", failures, meta, now, err)
+                .await);
         }
         let secret = TotpSecret::generate_os()
             .map_err(|err| ServiceError::Internal(format!("OS random number generator failed: {err}")))?;

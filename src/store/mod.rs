@@ -232,7 +232,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<AttemptReservation>;
 
     // --- MFA lifecycle ---
-    /// Stores (or replaces) the pending setup.
+    /// Stores (or replaces) the pending setup and resets the throttle (the password was right).
     async fn put_pending_setup(&self, user_id: &str, setup: &PendingSetupRecord, event: &NewEvent) -> StoreResult<()>;
     async fn pending_setup(&self, user_id: &str, now: i64) -> StoreResult<Option<PendingSetupRecord>>;
     /// Consumes the pending setup and turns MFA on with the first accepted step and the backup

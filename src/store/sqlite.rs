@@ -337,12 +337,12 @@ impl Store for SqliteStore {
         event: &NewEvent,
     ) -> StoreResult<Consumed> {
         let mut tx = self.immediate().await?;
-        if let Some(proof) = proof {
-            if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
-                return Ok(Consumed::Rejected);
-            }
-            reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
+        if let Some(proof) = proof
+            && !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)?
+        {
+            return Ok(Consumed::Rejected);
         }
+        reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
         sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
             .bind(new_hash)
             .bind(user_id)
@@ -552,6 +552,8 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
+        // The password was right: the re-authentication attempt succeeded.
+        reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)
     }
