@@ -40,11 +40,6 @@ impl ManualClock {
         let mut guard = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         *guard += by;
     }
-
-    pub fn set(&self, to: OffsetDateTime) {
-        let mut guard = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *guard = to;
-    }
 }
 
 impl Clock for ManualClock {

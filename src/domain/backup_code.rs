@@ -1,10 +1,12 @@
 //! Single-use backup (recovery) codes: their alphabet and shape, generation
-//! of a set, normalisation of what a user types, argon2id hashing for
-//! storage, and constant-time lookup of an attempt among stored hashes.
+//! of a set, normalisation of what a user types, and argon2id hashing for
+//! storage.
 //!
 //! This module must not do IO, read the clock, store anything or mark codes
-//! as used: the caller persists the salt and the hashes, deletes a hash once
-//! [`find_match`] returned its index, and rate-limits attempts. Plain codes
+//! as used: the caller persists the salt and the hashes, consumes an attempt
+//! by deleting the row whose hash equals the attempt's hash (one atomic
+//! statement; comparing argon2 outputs of 65-bit secrets through an index
+//! reveals nothing usable), and rate-limits attempts. Plain codes
 //! exist only inside [`BackupCode`] (redacted `Debug`, zeroized on drop) and
 //! are shown to the user once.
 //!
@@ -24,7 +26,7 @@ use core::fmt;
 
 use argon2::{Argon2, Params};
 use rand::{CryptoRng, TryRng, rngs::SysError, rngs::SysRng};
-use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+use subtle::{Choice, ConstantTimeEq};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::totp::CodeFormatError;
@@ -143,12 +145,6 @@ impl BackupCode {
         self.code.to_dashed()
     }
 
-    /// Same as [`BackupCode::expose`]; reads better at rendering sites.
-    #[must_use]
-    pub fn display(&self) -> Zeroizing<String> {
-        self.code.to_dashed()
-    }
-
     /// The canonical form, e.g. for [`hash_code`].
     #[must_use]
     pub fn normalized(&self) -> &NormalizedBackupCode {
@@ -197,13 +193,6 @@ pub fn normalize(input: &str) -> Result<NormalizedBackupCode, CodeFormatError> {
         CODE_LEN => Ok(NormalizedBackupCode { symbols: *symbols }),
         _ => Err(CodeFormatError::Malformed),
     }
-}
-
-/// Whether `input` has the shape of a backup code (as opposed to, say, a
-/// 6-digit TOTP code). Says nothing about validity.
-#[must_use]
-pub fn looks_like_backup_code(input: &str) -> bool {
-    normalize(input).is_ok()
 }
 
 /// A freshly generated set of distinct codes and the salt all of them are
@@ -318,33 +307,13 @@ fn hash_with(
 }
 
 /// argon2id (m = 19456 KiB, t = 2, p = 1, 32-byte output) of the canonical
-/// code with the set's salt. Hash an attempt once with this, then look it
-/// up with [`find_match`].
+/// code with the set's salt. Hash an attempt once with this, then look the
+/// hash up among the stored ones.
 ///
 /// # Errors
 /// [`BackupCodeError::Hash`] if argon2 fails (not expected).
 pub fn hash_code(code: &NormalizedBackupCode, salt: &[u8; SALT_LEN]) -> Result<[u8; HASH_LEN], BackupCodeError> {
     hash_with(&hasher()?, code, salt)
-}
-
-/// Index of the first stored hash equal to `candidate_hash`. Every entry is
-/// compared in constant time and the loop never exits early, so timing does
-/// not reveal whether or where a match was found (only `stored.len()`).
-#[must_use]
-pub fn find_match(candidate_hash: &[u8; HASH_LEN], stored: &[[u8; HASH_LEN]]) -> Option<usize> {
-    let mut found = Choice::from(0);
-    let mut index: u64 = 0;
-    for (i, hash) in (0u64..).zip(stored) {
-        let hit = candidate_hash[..].ct_eq(&hash[..]);
-        // `!found` keeps the first hit; later hits do not move the index.
-        index = u64::conditional_select(&index, &i, hit & !found);
-        found |= hit;
-    }
-    if bool::from(found) {
-        usize::try_from(index).ok()
-    } else {
-        None
-    }
 }
 
 #[cfg(test)]
@@ -390,7 +359,6 @@ mod tests {
         assert_eq!(shown.len(), 10);
         for code in &set.codes {
             assert!(has_display_shape(&code.expose()), "{}", &*code.expose());
-            assert_eq!(code.display(), code.expose());
             assert_eq!(normalize(&code.expose()).unwrap(), *code.normalized());
         }
         let os = BackupCodeSet::generate_os(10).unwrap();
@@ -444,7 +412,7 @@ mod tests {
             "\u{00a0}abcd\u{2003}efgh\u{3000}ijkmn",
         ] {
             assert_eq!(normalize(variant).unwrap(), canonical, "{variant:?}");
-            assert!(looks_like_backup_code(variant));
+            assert!(normalize(variant).is_ok());
         }
     }
 
@@ -464,7 +432,7 @@ mod tests {
             "123456",           // a TOTP code
         ] {
             assert_eq!(normalize(bad), Err(CodeFormatError::Malformed), "{bad:?}");
-            assert!(!looks_like_backup_code(bad));
+            assert!(normalize(bad).is_err());
         }
         for empty in ["", "  ", "- -\t-"] {
             assert_eq!(normalize(empty), Err(CodeFormatError::Empty), "{empty:?}");
@@ -498,18 +466,6 @@ mod tests {
         .hash_password_into(b"abcdefghijkmn", &salt, &mut expected)
         .unwrap();
         assert_eq!(hash_code(&code, &salt).unwrap(), expected);
-    }
-
-    #[test]
-    fn find_match_returns_first_index_and_scans_everything() {
-        let a = [1u8; HASH_LEN];
-        let b = [2u8; HASH_LEN];
-        let c = [3u8; HASH_LEN];
-        assert_eq!(find_match(&a, &[]), None);
-        assert_eq!(find_match(&a, &[a, b, c]), Some(0));
-        assert_eq!(find_match(&c, &[a, b, c]), Some(2));
-        assert_eq!(find_match(&b, &[a, b, b]), Some(1));
-        assert_eq!(find_match(&[9u8; HASH_LEN], &[a, b, c]), None);
     }
 
     #[test]
@@ -597,14 +553,14 @@ mod tests {
             prop_assert_eq!(stored.len(), 3);
             let attempt = normalize(&set.codes[pick].expose()).unwrap();
             let attempt_hash = hash_code(&attempt, &set.salt).unwrap();
-            prop_assert_eq!(find_match(&attempt_hash, &stored), Some(pick));
+            prop_assert_eq!(stored.iter().position(|h| *h == attempt_hash), Some(pick));
 
             let stranger_set =
                 BackupCodeSet::generate(1, &mut StdRng::seed_from_u64(other_seed)).unwrap();
             let stranger = stranger_set.codes[0].normalized();
             prop_assume!(set.codes.iter().all(|c| c.normalized() != stranger));
             let stranger_hash = hash_code(stranger, &set.salt).unwrap();
-            prop_assert_eq!(find_match(&stranger_hash, &stored), None);
+            prop_assert!(!stored.contains(&stranger_hash));
         }
     }
 }

@@ -196,7 +196,7 @@ impl Service {
             .run(|| {
                 let set = BackupCodeSet::generate_os(BACKUP_CODE_COUNT)?;
                 let hashes = set.hashes()?;
-                let shown = set.codes.iter().map(|code| code.display().to_string()).collect();
+                let shown = set.codes.iter().map(|code| code.expose().to_string()).collect();
                 Ok((
                     FreshBackupCodes(shown),
                     BackupCodeHashes {
