@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 //!
-//! Handlers declare their own success and specific problem responses; [`complete`] adds what
+//! Handlers declare their own success and specific problem responses; `complete` adds what
 //! every operation shares (500, 503, and for JSON bodies 400/413/415, for authenticated routes
 //! 401), so no route can forget them. The document is snapshot-tested.
 
