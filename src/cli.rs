@@ -54,6 +54,20 @@ pub enum UserCommand {
         #[command(flatten)]
         storage: StorageArgs,
     },
+    /// Disable an account: logins are refused (403) and its sessions are revoked.
+    Disable {
+        /// The account's email.
+        email: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        /// The account's email.
+        email: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
 }
 
 fn init_logging() {
@@ -122,7 +136,10 @@ fn tessera_webhook(opened: &server::Opened, config: crate::webhook::WebhookConfi
 async fn user(command: UserCommand) -> anyhow::Result<()> {
     let storage = match &command {
         UserCommand::List(storage) => storage,
-        UserCommand::Show { storage, .. } | UserCommand::ResetMfa { storage, .. } => storage,
+        UserCommand::Show { storage, .. }
+        | UserCommand::ResetMfa { storage, .. }
+        | UserCommand::Disable { storage, .. }
+        | UserCommand::Enable { storage, .. } => storage,
     };
     let config = Config::for_storage(storage)?;
     let opened = server::open_existing(&config, Arc::new(SystemClock)).await?;
@@ -164,6 +181,17 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
                 "MFA reset for {}: MFA is off, all sessions revoked, event recorded.",
                 user.email
             );
+        }
+        UserCommand::Disable { email, .. } => {
+            let user = service.operator_set_disabled(&email, true).await?;
+            println!(
+                "{} is disabled: logins are refused and all sessions revoked.",
+                user.email
+            );
+        }
+        UserCommand::Enable { email, .. } => {
+            let user = service.operator_set_disabled(&email, false).await?;
+            println!("{} is enabled.", user.email);
         }
     }
     opened.store.close().await;

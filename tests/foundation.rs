@@ -701,3 +701,42 @@ async fn a_missing_or_different_master_key_stops_the_start_once_secrets_are_seal
     assert!(tessera::server::open(&config, clock).await.is_ok());
     drop(guard);
 }
+
+#[tokio::test]
+async fn a_disabled_account_cannot_log_in_and_loses_its_sessions() {
+    let app = spawn_app().await;
+    let token = app.user_with_session("quit@example.com").await;
+    let config = tessera::config::Config {
+        data_dir: app.data_dir.clone(),
+        ..Default::default()
+    };
+    let operator = tessera::server::open_existing(&config, Arc::new(app.clock.clone()))
+        .await
+        .unwrap();
+    operator
+        .service
+        .operator_set_disabled("quit@example.com", true)
+        .await
+        .unwrap();
+    app.get("/api/auth/session", Some(&token))
+        .await
+        .assert_problem(401, "/problems/unauthenticated");
+    app.login("quit@example.com", PASSWORD)
+        .await
+        .assert_problem(403, "/problems/account-disabled");
+    // A wrong password still gets the generic 401: disabling reveals nothing without the password.
+    app.login("quit@example.com", "wrong password!")
+        .await
+        .assert_problem(401, "/problems/invalid-credentials");
+    operator
+        .service
+        .operator_set_disabled("quit@example.com", false)
+        .await
+        .unwrap();
+    assert_eq!(app.login("quit@example.com", PASSWORD).await.status, 200);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM security_events WHERE kind LIKE 'account_%_by_operator'")
+            .await,
+        2
+    );
+}

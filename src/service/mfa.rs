@@ -89,6 +89,15 @@ impl std::fmt::Debug for FreshBackupCodes {
     }
 }
 
+/// Audit metadata of the operator's CLI.
+fn operator_meta() -> RequestMeta {
+    RequestMeta {
+        ip: None,
+        user_agent: Some("tessera-cli".into()),
+        request_id: None,
+    }
+}
+
 fn render_qr_svg(data: &str) -> ServiceResult<String> {
     let code = qrcode::QrCode::new(data.as_bytes())
         .map_err(|err| ServiceError::Internal(format!("QR encoding failed: {err}")))?;
@@ -450,21 +459,34 @@ impl Service {
 
     /// `tessera user reset-mfa EMAIL`: for a user who lost both phone and backup codes.
     pub async fn operator_reset_mfa(&self, email: &str) -> ServiceResult<UserRecord> {
-        let email = Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
-        let user = self
-            .store
-            .user_by_email(email.as_str())
-            .await?
-            .ok_or_else(|| ServiceError::invalid("email", "no such user"))?;
-        let meta = RequestMeta {
-            ip: None,
-            user_agent: Some("tessera-cli".into()),
-            request_id: None,
+        let user = self.existing_user(email).await?;
+        let event = operator_meta().event(&user.id, "mfa_reset_by_operator", self.now());
+        self.store.reset_mfa(&user.id, &event).await?;
+        Ok(user)
+    }
+
+    /// `tessera user disable|enable EMAIL`: disabling refuses logins (403) and revokes sessions.
+    pub async fn operator_set_disabled(&self, email: &str, disabled: bool) -> ServiceResult<UserRecord> {
+        let user = self.existing_user(email).await?;
+        let now = self.now();
+        let kind = if disabled {
+            "account_disabled_by_operator"
+        } else {
+            "account_enabled_by_operator"
         };
+        let event = operator_meta().event(&user.id, kind, now);
         self.store
-            .reset_mfa(&user.id, &meta.event(&user.id, "mfa_reset_by_operator", self.now()))
+            .set_disabled(&user.id, disabled.then_some(now), &event)
             .await?;
         Ok(user)
+    }
+
+    async fn existing_user(&self, email: &str) -> ServiceResult<UserRecord> {
+        let email = Email::parse(email).map_err(|err| ServiceError::invalid("email", err.to_string()))?;
+        self.store
+            .user_by_email(email.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::invalid("email", "no such user"))
     }
 
     /// `tessera user list` / `show`.

@@ -258,6 +258,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Consumed>;
     /// Operator reset: MFA off, pending setup and challenges gone, all sessions revoked.
     async fn reset_mfa(&self, user_id: &str, event: &NewEvent) -> StoreResult<()>;
+    /// Operator: sets or clears `disabled_at`; disabling also revokes sessions and challenges.
+    async fn set_disabled(&self, user_id: &str, disabled_at: Option<i64>, event: &NewEvent) -> StoreResult<()>;
 
     // --- second-factor login ---
     async fn insert_challenge(

@@ -678,6 +678,30 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(map_err)
     }
 
+    async fn set_disabled(&self, user_id: &str, disabled_at: Option<i64>, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.immediate().await?;
+        sqlx::query("UPDATE users SET disabled_at = ? WHERE id = ?")
+            .bind(disabled_at)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if disabled_at.is_some() {
+            for statement in [
+                "DELETE FROM sessions WHERE user_id = ?",
+                "DELETE FROM mfa_challenges WHERE user_id = ?",
+            ] {
+                sqlx::query(statement)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            }
+        }
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
     async fn insert_challenge(
         &self,
         token_hash: &TokenHash,
