@@ -129,7 +129,11 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 fn tessera_webhook(opened: &server::Opened, config: crate::webhook::WebhookConfig) -> tokio::task::JoinHandle<()> {
-    tracing::info!(url = %config.url, "delivering security events to the webhook");
+    // Only the host: the URL may carry credentials or a secret path.
+    tracing::info!(
+        host = config.url.host_str().unwrap_or_default(),
+        "delivering security events to the webhook"
+    );
     crate::webhook::spawn(opened.service.store().clone(), config)
 }
 

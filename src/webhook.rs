@@ -37,7 +37,7 @@ pub struct WebhookConfig {
 impl fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("url", &self.url.as_str())
+            .field("host", &self.url.host_str())
             .field("secret", &"[redacted]")
             .finish_non_exhaustive()
     }
@@ -157,7 +157,10 @@ async fn deliver_with_retry(client: &reqwest::Client, config: &WebhookConfig, ev
                     "webhook refused event"
                 )
             }
-            Err(err) => tracing::warn!(event_id = event.id, attempt, error = %err, "webhook delivery failed"),
+            // `without_url`: the URL may carry credentials or a secret path; it is never logged.
+            Err(err) => {
+                tracing::warn!(event_id = event.id, attempt, error = %err.without_url(), "webhook delivery failed")
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(config.max_backoff);
