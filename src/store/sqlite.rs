@@ -663,17 +663,12 @@ impl Store for SqliteStore {
     async fn reset_mfa(&self, user_id: &str, event: &NewEvent) -> StoreResult<()> {
         let mut tx = self.immediate().await?;
         clear_mfa_in(&mut tx, user_id).await.map_err(map_err)?;
-        for statement in [
-            "DELETE FROM sessions WHERE user_id = ?",
-            "DELETE FROM mfa_challenges WHERE user_id = ?",
-            "DELETE FROM mfa_pending WHERE user_id = ?",
-        ] {
-            sqlx::query(statement)
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        }
+        revoke_all_sessions_in(&mut tx, user_id).await.map_err(map_err)?;
+        sqlx::query("DELETE FROM mfa_pending WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)
     }
@@ -687,16 +682,7 @@ impl Store for SqliteStore {
             .await
             .map_err(map_err)?;
         if disabled_at.is_some() {
-            for statement in [
-                "DELETE FROM sessions WHERE user_id = ?",
-                "DELETE FROM mfa_challenges WHERE user_id = ?",
-            ] {
-                sqlx::query(statement)
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-            }
+            revoke_all_sessions_in(&mut tx, user_id).await.map_err(map_err)?;
         }
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)
@@ -781,6 +767,17 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
     }
+}
+
+/// Deletes every session and pending `mfa_token` of the user.
+async fn revoke_all_sessions_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> Result<(), sqlx::Error> {
+    for statement in [
+        "DELETE FROM sessions WHERE user_id = ?",
+        "DELETE FROM mfa_challenges WHERE user_id = ?",
+    ] {
+        sqlx::query(statement).bind(user_id).execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 async fn clear_mfa_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> Result<(), sqlx::Error> {
