@@ -86,8 +86,16 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("sha256={}", HEXLOWER.encode(&mac.finalize().into_bytes()))
 }
 
+/// Makes ring the process's TLS provider (reqwest is built without one, so that no C crypto
+/// library is needed); idempotent. Must run before any HTTP client is built.
+pub fn install_crypto_provider() {
+    // Err only means a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Starts the delivery task. It runs until the returned handle is aborted.
 pub fn spawn(store: Arc<dyn Store>, config: WebhookConfig) -> JoinHandle<()> {
+    install_crypto_provider();
     tokio::spawn(async move {
         let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
             Ok(client) => client,

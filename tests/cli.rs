@@ -147,7 +147,7 @@ impl Server {
             lines,
             log: String::new(),
             base: String::new(),
-            client: reqwest::Client::new(),
+            client: common::http_client(),
         };
         let listening = server.wait_for_line("listening");
         let address = listening

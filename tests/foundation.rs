@@ -613,7 +613,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     assert_eq!(in_flight.await.unwrap(), "finished");
     server.await.unwrap().unwrap();
     assert!(
-        reqwest::get(app.url("/healthz")).await.is_err(),
+        app.client.get(app.url("/healthz")).send().await.is_err(),
         "no new connections after shutdown"
     );
 }

@@ -96,7 +96,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
     TestApp {
         addr,
         base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
+        client: http_client(),
         clock,
         store,
         data_dir,
@@ -292,6 +292,12 @@ impl TestApp {
             self.server.take().expect("server"),
         )
     }
+}
+
+/// An HTTP client for tests (the crate's reqwest has no built-in TLS provider; install ours).
+pub fn http_client() -> reqwest::Client {
+    tessera::webhook::install_crypto_provider();
+    reqwest::Client::new()
 }
 
 /// Sends a request and keeps status, headers and body (parsed as JSON when it is JSON).
