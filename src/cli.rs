@@ -117,7 +117,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let opened = server::open(&config, Arc::new(SystemClock)).await?;
     let listener = server::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
-    let webhook = config.webhook.clone().map(|webhook| tessera_webhook(&opened, webhook));
+    let webhook = config.webhook.clone().map(|webhook| start_webhook(&opened, webhook));
     tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
     server::run(listener, server::router(&opened), config.connections, shutdown).await?;
     if let Some(task) = webhook {
@@ -128,7 +128,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tessera_webhook(opened: &server::Opened, config: crate::webhook::WebhookConfig) -> tokio::task::JoinHandle<()> {
+fn start_webhook(opened: &server::Opened, config: crate::webhook::WebhookConfig) -> tokio::task::JoinHandle<()> {
     // Only the host: the URL may carry credentials or a secret path.
     tracing::info!(
         host = config.url.host_str().unwrap_or_default(),
@@ -173,9 +173,10 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             println!("created_at:             {}", rfc3339(user.created_at));
             println!("disabled:               {}", user.disabled_at.is_some());
             println!("mfa_enabled:            {}", user.mfa.is_some());
-            if let Some(mfa) = &user.mfa {
-                println!("mfa_enabled_at:         {}", rfc3339(mfa.enabled_at));
-                println!("backup_codes_remaining: {}", mfa.backup_codes_remaining);
+            let status = service.status_of(&user).await?;
+            if let Some(enabled_at) = status.enabled_at {
+                println!("mfa_enabled_at:         {}", rfc3339(enabled_at));
+                println!("backup_codes_remaining: {}", status.backup_codes_remaining);
             }
             println!("failed_code_attempts:   {}", user.throttle.failures);
         }

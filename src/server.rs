@@ -161,8 +161,8 @@ pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Opened, Star
     let store = Arc::new(open_store(config).await?);
     let key = key_for(config, &store).await?;
     let dyn_store: Arc<dyn Store> = store.clone();
-    let service = Arc::new(Service::new(dyn_store, clock.clone(), key, config.service.clone()).await?);
-    let state = AppState::new(service.clone(), clock, config.http());
+    let service = Arc::new(Service::new(dyn_store, clock, key, config.service.clone()).await?);
+    let state = AppState::new(service.clone(), config.http());
     Ok(Opened { service, store, state })
 }
 

@@ -104,8 +104,10 @@ pub fn spawn(store: Arc<dyn Store>, config: WebhookConfig) -> JoinHandle<()> {
                 return;
             }
         };
+        // Read once, then kept here: the poll loop itself only reads new events.
+        let mut cursor = None;
         loop {
-            if let Err(err) = deliver_pending(store.as_ref(), &client, &config).await {
+            if let Err(err) = deliver_pending(store.as_ref(), &client, &config, &mut cursor).await {
                 tracing::warn!(error = %err, "webhook outbox unavailable; retrying");
             }
             tokio::time::sleep(config.poll_interval).await;
@@ -117,17 +119,22 @@ async fn deliver_pending(
     store: &dyn Store,
     client: &reqwest::Client,
     config: &WebhookConfig,
+    cursor: &mut Option<i64>,
 ) -> Result<(), StoreError> {
-    let mut cursor = store.webhook_cursor().await?;
+    let mut position = match *cursor {
+        Some(position) => position,
+        None => *cursor.insert(store.webhook_cursor().await?),
+    };
     loop {
-        let events = store.events_after(cursor, 100).await?;
+        let events = store.events_after(position, 100).await?;
         if events.is_empty() {
             return Ok(());
         }
         for event in &events {
             deliver_with_retry(client, config, event).await;
             store.set_webhook_cursor(event.id).await?;
-            cursor = event.id;
+            position = event.id;
+            *cursor = Some(position);
         }
     }
 }

@@ -17,7 +17,6 @@ pub mod problem;
 pub mod rate_limit;
 pub mod routes;
 
-use crate::clock::Clock;
 use crate::service::Service;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -51,17 +50,15 @@ impl Default for HttpSettings {
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<Service>,
-    pub clock: Arc<dyn Clock>,
     pub http: Arc<HttpSettings>,
     pub limiter: Arc<rate_limit::RateLimiter>,
 }
 
 impl AppState {
-    pub fn new(service: Arc<Service>, clock: Arc<dyn Clock>, http: HttpSettings) -> Self {
+    pub fn new(service: Arc<Service>, http: HttpSettings) -> Self {
         let limiter = Arc::new(rate_limit::RateLimiter::new(http.ip_rate_limit_per_minute));
         Self {
             service,
-            clock,
             http: Arc::new(http),
             limiter,
         }

@@ -392,16 +392,20 @@ impl Service {
 
     /// `GET /api/user/profile/mfa`.
     pub async fn mfa_status(&self, auth: &Authenticated) -> ServiceResult<MfaStatus> {
-        let user = &auth.user;
-        let pending = match user.mfa {
-            Some(_) => false,
-            None => self.store.pending_setup(&user.id, self.now()).await?.is_some(),
+        self.status_of(&auth.user).await
+    }
+
+    /// MFA status of any user (also for `tessera user show`).
+    pub async fn status_of(&self, user: &UserRecord) -> ServiceResult<MfaStatus> {
+        let (pending_setup, backup_codes_remaining) = match user.mfa {
+            Some(_) => (false, self.store.backup_codes_remaining(&user.id).await?),
+            None => (self.store.pending_setup(&user.id, self.now()).await?.is_some(), 0),
         };
         Ok(MfaStatus {
             enabled: user.mfa.is_some(),
             enabled_at: user.mfa.as_ref().map(|m| m.enabled_at),
-            pending_setup: pending,
-            backup_codes_remaining: user.mfa.as_ref().map_or(0, |m| m.backup_codes_remaining),
+            pending_setup,
+            backup_codes_remaining,
         })
     }
 

@@ -222,7 +222,12 @@ impl Service {
         &self.store
     }
 
-    fn now(&self) -> i64 {
+    /// The clock the service runs on (the HTTP edge uses it for rate-limit refills).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn now(&self) -> i64 {
         self.clock.now().unix_timestamp()
     }
 

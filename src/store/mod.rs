@@ -45,7 +45,6 @@ pub struct MfaRecord {
     pub enabled_at: i64,
     pub last_step: Option<i64>,
     pub backup_salt: Vec<u8>,
-    pub backup_codes_remaining: i64,
 }
 
 impl std::fmt::Debug for MfaRecord {
@@ -53,7 +52,6 @@ impl std::fmt::Debug for MfaRecord {
         f.debug_struct("MfaRecord")
             .field("enabled_at", &self.enabled_at)
             .field("last_step", &self.last_step)
-            .field("backup_codes_remaining", &self.backup_codes_remaining)
             .finish_non_exhaustive()
     }
 }
@@ -184,6 +182,8 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>>;
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+    /// Unused backup codes of the user (kept out of the user row: session lookups don't need it).
+    async fn backup_codes_remaining(&self, user_id: &str) -> StoreResult<i64>;
     /// Replaces the hash only if it is still `old_hash` (parameter upgrade after login).
     async fn upgrade_password_hash(&self, user_id: &str, old_hash: &str, new_hash: &str) -> StoreResult<()>;
     /// Sets a new password, consumes the proof if any, revokes every session but `keep`,

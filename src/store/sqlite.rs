@@ -88,8 +88,7 @@ macro_rules! select_user {
             "SELECT ",
             $extra,
             "u.id, u.email, u.password_hash, u.created_at, u.disabled_at, u.mfa_secret, ",
-            "u.mfa_enabled_at, u.mfa_last_step, u.backup_salt, u.mfa_failures, u.mfa_locked_until, ",
-            "(SELECT COUNT(*) FROM backup_codes b WHERE b.user_id = u.id) AS backup_codes_remaining ",
+            "u.mfa_enabled_at, u.mfa_last_step, u.backup_salt, u.mfa_failures, u.mfa_locked_until ",
             "FROM users u ",
             $where
         )
@@ -105,7 +104,6 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
             enabled_at,
             last_step: row.try_get("mfa_last_step")?,
             backup_salt: row.try_get::<Option<Vec<u8>>, _>("backup_salt")?.unwrap_or_default(),
-            backup_codes_remaining: row.try_get("backup_codes_remaining")?,
         }),
         _ => None,
     };
@@ -317,6 +315,14 @@ impl Store for SqliteStore {
             .map_err(map_err)
     }
 
+    async fn backup_codes_remaining(&self, user_id: &str) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM backup_codes WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
     async fn upgrade_password_hash(&self, user_id: &str, old_hash: &str, new_hash: &str) -> StoreResult<()> {
         sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?")
             .bind(new_hash)
@@ -359,19 +365,7 @@ impl Store for SqliteStore {
 
     async fn insert_session(&self, session: &SessionRecord, event: &NewEvent) -> StoreResult<()> {
         let mut tx = self.immediate().await?;
-        sqlx::query(
-            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(session.token_hash.as_bytes())
-        .bind(&session.user_id)
-        .bind(session.created_at)
-        .bind(session.last_seen_at)
-        .bind(session.expires_at)
-        .bind(i64::from(session.mfa))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        insert_session_in(&mut tx, session).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)
     }
@@ -750,23 +744,27 @@ impl Store for SqliteStore {
             return Ok(Consumed::Rejected);
         }
         reset_throttle_in(&mut tx, &session.user_id).await.map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(session.token_hash.as_bytes())
-        .bind(&session.user_id)
-        .bind(session.created_at)
-        .bind(session.last_seen_at)
-        .bind(session.expires_at)
-        .bind(i64::from(session.mfa))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        insert_session_in(&mut tx, session).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
     }
+}
+
+async fn insert_session_in(tx: &mut Transaction<'static, Sqlite>, session: &SessionRecord) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(session.token_hash.as_bytes())
+    .bind(&session.user_id)
+    .bind(session.created_at)
+    .bind(session.last_seen_at)
+    .bind(session.expires_at)
+    .bind(i64::from(session.mfa))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Deletes every session and pending `mfa_token` of the user.

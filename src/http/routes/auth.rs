@@ -166,7 +166,7 @@ pub async fn login(
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Response, Problem> {
     match state.service.login(&body.email, body.password, &meta).await? {
-        LoginOutcome::Session(session) => Ok(issue(session, state.clock.now().unix_timestamp())),
+        LoginOutcome::Session(session) => Ok(issue(session, state.service.now())),
         LoginOutcome::MfaRequired { mfa_token, expires_at } => {
             Ok(Json(LoginResponse::MfaRequired(MfaRequiredResponse {
                 mfa_required: true,
@@ -197,7 +197,7 @@ pub async fn login_mfa(
         .service
         .login_second_factor(&body.mfa_token, &body.code, &meta)
         .await?;
-    Ok(issue(session, state.clock.now().unix_timestamp()))
+    Ok(issue(session, state.service.now()))
 }
 
 /// Log out: the session is revoked server-side.

@@ -66,7 +66,7 @@ impl FromRequestParts<AppState> for IpRateLimit {
         let Some(ip) = client_ip(&parts.headers, peer_ip(parts), &state.http.trusted_proxies) else {
             return Ok(IpRateLimit);
         };
-        let now = state.clock.now().unix_timestamp_nanos() as f64 / 1e9;
+        let now = state.service.clock().now().unix_timestamp_nanos() as f64 / 1e9;
         match state.limiter.check(ip, now) {
             Ok(()) => Ok(IpRateLimit),
             Err(retry_after) => Err(Problem {
