@@ -134,7 +134,7 @@ fn start_webhook(opened: &server::Opened, config: crate::webhook::WebhookConfig)
         host = config.url.host_str().unwrap_or_default(),
         "delivering security events to the webhook"
     );
-    crate::webhook::spawn(opened.service.store().clone(), config)
+    crate::webhook::spawn(opened.service.store().clone(), config, opened.service.clock().clone())
 }
 
 async fn user(command: UserCommand) -> anyhow::Result<()> {

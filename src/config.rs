@@ -10,6 +10,7 @@ use crate::domain::totp::TotpPolicy;
 use crate::http::HttpSettings;
 use crate::server::ConnectionLimits;
 use crate::service::ServiceConfig;
+use crate::store::postgres::PgSettings;
 use crate::webhook::WebhookConfig;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -25,10 +26,18 @@ pub struct StorageArgs {
     /// Directory for the SQLite database and the key file [default: ./tessera-data].
     #[arg(long, env = "TESSERA_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Database URL [default: sqlite://DATA_DIR/tessera.db]. Only `sqlite:` URLs are supported
-    /// by this build.
+    /// Database URL [default: sqlite://DATA_DIR/tessera.db]. `postgres://USER@HOST/DB` selects
+    /// PostgreSQL (several instances may share it); TLS by `?sslmode=require` or `verify-full`.
     #[arg(long, env = "TESSERA_DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// PostgreSQL connections this instance keeps at most; all instances together must stay
+    /// below the server's max_connections [default: 10].
+    #[arg(long, env = "TESSERA_DATABASE_POOL_SIZE", value_name = "N")]
+    pub database_pool_size: Option<u32>,
+    /// PostgreSQL statement timeout, also the longest wait for a pooled connection, in
+    /// milliseconds; past it the request answers 503 [default: 5000].
+    #[arg(long, env = "TESSERA_DATABASE_STATEMENT_TIMEOUT_MS", value_name = "MS")]
+    pub database_statement_timeout_ms: Option<u64>,
 }
 
 /// Settings of `tessera serve`.
@@ -80,6 +89,8 @@ pub struct ServeArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    database_pool_size: Option<u32>,
+    database_statement_timeout_ms: Option<u64>,
     listen: Option<SocketAddr>,
     request_timeout_secs: Option<u64>,
     session_idle_timeout_secs: Option<i64>,
@@ -113,6 +124,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// PostgreSQL pool size and statement timeout (unused with SQLite).
+    pub postgres: PgSettings,
     /// From `TESSERA_SECRET_KEY`; `None` means the key file in the data directory.
     pub secret_key: Option<MasterKey>,
     pub request_timeout: Duration,
@@ -130,6 +143,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./tessera-data"),
             database_url: None,
+            postgres: PgSettings::default(),
             secret_key: None,
             request_timeout: Duration::from_secs(30),
             service: ServiceConfig::default(),
@@ -235,6 +249,22 @@ impl Config {
             ),
             None => None,
         };
+        let pg_defaults = PgSettings::default();
+        let pool_size = args
+            .storage
+            .database_pool_size
+            .or(file.database_pool_size)
+            .unwrap_or(pg_defaults.pool_size);
+        positive("database_pool_size", i64::from(pool_size))?;
+        let statement_timeout_ms = args
+            .storage
+            .database_statement_timeout_ms
+            .or(file.database_statement_timeout_ms)
+            .map_or(pg_defaults.statement_timeout, Duration::from_millis);
+        positive(
+            "database_statement_timeout_ms",
+            i64::try_from(statement_timeout_ms.as_millis()).unwrap_or(i64::MAX),
+        )?;
         let secret_key = match std::env::var("TESSERA_SECRET_KEY") {
             Ok(text) => Some(MasterKey::from_base64(&text).map_err(ConfigError::SecretKey)?),
             Err(_) => None,
@@ -248,6 +278,10 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or(defaults.data_dir),
             database_url: args.storage.database_url.clone().or(file.database_url),
+            postgres: PgSettings {
+                pool_size,
+                statement_timeout: statement_timeout_ms,
+            },
             secret_key,
             request_timeout: Duration::from_secs(request_timeout_secs),
             service: ServiceConfig {

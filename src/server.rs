@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::domain::sealing::{KeyError, MasterKey};
 use crate::http::{self, AppState};
 use crate::service::{Service, ServiceError};
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use axum::Router;
@@ -50,7 +51,7 @@ pub enum StartupError {
     MissingKey { path: PathBuf },
     #[error("no database at {path}; check --data-dir, or run `tessera migrate` to create one")]
     NoDatabase { path: PathBuf },
-    #[error("unsupported database URL (this build supports sqlite: URLs only)")]
+    #[error("unsupported database URL: use sqlite:PATH or postgres://USER@HOST/DATABASE")]
     UnsupportedDatabase,
     #[error("database: {0}")]
     Store(#[from] StoreError),
@@ -61,7 +62,7 @@ pub enum StartupError {
 /// An opened service with its store, ready to be served or used by the CLI.
 pub struct Opened {
     pub service: Arc<Service>,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
     pub state: AppState,
 }
 
@@ -116,7 +117,7 @@ fn create_key_file(config: &Config) -> Result<MasterKey, StartupError> {
 /// sealed with it; a new one (written to the key file) only when the database holds no sealed
 /// secret yet. A missing or different key for a database with secrets stops the start: a new
 /// key would silently make every enrolled authenticator useless.
-async fn key_for(config: &Config, store: &SqliteStore) -> Result<MasterKey, StartupError> {
+async fn key_for(config: &Config, store: &dyn Store) -> Result<MasterKey, StartupError> {
     let key = load_key(config)?;
     let sample = store.any_sealed_secret().await?;
     match (key, sample) {
@@ -129,15 +130,20 @@ async fn key_for(config: &Config, store: &SqliteStore) -> Result<MasterKey, Star
     }
 }
 
-/// Opens the store named by the configuration and applies pending migrations.
-pub async fn open_store(config: &Config) -> Result<SqliteStore, StartupError> {
+/// Opens the store named by the configuration (SQLite in the data directory by default, or the
+/// `sqlite:` / `postgres:` URL) and applies pending migrations.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
+    // The data directory holds the key file on every backend, and the database on SQLite.
     create_private_dir(&config.data_dir).map_err(|source| StartupError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = match config.database_url.as_deref() {
-        None => SqliteStore::open_file(&config.data_dir.join(DATABASE_FILE)).await?,
-        Some(url) if url.starts_with("sqlite:") => SqliteStore::connect(url).await?,
+    let store: Arc<dyn Store> = match config.database_url.as_deref() {
+        None => Arc::new(SqliteStore::open_file(&config.data_dir.join(DATABASE_FILE)).await?),
+        Some(url) if url.starts_with("sqlite:") => Arc::new(SqliteStore::connect(url).await?),
+        Some(url) if url.starts_with("postgres:") || url.starts_with("postgresql:") => {
+            Arc::new(PgStore::connect(url, config.postgres).await?)
+        }
         Some(_) => return Err(StartupError::UnsupportedDatabase),
     };
     store.migrate().await?;
@@ -158,10 +164,9 @@ pub async fn open_existing(config: &Config, clock: Arc<dyn Clock>) -> Result<Ope
 pub async fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Opened, StartupError> {
     // A broken key file is reported before anything is created or migrated.
     load_key(config)?;
-    let store = Arc::new(open_store(config).await?);
-    let key = key_for(config, &store).await?;
-    let dyn_store: Arc<dyn Store> = store.clone();
-    let service = Arc::new(Service::new(dyn_store, clock, key, config.service.clone()).await?);
+    let store = open_store(config).await?;
+    let key = key_for(config, store.as_ref()).await?;
+    let service = Arc::new(Service::new(store.clone(), clock, key, config.service.clone()).await?);
     let state = AppState::new(service.clone(), config.http());
     Ok(Opened { service, store, state })
 }

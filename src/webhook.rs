@@ -10,8 +10,8 @@
 //! Each request: `POST` with the JSON event as body, `X-Tessera-Event-Id`, `X-Tessera-Timestamp`
 //! (unix seconds) and `X-Tessera-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 
-use crate::clock::rfc3339;
-use crate::store::{Store, StoreError, StoredEvent};
+use crate::clock::{Clock, rfc3339};
+use crate::store::{OutboxPosition, Store, StoreError, StoredEvent};
 use data_encoding::HEXLOWER;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
@@ -32,6 +32,9 @@ pub struct WebhookConfig {
     pub max_backoff: Duration,
     /// How often the outbox is checked for new events.
     pub poll_interval: Duration,
+    /// How long the delivery lease lasts without renewal: how soon another instance takes over
+    /// from one that died.
+    pub lease_ttl: Duration,
 }
 
 impl fmt::Debug for WebhookConfig {
@@ -59,6 +62,7 @@ impl WebhookConfig {
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
             poll_interval: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(30),
         })
     }
 }
@@ -94,7 +98,12 @@ pub fn install_crypto_provider() {
 }
 
 /// Starts the delivery task. It runs until the returned handle is aborted.
-pub fn spawn(store: Arc<dyn Store>, config: WebhookConfig) -> JoinHandle<()> {
+///
+/// With several instances on one database, only the holder of the delivery lease (a row next to
+/// the cursor) delivers; it renews the lease at every poll and before every attempt, and another
+/// instance takes over once the lease has expired, from the stored cursor. So each event is
+/// delivered by one instance at a time, in order, and at least once.
+pub fn spawn(store: Arc<dyn Store>, config: WebhookConfig, clock: Arc<dyn Clock>) -> JoinHandle<()> {
     install_crypto_provider();
     tokio::spawn(async move {
         let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
@@ -104,81 +113,126 @@ pub fn spawn(store: Arc<dyn Store>, config: WebhookConfig) -> JoinHandle<()> {
                 return;
             }
         };
-        // Read once, then kept here: the poll loop itself only reads new events.
+        let courier = Courier {
+            store,
+            client,
+            config,
+            clock,
+            holder: uuid::Uuid::now_v7().to_string(),
+        };
+        // Read when this instance takes the lease, then kept here: while it holds the lease no
+        // one else moves the cursor, so the poll loop only reads new events.
         let mut cursor = None;
         loop {
-            if let Err(err) = deliver_pending(store.as_ref(), &client, &config, &mut cursor).await {
+            if let Err(err) = courier.deliver_pending(&mut cursor).await {
+                cursor = None;
                 tracing::warn!(error = %err, "webhook outbox unavailable; retrying");
             }
-            tokio::time::sleep(config.poll_interval).await;
+            tokio::time::sleep(courier.config.poll_interval).await;
         }
     })
 }
 
-async fn deliver_pending(
-    store: &dyn Store,
-    client: &reqwest::Client,
-    config: &WebhookConfig,
-    cursor: &mut Option<i64>,
-) -> Result<(), StoreError> {
-    let mut position = match *cursor {
-        Some(position) => position,
-        None => *cursor.insert(store.webhook_cursor().await?),
-    };
-    loop {
-        let events = store.events_after(position, 100).await?;
-        if events.is_empty() {
-            return Ok(());
-        }
-        for event in &events {
-            deliver_with_retry(client, config, event).await;
-            store.set_webhook_cursor(event.id).await?;
-            position = event.id;
-            *cursor = Some(position);
-        }
-    }
+struct Courier {
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    config: WebhookConfig,
+    clock: Arc<dyn Clock>,
+    /// This process's name on the lease.
+    holder: String,
 }
 
-async fn deliver_with_retry(client: &reqwest::Client, config: &WebhookConfig, event: &StoredEvent) {
-    let payload = EventPayload {
-        id: event.id,
-        kind: &event.record.kind,
-        user_id: event.user_id.as_deref(),
-        at: rfc3339(event.record.at),
-        ip: event.record.ip.as_deref(),
-        user_agent: event.record.user_agent.as_deref(),
-        request_id: event.record.request_id.as_deref(),
-    };
-    let body = serde_json::to_vec(&payload).unwrap_or_default();
-    let mut delay = config.base_backoff;
-    for attempt in 1u32.. {
-        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let result = client
-            .post(config.url.clone())
-            .header("content-type", "application/json")
-            .header("x-tessera-event-id", event.id)
-            .header("x-tessera-timestamp", timestamp)
-            .header("x-tessera-signature", signature(&config.secret, timestamp, &body))
-            .body(body.clone())
-            .send()
-            .await;
-        match result {
-            Ok(response) if response.status().is_success() => return,
-            Ok(response) => {
-                tracing::warn!(
-                    event_id = event.id,
-                    attempt,
-                    status = response.status().as_u16(),
-                    "webhook refused event"
-                )
+impl Courier {
+    async fn hold_lease(&self) -> Result<bool, StoreError> {
+        let now = self.clock.now().unix_timestamp();
+        let ttl = i64::try_from(self.config.lease_ttl.as_secs()).unwrap_or(i64::MAX);
+        self.store.acquire_webhook_lease(&self.holder, now, ttl).await
+    }
+
+    /// Delivers every event past the cursor while this instance holds the lease. `cursor` is
+    /// reset to `None` whenever the lease is not held, so a later takeover re-reads it.
+    async fn deliver_pending(&self, cursor: &mut Option<OutboxPosition>) -> Result<(), StoreError> {
+        let mut position = match *cursor {
+            Some(position) => position,
+            // Creates the cursor row on first use, which the lease lives in.
+            None => self.store.webhook_cursor().await?,
+        };
+        if !self.hold_lease().await? {
+            *cursor = None;
+            return Ok(());
+        }
+        if cursor.is_none() {
+            // Taken just now: another instance may have moved the cursor since it was read.
+            position = self.store.webhook_cursor().await?;
+            *cursor = Some(position);
+        }
+        loop {
+            let events = self.store.events_after(position, 100).await?;
+            if events.is_empty() {
+                return Ok(());
             }
-            // `without_url`: the URL may carry credentials or a secret path; it is never logged.
-            Err(err) => {
-                tracing::warn!(event_id = event.id, attempt, error = %err.without_url(), "webhook delivery failed")
+            for event in &events {
+                if !self.deliver_with_retry(event).await?
+                    || !self.store.set_webhook_cursor(&self.holder, event.position).await?
+                {
+                    tracing::info!("webhook delivery lease taken over by another instance");
+                    *cursor = None;
+                    return Ok(());
+                }
+                position = event.position;
+                *cursor = Some(position);
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(config.max_backoff);
+    }
+
+    /// Posts one event until the receiver accepts it; false if the lease was lost meanwhile.
+    async fn deliver_with_retry(&self, event: &StoredEvent) -> Result<bool, StoreError> {
+        let config = &self.config;
+        let payload = EventPayload {
+            id: event.id,
+            kind: &event.record.kind,
+            user_id: event.user_id.as_deref(),
+            at: rfc3339(event.record.at),
+            ip: event.record.ip.as_deref(),
+            user_agent: event.record.user_agent.as_deref(),
+            request_id: event.record.request_id.as_deref(),
+        };
+        let body = serde_json::to_vec(&payload).unwrap_or_default();
+        let mut delay = config.base_backoff;
+        for attempt in 1u32.. {
+            if attempt > 1 && !self.hold_lease().await? {
+                return Ok(false);
+            }
+            let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+            let result = self
+                .client
+                .post(config.url.clone())
+                .header("content-type", "application/json")
+                .header("x-tessera-event-id", event.id)
+                .header("x-tessera-timestamp", timestamp)
+                .header("x-tessera-signature", signature(&config.secret, timestamp, &body))
+                .body(body.clone())
+                .send()
+                .await;
+            match result {
+                Ok(response) if response.status().is_success() => return Ok(true),
+                Ok(response) => {
+                    tracing::warn!(
+                        event_id = event.id,
+                        attempt,
+                        status = response.status().as_u16(),
+                        "webhook refused event"
+                    )
+                }
+                // `without_url`: the URL may carry credentials or a secret path; it is never logged.
+                Err(err) => {
+                    tracing::warn!(event_id = event.id, attempt, error = %err.without_url(), "webhook delivery failed")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(config.max_backoff);
+        }
+        Ok(true)
     }
 }
 

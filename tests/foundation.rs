@@ -21,11 +21,11 @@ async fn register_creates_a_normalised_account_and_stores_only_a_hash() {
     assert_eq!(user["mfa_enabled"], false);
     assert!(user["id"].as_str().unwrap().len() == 36);
     assert!(user["created_at"].as_str().unwrap().ends_with('Z'));
-    let pool = app.db().await;
-    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE email = 'alice@example.com'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let db = app.db().await;
+    let hash = db
+        .text("SELECT password_hash FROM users WHERE email = 'alice@example.com'")
+        .await;
+    db.close().await;
     assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
     assert!(!hash.contains(PASSWORD));
 }
@@ -105,15 +105,16 @@ async fn login_returns_a_bearer_session_and_the_cookie_for_the_web_page() {
 async fn session_tokens_are_stored_only_as_sha256() {
     let app = spawn_app().await;
     let token = app.user_with_session("erin@example.com").await;
-    let pool = app.db().await;
-    let stored: Vec<u8> = sqlx::query_scalar("SELECT token_hash FROM sessions")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, Sha256::digest(token.as_bytes()).to_vec());
-    pool.close().await;
-    let (dir, _guard, _) = app.stop().await;
-    let mut raw = std::fs::read(data_file(&dir)).unwrap();
+    let db = app.db().await;
+    let stored = db.bytes("SELECT token_hash FROM sessions").await;
+    assert_eq!(stored, vec![Sha256::digest(token.as_bytes()).to_vec()]);
+    db.close().await;
+    if !app.database_is_a_file() {
+        return;
+    }
+    let stopped = app.stop().await;
+    let dir = &stopped.data_dir;
+    let mut raw = std::fs::read(data_file(dir)).unwrap();
     raw.extend(std::fs::read(dir.join("tessera.db-wal")).unwrap_or_default());
     let needle = &token.as_bytes()[4..];
     assert!(
@@ -671,14 +672,12 @@ async fn a_missing_or_different_master_key_stops_the_start_once_secrets_are_seal
         json!({"password": PASSWORD}),
     )
     .await;
-    let (dir, guard, clock) = app.stop().await;
+    let stopped = app.stop().await;
+    let dir = stopped.data_dir.clone();
     let original = std::fs::read_to_string(dir.join("secret.key")).unwrap();
     std::fs::remove_file(dir.join("secret.key")).unwrap();
-    let config = tessera::config::Config {
-        data_dir: dir.clone(),
-        ..Default::default()
-    };
-    let clock: Arc<dyn tessera::clock::Clock> = Arc::new(clock);
+    let config = stopped.config();
+    let clock: Arc<dyn tessera::clock::Clock> = Arc::new(stopped.clock.clone());
     let missing = tessera::server::open(&config, clock.clone())
         .await
         .err()
@@ -699,17 +698,14 @@ async fn a_missing_or_different_master_key_stops_the_start_once_secrets_are_seal
     assert!(matches!(wrong, tessera::server::StartupError::WrongKey), "{wrong}");
     std::fs::write(dir.join("secret.key"), original).unwrap();
     assert!(tessera::server::open(&config, clock).await.is_ok());
-    drop(guard);
+    drop(stopped);
 }
 
 #[tokio::test]
 async fn a_disabled_account_cannot_log_in_and_loses_its_sessions() {
     let app = spawn_app().await;
     let token = app.user_with_session("quit@example.com").await;
-    let config = tessera::config::Config {
-        data_dir: app.data_dir.clone(),
-        ..Default::default()
-    };
+    let config = app.config();
     let operator = tessera::server::open_existing(&config, Arc::new(app.clock.clone()))
         .await
         .unwrap();

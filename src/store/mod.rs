@@ -5,6 +5,7 @@
 //! transaction, so the service never does read-then-write on security state. The store knows
 //! rows, not rules: it does not hash, seal, or decide policy.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::domain::token::TokenHash;
@@ -119,6 +120,18 @@ pub struct StoredEvent {
     pub id: i64,
     pub user_id: Option<String>,
     pub record: EventRecord,
+    /// Where the event stands in the outbox's delivery order.
+    pub position: OutboxPosition,
+}
+
+/// A place in the webhook outbox's delivery order: events are delivered in `(txid, id)` order.
+/// On SQLite `txid` is always 0 (writers are serialised, so ids are in commit order); on
+/// PostgreSQL it is the inserting transaction's id, and only events of transactions older than
+/// every running one are handed out, so a late commit never lands behind the cursor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OutboxPosition {
+    pub txid: i64,
+    pub id: i64,
 }
 
 /// Proof of the second factor, checked by the service and consumed by the store in the same
@@ -172,6 +185,13 @@ pub struct EnableMfa {
 /// The persistence interface. Implementations must make each method atomic.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`, for logs and operator messages.
+    fn backend(&self) -> &'static str;
+    /// Applies the embedded migrations of this backend that have not run yet. Safe to call from
+    /// several processes at once (PostgreSQL takes an advisory lock; SQLite a write lock).
+    async fn migrate(&self) -> StoreResult<()>;
+    /// Closes the pool: later calls fail as [`StoreError::Unavailable`].
+    async fn close(&self);
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
     /// Any one sealed TOTP secret (enabled or pending), to check the master key at start.
@@ -213,12 +233,17 @@ pub trait Store: Send + Sync + 'static {
     // --- security events ---
     async fn insert_event(&self, event: &NewEvent) -> StoreResult<()>;
     async fn list_events(&self, user_id: &str, limit: u32) -> StoreResult<Vec<EventRecord>>;
-    /// Events with an id greater than `after`, oldest first (the webhook outbox).
-    async fn events_after(&self, after: i64, limit: u32) -> StoreResult<Vec<StoredEvent>>;
-    /// The id of the last event the webhook delivered; on first use, the newest event's id (so
-    /// enabling the webhook does not replay history).
-    async fn webhook_cursor(&self) -> StoreResult<i64>;
-    async fn set_webhook_cursor(&self, last_event_id: i64) -> StoreResult<()>;
+    /// Events past `after` in delivery order (the webhook outbox), at most `limit`.
+    async fn events_after(&self, after: OutboxPosition, limit: u32) -> StoreResult<Vec<StoredEvent>>;
+    /// The position of the last event the webhook delivered; on first use, the newest event's
+    /// (so enabling the webhook does not replay history).
+    async fn webhook_cursor(&self) -> StoreResult<OutboxPosition>;
+    /// Takes or renews the delivery lease for `holder` until `now + ttl_secs`; true when
+    /// `holder` has it. Another holder's lease is only taken once it has expired.
+    async fn acquire_webhook_lease(&self, holder: &str, now: i64, ttl_secs: i64) -> StoreResult<bool>;
+    /// Moves the cursor forward to `position`, only while `holder` holds the lease; false when
+    /// the lease was lost (another instance took over) and nothing was written.
+    async fn set_webhook_cursor(&self, holder: &str, position: OutboxPosition) -> StoreResult<bool>;
 
     // --- second-factor throttle ---
     /// Counts one more attempt before it is evaluated, unless the account is locked; sets the

@@ -59,20 +59,6 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    /// Applies the embedded migrations that have not run yet.
-    pub async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|err| StoreError::Other(format!("migration failed: {err}")))
-    }
-
-    /// Closes the pool: later calls fail as [`StoreError::Unavailable`]. Used at shutdown and by
-    /// tests that simulate an unreachable database.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
     async fn immediate(&self) -> StoreResult<Transaction<'static, Sqlite>> {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)
     }
@@ -257,6 +243,21 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|err| StoreError::Other(format!("migration failed: {err}")))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
         Ok(())
@@ -440,29 +441,31 @@ impl Store for SqliteStore {
             .map_err(map_err)
     }
 
-    async fn events_after(&self, after: i64, limit: u32) -> StoreResult<Vec<StoredEvent>> {
+    async fn events_after(&self, after: OutboxPosition, limit: u32) -> StoreResult<Vec<StoredEvent>> {
         let rows = sqlx::query(
             "SELECT id, user_id, kind, at, ip, user_agent, request_id FROM security_events \
              WHERE id > ? ORDER BY id LIMIT ?",
         )
-        .bind(after)
+        .bind(after.id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
         rows.iter()
             .map(|row| {
+                let id = row.try_get("id")?;
                 Ok(StoredEvent {
-                    id: row.try_get("id")?,
+                    id,
                     user_id: row.try_get("user_id")?,
                     record: event_from_row(row)?,
+                    position: OutboxPosition { txid: 0, id },
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(map_err)
     }
 
-    async fn webhook_cursor(&self) -> StoreResult<i64> {
+    async fn webhook_cursor(&self) -> StoreResult<OutboxPosition> {
         sqlx::query(
             "INSERT INTO webhook_cursor (id, last_event_id) \
              SELECT 1, COALESCE(MAX(id), 0) FROM security_events WHERE true ON CONFLICT (id) DO NOTHING",
@@ -470,20 +473,40 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
-        sqlx::query_scalar("SELECT last_event_id FROM webhook_cursor WHERE id = 1")
+        let id = sqlx::query_scalar("SELECT last_event_id FROM webhook_cursor WHERE id = 1")
             .fetch_one(&self.pool)
             .await
-            .map_err(map_err)
+            .map_err(map_err)?;
+        Ok(OutboxPosition { txid: 0, id })
     }
 
-    async fn set_webhook_cursor(&self, last_event_id: i64) -> StoreResult<()> {
-        sqlx::query("UPDATE webhook_cursor SET last_event_id = ? WHERE id = 1 AND last_event_id < ?")
-            .bind(last_event_id)
-            .bind(last_event_id)
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
-        Ok(())
+    async fn acquire_webhook_lease(&self, holder: &str, now: i64, ttl_secs: i64) -> StoreResult<bool> {
+        let taken = sqlx::query(
+            "UPDATE webhook_cursor SET lease_holder = ?, lease_until = ? WHERE id = 1 \
+             AND (lease_holder IS NULL OR lease_holder = ? OR lease_until <= ?)",
+        )
+        .bind(holder)
+        .bind(now.saturating_add(ttl_secs))
+        .bind(holder)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(taken == 1)
+    }
+
+    async fn set_webhook_cursor(&self, holder: &str, position: OutboxPosition) -> StoreResult<bool> {
+        let moved = sqlx::query(
+            "UPDATE webhook_cursor SET last_event_id = MAX(last_event_id, ?) WHERE id = 1 AND lease_holder = ?",
+        )
+        .bind(position.id)
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(moved == 1)
     }
 
     async fn reserve_attempt(

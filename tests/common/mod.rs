@@ -1,5 +1,12 @@
-//! Test harness: the real router on port 0 with a fresh data directory, a manual clock, typed
-//! request helpers, and a TOTP reference implementation independent of the server's code.
+//! Test harness: the real router on port 0 with a fresh data directory (and, on PostgreSQL, a
+//! freshly created database), a manual clock, typed request helpers, and a TOTP reference
+//! implementation independent of the server's code.
+//!
+//! Backends: the suites run on SQLite. The same suite files are compiled a second time into the
+//! `postgres_*` test binaries (`tests/postgres_journeys.rs`), which run every test on its own
+//! new PostgreSQL database named by `TESSERA_TEST_DATABASE_URL` and dropped afterwards. Without
+//! that variable those binaries run on SQLite again and say so once, unless
+//! `TESSERA_REQUIRE_POSTGRES=1` (set by `.ci/run`), which makes them fail instead.
 #![allow(dead_code)]
 
 use axum::Router;
@@ -13,7 +20,7 @@ use tessera::clock::{Clock, ManualClock};
 use tessera::config::Config;
 use tessera::http::AppState;
 use tessera::server;
-use tessera::store::sqlite::SqliteStore;
+use tessera::store::Store;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -24,6 +31,8 @@ pub struct Options {
     pub configure: Box<dyn FnOnce(&mut Config) + Send>,
     pub extra_routes: Router<AppState>,
     pub data_dir: Option<(PathBuf, Option<Arc<tempfile::TempDir>>)>,
+    /// The PostgreSQL database to reuse (a restart); a new one is created otherwise.
+    pub database: Option<Arc<TestDatabase>>,
     pub clock: Option<ManualClock>,
 }
 
@@ -33,6 +42,7 @@ impl Default for Options {
             configure: Box::new(|_| {}),
             extra_routes: Router::new(),
             data_dir: None,
+            database: None,
             clock: None,
         }
     }
@@ -43,8 +53,10 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub clock: ManualClock,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
     pub data_dir: PathBuf,
+    /// The PostgreSQL database of this app, `None` on SQLite.
+    pub database: Option<Arc<TestDatabase>>,
     dir_guard: Option<Arc<tempfile::TempDir>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
@@ -63,8 +75,14 @@ pub async fn spawn_with(options: Options) -> TestApp {
         }
     };
     let clock = options.clock.unwrap_or_else(ManualClock::starting_now);
+    let database = match options.database {
+        Some(database) => Some(database),
+        None if backend_is_postgres() => Some(Arc::new(TestDatabase::create().await)),
+        None => None,
+    };
     let mut config = Config {
         data_dir: data_dir.clone(),
+        database_url: database.as_ref().map(|database| database.url.clone()),
         // Most journeys log in often from 127.0.0.1 under a frozen clock; the rate-limit
         // tests switch it back on explicitly.
         ip_rate_limit_per_minute: 0,
@@ -79,10 +97,9 @@ pub async fn spawn_with(options: Options) -> TestApp {
     let listener = server::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let webhook = config
-        .webhook
-        .clone()
-        .map(|webhook| tessera::webhook::spawn(opened.service.store().clone(), webhook));
+    let webhook = config.webhook.clone().map(|webhook| {
+        tessera::webhook::spawn(opened.service.store().clone(), webhook, opened.service.clock().clone())
+    });
     let server = tokio::spawn(async move {
         let result = server::run(listener, router, config.connections, async move {
             let _ = rx.await;
@@ -100,6 +117,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         clock,
         store,
         data_dir,
+        database,
         dir_guard,
         shutdown: Some(tx),
         server: Some(server),
@@ -246,25 +264,48 @@ impl TestApp {
         self.clock.advance(time::Duration::seconds(next - now));
     }
 
-    /// A read-only connection of the test's own to the database file, to check what it holds.
-    pub async fn db(&self) -> sqlx::SqlitePool {
-        let path = self.data_dir.join(server::DATABASE_FILE);
-        sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(path))
-            .await
-            .expect("db opens")
+    /// A connection of the test's own to the app's database, to check what it holds.
+    pub async fn db(&self) -> TestDb {
+        match &self.database {
+            Some(database) => TestDb::Postgres(database.pool().await),
+            None => {
+                let path = self.data_dir.join(server::DATABASE_FILE);
+                TestDb::Sqlite(
+                    sqlx::sqlite::SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(path))
+                        .await
+                        .expect("db opens"),
+                )
+            }
+        }
     }
 
+    /// The single integer `sql` selects (a count, a column of one row).
     pub async fn count(&self, sql: &'static str) -> i64 {
-        let pool = self.db().await;
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.expect("count");
-        pool.close().await;
+        let db = self.db().await;
+        let n = db.integer(sql).await;
+        db.close().await;
         n
     }
 
+    /// A configuration that opens this app's database (data directory and URL), for tests that
+    /// open the service a second time, as an operator command would.
+    pub fn config(&self) -> Config {
+        Config {
+            data_dir: self.data_dir.clone(),
+            database_url: self.database.as_ref().map(|database| database.url.clone()),
+            ..Config::default()
+        }
+    }
+
+    /// True on SQLite, where the database is a file in the data directory that tests can read.
+    pub fn database_is_a_file(&self) -> bool {
+        self.database.is_none()
+    }
+
     /// Stops the server gracefully and waits for it.
-    pub async fn stop(mut self) -> (PathBuf, Option<Arc<tempfile::TempDir>>, ManualClock) {
+    pub async fn stop(mut self) -> Stopped {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -272,18 +313,17 @@ impl TestApp {
             server.await.expect("server task").expect("server ran");
         }
         self.store.close().await;
-        (self.data_dir.clone(), self.dir_guard.take(), self.clock.clone())
+        Stopped {
+            data_dir: self.data_dir.clone(),
+            dir_guard: self.dir_guard.take(),
+            database: self.database.take(),
+            clock: self.clock.clone(),
+        }
     }
 
-    /// Stops this instance and starts a new one on the same data directory and clock.
+    /// Stops this instance and starts a new one on the same data, database and clock.
     pub async fn restart(self) -> TestApp {
-        let (dir, guard, clock) = self.stop().await;
-        spawn_with(Options {
-            data_dir: Some((dir, guard)),
-            clock: Some(clock),
-            ..Options::default()
-        })
-        .await
+        self.stop().await.start_again().await
     }
 
     pub fn shutdown_handle(&mut self) -> (oneshot::Sender<()>, JoinHandle<std::io::Result<()>>) {
@@ -291,6 +331,184 @@ impl TestApp {
             self.shutdown.take().expect("shutdown"),
             self.server.take().expect("server"),
         )
+    }
+}
+
+/// What is left of a stopped app: its data directory, database and clock.
+pub struct Stopped {
+    pub data_dir: PathBuf,
+    pub dir_guard: Option<Arc<tempfile::TempDir>>,
+    pub database: Option<Arc<TestDatabase>>,
+    pub clock: ManualClock,
+}
+
+impl Stopped {
+    pub async fn start_again(self) -> TestApp {
+        spawn_with(Options {
+            data_dir: Some((self.data_dir, self.dir_guard)),
+            database: self.database,
+            clock: Some(self.clock),
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// A configuration that opens the stopped app's database.
+    pub fn config(&self) -> Config {
+        Config {
+            data_dir: self.data_dir.clone(),
+            database_url: self.database.as_ref().map(|database| database.url.clone()),
+            ..Config::default()
+        }
+    }
+}
+
+// ---- backends ----
+
+/// True in the `postgres_*` test binaries (see the module documentation).
+pub fn backend_is_postgres() -> bool {
+    static POSTGRES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *POSTGRES.get_or_init(|| {
+        let binary = std::env::current_exe().expect("test binary path");
+        let name = binary.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !name.starts_with("postgres_") {
+            return false;
+        }
+        if postgres_url().is_some() {
+            return true;
+        }
+        assert!(
+            std::env::var("TESSERA_REQUIRE_POSTGRES").is_err(),
+            "TESSERA_REQUIRE_POSTGRES is set but TESSERA_TEST_DATABASE_URL is not"
+        );
+        eprintln!("note: TESSERA_TEST_DATABASE_URL is not set; this PostgreSQL suite runs on SQLite");
+        false
+    })
+}
+
+/// The server named by `TESSERA_TEST_DATABASE_URL` (any database on it; tests create their own).
+pub fn postgres_url() -> Option<String> {
+    std::env::var("TESSERA_TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// A PostgreSQL database made for one test and dropped (with its connections) when the last
+/// handle goes away.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        let admin_url = postgres_url().expect("TESSERA_TEST_DATABASE_URL");
+        let name = format!("tessera_test_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = admin_connection(&admin_url).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let _ = sqlx::Connection::close(admin).await;
+        let url = with_database(&admin_url, &name);
+        TestDatabase { name, url, admin_url }
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.url)
+            .await
+            .expect("test database opens")
+    }
+}
+
+async fn admin_connection(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|err| panic!("cannot reach the PostgreSQL of TESSERA_TEST_DATABASE_URL: {err}"))
+}
+
+/// `url` with its database path replaced by `database` (query parameters kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let mut parsed = reqwest::Url::parse(url).expect("TESSERA_TEST_DATABASE_URL is a URL");
+    parsed.set_path(&format!("/{database}"));
+    parsed.to_string()
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; a thread with its own runtime can block on it.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut admin = admin_connection(&admin_url).await;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(_))) {
+            eprintln!("warning: test database {} was not dropped", self.name);
+        }
+    }
+}
+
+/// The test's own connection to an app's database, on either backend. The SQL the suites use
+/// is plain enough to mean the same on both.
+pub enum TestDb {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl TestDb {
+    pub async fn integer(&self, sql: &'static str) -> i64 {
+        match self {
+            TestDb::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            TestDb::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
+    }
+
+    pub async fn text(&self, sql: &'static str) -> String {
+        match self {
+            TestDb::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            TestDb::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
+    }
+
+    pub async fn bytes(&self, sql: &'static str) -> Vec<Vec<u8>> {
+        match self {
+            TestDb::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+            TestDb::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+        }
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
+    }
+
+    pub async fn execute(&self, sql: &'static str) -> u64 {
+        match self {
+            TestDb::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(|done| done.rows_affected()),
+            TestDb::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(|done| done.rows_affected()),
+        }
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
+    }
+
+    pub async fn close(self) {
+        match self {
+            TestDb::Sqlite(pool) => pool.close().await,
+            TestDb::Postgres(pool) => pool.close().await,
+        }
     }
 }
 

@@ -1,0 +1,887 @@
+//! The PostgreSQL implementation of [`Store`]: for several Tessera instances on one database.
+//!
+//! PostgreSQL does not serialise writers the way SQLite's `BEGIN IMMEDIATE` does, and it runs
+//! at READ COMMITTED here, so no method may read a state and then write on the strength of it.
+//! Every guarantee comes from a statement that checks and changes in one step:
+//!
+//! - single-use things (backup codes, `mfa_token`s, pending setups) are consumed by a `DELETE`
+//!   whose affected-row count says whether this transaction won; a concurrent `DELETE` of the
+//!   same row waits for the winner and then finds nothing;
+//! - the TOTP replay step advances by `UPDATE ... WHERE mfa_last_step < $step`, re-checked by
+//!   PostgreSQL on the newest row version after waiting for a concurrent writer;
+//! - the throttle counts an attempt by `UPDATE ... WHERE not locked RETURNING mfa_failures`; the
+//!   row lock that update takes is held until the lock time is written in the same transaction.
+//!
+//! SERIALIZABLE is not used: its retries would surface to users as errors. ARCHITECTURE.md lists
+//! which statement guarantees what on each backend.
+
+use super::*;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Migrations embedded at compile time; the same numbering as SQLite's.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connection settings besides the URL (which carries host, database, user and `sslmode`).
+#[derive(Debug, Clone, Copy)]
+pub struct PgSettings {
+    /// Connections this instance keeps at most. All instances together must stay below the
+    /// server's `max_connections`.
+    pub pool_size: u32,
+    /// Longest a statement may run, and longest a request waits for a pooled connection, before
+    /// the request fails with 503 instead of hanging.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        Self {
+            pool_size: 10,
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn map_err(err: sqlx::Error) -> StoreError {
+    match err {
+        sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            StoreError::Unavailable(err.to_string())
+        }
+        sqlx::Error::Database(ref db) if db.is_unique_violation() => StoreError::Conflict,
+        // 57014 query_canceled (statement timeout), class 08 connection exceptions, 57P01..57P03
+        // the server shutting down or not accepting connections yet: the database is unavailable.
+        sqlx::Error::Database(ref db)
+            if db
+                .code()
+                .is_some_and(|code| code == "57014" || code.starts_with("08") || code.starts_with("57P")) =>
+        {
+            StoreError::Unavailable(err.to_string())
+        }
+        other => StoreError::Other(other.to_string()),
+    }
+}
+
+impl PgStore {
+    /// Connects to the database named by a `postgres://` URL. The pool connects lazily, so an
+    /// instance starts (and answers `/readyz` with 503) while the database is still down.
+    pub async fn connect(url: &str, settings: PgSettings) -> StoreResult<Self> {
+        let timeout_ms = settings.statement_timeout.as_millis().max(1).to_string();
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|err| StoreError::Other(format!("invalid PostgreSQL URL: {err}")))?
+            .application_name("tessera")
+            .options([("statement_timeout", timeout_ms.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.pool_size.max(1))
+            .acquire_timeout(settings.statement_timeout)
+            // A connection that died with the server is noticed before it is handed out.
+            .test_before_acquire(true)
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        self.pool.begin().await.map_err(map_err)
+    }
+}
+
+// One SELECT shape for users, so every lookup decodes the same columns.
+macro_rules! select_user {
+    ($where:literal) => {
+        select_user!("", $where)
+    };
+    ($extra:literal, $where:literal) => {
+        concat!(
+            "SELECT ",
+            $extra,
+            "u.id, u.email, u.password_hash, u.created_at, u.disabled_at, u.mfa_secret, ",
+            "u.mfa_enabled_at, u.mfa_last_step, u.backup_salt, u.mfa_failures, u.mfa_locked_until ",
+            "FROM users u ",
+            $where
+        )
+    };
+}
+
+fn user_from_row(row: &PgRow) -> Result<UserRecord, sqlx::Error> {
+    let enabled_at: Option<i64> = row.try_get("mfa_enabled_at")?;
+    let secret: Option<Vec<u8>> = row.try_get("mfa_secret")?;
+    let mfa = match (enabled_at, secret) {
+        (Some(enabled_at), Some(sealed_secret)) => Some(MfaRecord {
+            sealed_secret,
+            enabled_at,
+            last_step: row.try_get("mfa_last_step")?,
+            backup_salt: row.try_get::<Option<Vec<u8>>, _>("backup_salt")?.unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    let failures: i64 = row.try_get("mfa_failures")?;
+    Ok(UserRecord {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        password_hash: row.try_get("password_hash")?,
+        created_at: row.try_get("created_at")?,
+        disabled_at: row.try_get("disabled_at")?,
+        mfa,
+        throttle: ThrottleRecord {
+            failures: u32::try_from(failures).unwrap_or(u32::MAX),
+            locked_until: row.try_get("mfa_locked_until")?,
+        },
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<EventRecord, sqlx::Error> {
+    Ok(EventRecord {
+        kind: row.try_get("kind")?,
+        at: row.try_get("at")?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        request_id: row.try_get("request_id")?,
+    })
+}
+
+fn session_from_row(row: &PgRow) -> Result<SessionRecord, sqlx::Error> {
+    let hash: Vec<u8> = row.try_get("token_hash")?;
+    Ok(SessionRecord {
+        token_hash: TokenHash::from_slice(&hash)
+            .ok_or_else(|| sqlx::Error::Decode("token hash is not 32 bytes".into()))?,
+        user_id: row.try_get("user_id")?,
+        created_at: row.try_get("s_created_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        expires_at: row.try_get("expires_at")?,
+        mfa: row.try_get("mfa")?,
+    })
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+async fn insert_event_in(tx: &mut Tx, event: &NewEvent) -> Result<(), sqlx::Error> {
+    insert_event_kind_in(tx, event, event.kind).await
+}
+
+async fn insert_event_kind_in(tx: &mut Tx, event: &NewEvent, kind: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&event.user_id)
+    .bind(kind)
+    .bind(event.at)
+    .bind(&event.ip)
+    .bind(&event.user_agent)
+    .bind(&event.request_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Consumes a second-factor proof inside `tx`; false when it was already used. Both branches are
+/// one conditional statement: a concurrent transaction consuming the same proof blocks on the
+/// row and then finds the condition false.
+async fn consume_proof(
+    tx: &mut Tx,
+    user_id: &str,
+    proof: SecondFactorProof,
+    event: &NewEvent,
+) -> Result<bool, sqlx::Error> {
+    let consumed = match proof {
+        SecondFactorProof::TotpStep(step) => {
+            sqlx::query(
+                "UPDATE users SET mfa_last_step = $1 WHERE id = $2 AND mfa_enabled_at IS NOT NULL \
+                 AND (mfa_last_step IS NULL OR mfa_last_step < $1)",
+            )
+            .bind(step)
+            .bind(user_id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+                == 1
+        }
+        SecondFactorProof::BackupCode(hash) => {
+            let deleted = sqlx::query("DELETE FROM backup_codes WHERE user_id = $1 AND code_hash = $2")
+                .bind(user_id)
+                .bind(&hash[..])
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if deleted {
+                insert_event_kind_in(tx, event, "backup_code_used").await?;
+            }
+            deleted
+        }
+    };
+    Ok(consumed)
+}
+
+/// Locks the user's row for the rest of the transaction. Every transaction that changes more
+/// than one row of a user's state takes this lock first, so such transactions of one user run
+/// one after the other and always lock rows in the same order (no deadlock between, say, a login
+/// deleting its `mfa_token` and a code regeneration revoking the user's `mfa_token`s).
+/// `FOR NO KEY UPDATE` still lets other transactions insert rows that reference the user.
+async fn lock_user(tx: &mut Tx, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn reset_throttle_in(tx: &mut Tx, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET mfa_failures = 0, mfa_locked_until = NULL WHERE id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn revoke_other_sessions_in(tx: &mut Tx, user_id: &str, keep: &TokenHash) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
+        .bind(user_id)
+        .bind(keep.as_bytes())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM mfa_challenges WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Deletes every session and pending `mfa_token` of the user.
+async fn revoke_all_sessions_in(tx: &mut Tx, user_id: &str) -> Result<(), sqlx::Error> {
+    for statement in [
+        "DELETE FROM sessions WHERE user_id = $1",
+        "DELETE FROM mfa_challenges WHERE user_id = $1",
+    ] {
+        sqlx::query(statement).bind(user_id).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn insert_codes_in(tx: &mut Tx, user_id: &str, codes: &BackupCodeHashes) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM backup_codes WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    let hashes: Vec<Vec<u8>> = codes.hashes.iter().map(|hash| hash.to_vec()).collect();
+    sqlx::query("INSERT INTO backup_codes (user_id, code_hash) SELECT $1, hash FROM UNNEST($2::bytea[]) AS hash")
+        .bind(user_id)
+        .bind(&hashes)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE users SET backup_salt = $1 WHERE id = $2")
+        .bind(&codes.salt)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_session_in(tx: &mut Tx, session: &SessionRecord) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(session.token_hash.as_bytes())
+    .bind(&session.user_id)
+    .bind(session.created_at)
+    .bind(session.last_seen_at)
+    .bind(session.expires_at)
+    .bind(session.mfa)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn clear_mfa_in(tx: &mut Tx, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE users SET mfa_secret = NULL, mfa_enabled_at = NULL, mfa_last_step = NULL, \
+         backup_salt = NULL, mfa_failures = 0, mfa_locked_until = NULL WHERE id = $1",
+    )
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM backup_codes WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        // sqlx's migrator holds a PostgreSQL advisory lock while it runs, so instances started
+        // together apply each migration once and the others wait for it.
+        MIGRATOR.run(&self.pool).await.map_err(|err| match err {
+            sqlx::migrate::MigrateError::Execute(inner) => match map_err(inner) {
+                StoreError::Unavailable(message) => StoreError::Unavailable(message),
+                other => StoreError::Other(format!("migration failed: {other}")),
+            },
+            other => StoreError::Other(format!("migration failed: {other}")),
+        })
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn any_sealed_secret(&self) -> StoreResult<Option<Vec<u8>>> {
+        sqlx::query_scalar(
+            "(SELECT mfa_secret FROM users WHERE mfa_secret IS NOT NULL LIMIT 1) \
+             UNION ALL (SELECT secret FROM mfa_pending LIMIT 1) LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn insert_user(&self, user: &NewUser, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&user.id)
+            .bind(&user.email)
+            .bind(&user.password_hash)
+            .bind(user.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(select_user!("WHERE u.email = $1"))
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(user_from_row).transpose().map_err(map_err)
+    }
+
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(select_user!("WHERE u.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(user_from_row).transpose().map_err(map_err)
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        let rows = sqlx::query(select_user!("ORDER BY u.created_at, u.email"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(user_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn backup_codes_remaining(&self, user_id: &str) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM backup_codes WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn upgrade_password_hash(&self, user_id: &str, old_hash: &str, new_hash: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3")
+            .bind(new_hash)
+            .bind(user_id)
+            .bind(old_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn change_password(
+        &self,
+        user_id: &str,
+        proof: Option<SecondFactorProof>,
+        new_hash: &str,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        if let Some(proof) = proof
+            && !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)?
+        {
+            return Ok(Consumed::Rejected);
+        }
+        sqlx::query("UPDATE users SET password_hash = $1, mfa_failures = 0, mfa_locked_until = NULL WHERE id = $2")
+            .bind(new_hash)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        revoke_other_sessions_in(&mut tx, user_id, keep)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+
+    async fn insert_session(&self, session: &SessionRecord, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        insert_session_in(&mut tx, session).await.map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn active_session(
+        &self,
+        token_hash: &TokenHash,
+        now: i64,
+        idle_secs: i64,
+    ) -> StoreResult<Option<(SessionRecord, UserRecord)>> {
+        let row = sqlx::query(select_user!(
+            "s.token_hash, s.user_id, s.created_at AS s_created_at, s.last_seen_at, s.expires_at, s.mfa, ",
+            "JOIN sessions s ON s.user_id = u.id WHERE s.token_hash = $1 AND s.expires_at > $2 AND s.last_seen_at > $3"
+        ))
+        .bind(token_hash.as_bytes())
+        .bind(now)
+        .bind(now.saturating_sub(idle_secs))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let user = user_from_row(&row).map_err(map_err)?;
+        let mut session = session_from_row(&row).map_err(map_err)?;
+        if now - session.last_seen_at >= 60 {
+            sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE token_hash = $2 AND last_seen_at < $1")
+                .bind(now)
+                .bind(token_hash.as_bytes())
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+            session.last_seen_at = now;
+        }
+        Ok(Some((session, user)))
+    }
+
+    async fn delete_session(&self, token_hash: &TokenHash, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        let deleted = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(token_hash.as_bytes())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected()
+            == 1;
+        if deleted {
+            insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(deleted)
+    }
+
+    async fn insert_event(&self, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn list_events(&self, user_id: &str, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT kind, at, ip, user_agent, request_id FROM security_events WHERE user_id = $1 \
+             ORDER BY id DESC LIMIT $2",
+        )
+        .bind(user_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(event_from_row)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(map_err)
+    }
+
+    async fn events_after(&self, after: OutboxPosition, limit: u32) -> StoreResult<Vec<StoredEvent>> {
+        // Only events of transactions older than every running transaction: those are final,
+        // so no event can later appear before the returned ones in (txid, id) order.
+        let rows = sqlx::query(
+            "SELECT id, txid, user_id, kind, at, ip, user_agent, request_id FROM security_events \
+             WHERE (txid, id) > ($1, $2) \
+             AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+             ORDER BY txid, id LIMIT $3",
+        )
+        .bind(after.txid)
+        .bind(after.id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let id = row.try_get("id")?;
+                Ok(StoredEvent {
+                    id,
+                    user_id: row.try_get("user_id")?,
+                    record: event_from_row(row)?,
+                    position: OutboxPosition {
+                        txid: row.try_get("txid")?,
+                        id,
+                    },
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(map_err)
+    }
+
+    async fn webhook_cursor(&self) -> StoreResult<OutboxPosition> {
+        sqlx::query(
+            "INSERT INTO webhook_cursor (id, last_event_id, last_txid) \
+             SELECT 1, COALESCE(MAX(id), 0), COALESCE(MAX(txid), 0) FROM security_events \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let row = sqlx::query("SELECT last_txid, last_event_id FROM webhook_cursor WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(OutboxPosition {
+            txid: row.try_get("last_txid").map_err(map_err)?,
+            id: row.try_get("last_event_id").map_err(map_err)?,
+        })
+    }
+
+    async fn acquire_webhook_lease(&self, holder: &str, now: i64, ttl_secs: i64) -> StoreResult<bool> {
+        let taken = sqlx::query(
+            "UPDATE webhook_cursor SET lease_holder = $1, lease_until = $2 WHERE id = 1 \
+             AND (lease_holder IS NULL OR lease_holder = $1 OR lease_until <= $3)",
+        )
+        .bind(holder)
+        .bind(now.saturating_add(ttl_secs))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(taken == 1)
+    }
+
+    async fn set_webhook_cursor(&self, holder: &str, position: OutboxPosition) -> StoreResult<bool> {
+        let moved = sqlx::query(
+            "UPDATE webhook_cursor SET last_txid = $1, last_event_id = $2 WHERE id = 1 AND lease_holder = $3 \
+             AND (last_txid, last_event_id) < ($1, $2)",
+        )
+        .bind(position.txid)
+        .bind(position.id)
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if moved == 1 {
+            return Ok(true);
+        }
+        // Nothing moved: either the cursor is already there (still ours) or the lease is gone.
+        let held: Option<bool> = sqlx::query_scalar("SELECT lease_holder = $1 FROM webhook_cursor WHERE id = 1")
+            .bind(holder)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?
+            .flatten();
+        Ok(held == Some(true))
+    }
+
+    async fn reserve_attempt(
+        &self,
+        user_id: &str,
+        now: i64,
+        lock_secs: fn(u32) -> i64,
+    ) -> StoreResult<AttemptReservation> {
+        let mut tx = self.begin().await?;
+        // The UPDATE locks the row until commit: a concurrent reservation waits here, then
+        // re-evaluates the lock condition against the lock time written below.
+        let counted: Option<i64> = sqlx::query_scalar(
+            "UPDATE users SET mfa_failures = mfa_failures + 1 \
+             WHERE id = $1 AND (mfa_locked_until IS NULL OR mfa_locked_until <= $2) RETURNING mfa_failures",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let reservation = match counted {
+            Some(failures) => {
+                let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+                let lock = lock_secs(failures);
+                if lock > 0 {
+                    sqlx::query("UPDATE users SET mfa_locked_until = $1 WHERE id = $2")
+                        .bind(now + lock)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                }
+                AttemptReservation::Granted { failures }
+            }
+            None => {
+                let until: Option<i64> = sqlx::query_scalar("SELECT mfa_locked_until FROM users WHERE id = $1")
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+                    .flatten();
+                AttemptReservation::Locked {
+                    until: until.unwrap_or(now),
+                }
+            }
+        };
+        tx.commit().await.map_err(map_err)?;
+        Ok(reservation)
+    }
+
+    async fn put_pending_setup(&self, user_id: &str, setup: &PendingSetupRecord, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO mfa_pending (user_id, secret, created_at, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (user_id) DO UPDATE SET secret = excluded.secret, \
+             created_at = excluded.created_at, expires_at = excluded.expires_at",
+        )
+        .bind(user_id)
+        .bind(&setup.sealed_secret)
+        .bind(setup.created_at)
+        .bind(setup.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        // The password was right: the re-authentication attempt succeeded.
+        reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn pending_setup(&self, user_id: &str, now: i64) -> StoreResult<Option<PendingSetupRecord>> {
+        let row = sqlx::query(
+            "SELECT secret, created_at, expires_at FROM mfa_pending WHERE user_id = $1 AND expires_at > $2",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|row| {
+            Ok(PendingSetupRecord {
+                sealed_secret: row.try_get("secret")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+        .map_err(map_err)
+    }
+
+    async fn enable_mfa(&self, enable: &EnableMfa) -> StoreResult<Consumed> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, &enable.user_id).await.map_err(map_err)?;
+        let consumed = sqlx::query("DELETE FROM mfa_pending WHERE user_id = $1 AND secret = $2 AND expires_at > $3")
+            .bind(&enable.user_id)
+            .bind(&enable.sealed_secret)
+            .bind(enable.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected()
+            == 1;
+        if !consumed {
+            return Ok(Consumed::Rejected);
+        }
+        let enabled = sqlx::query(
+            "UPDATE users SET mfa_secret = $1, mfa_enabled_at = $2, mfa_last_step = $3, \
+             mfa_failures = 0, mfa_locked_until = NULL WHERE id = $4 AND mfa_enabled_at IS NULL",
+        )
+        .bind(&enable.sealed_secret)
+        .bind(enable.now)
+        .bind(enable.step)
+        .bind(&enable.user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1;
+        if !enabled {
+            return Ok(Consumed::Rejected);
+        }
+        insert_codes_in(&mut tx, &enable.user_id, &enable.codes)
+            .await
+            .map_err(map_err)?;
+        revoke_other_sessions_in(&mut tx, &enable.user_id, &enable.keep_session)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, &enable.event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+
+    async fn replace_backup_codes(
+        &self,
+        user_id: &str,
+        proof: SecondFactorProof,
+        codes: &BackupCodeHashes,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
+            return Ok(Consumed::Rejected);
+        }
+        insert_codes_in(&mut tx, user_id, codes).await.map_err(map_err)?;
+        reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
+        revoke_other_sessions_in(&mut tx, user_id, keep)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+
+    async fn disable_mfa(
+        &self,
+        user_id: &str,
+        proof: SecondFactorProof,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
+            return Ok(Consumed::Rejected);
+        }
+        clear_mfa_in(&mut tx, user_id).await.map_err(map_err)?;
+        revoke_other_sessions_in(&mut tx, user_id, keep)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+
+    async fn reset_mfa(&self, user_id: &str, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        clear_mfa_in(&mut tx, user_id).await.map_err(map_err)?;
+        revoke_all_sessions_in(&mut tx, user_id).await.map_err(map_err)?;
+        sqlx::query("DELETE FROM mfa_pending WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn set_disabled(&self, user_id: &str, disabled_at: Option<i64>, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2")
+            .bind(disabled_at)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if disabled_at.is_some() {
+            revoke_all_sessions_in(&mut tx, user_id).await.map_err(map_err)?;
+        }
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn insert_challenge(
+        &self,
+        token_hash: &TokenHash,
+        user_id: &str,
+        created_at: i64,
+        expires_at: i64,
+        event: &NewEvent,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        // Expired challenges of this user are garbage; clearing them here keeps the table small.
+        sqlx::query("DELETE FROM mfa_challenges WHERE user_id = $1 AND expires_at <= $2")
+            .bind(user_id)
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query("INSERT INTO mfa_challenges (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash.as_bytes())
+            .bind(user_id)
+            .bind(created_at)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn challenge_user(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<String>> {
+        sqlx::query_scalar("SELECT user_id FROM mfa_challenges WHERE token_hash = $1 AND expires_at > $2")
+            .bind(token_hash.as_bytes())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn complete_challenge(
+        &self,
+        token_hash: &TokenHash,
+        proof: SecondFactorProof,
+        session: &SessionRecord,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, &session.user_id).await.map_err(map_err)?;
+        let taken =
+            sqlx::query("DELETE FROM mfa_challenges WHERE token_hash = $1 AND user_id = $2 AND expires_at > $3")
+                .bind(token_hash.as_bytes())
+                .bind(&session.user_id)
+                .bind(session.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected()
+                == 1;
+        if !taken
+            || !consume_proof(&mut tx, &session.user_id, proof, event)
+                .await
+                .map_err(map_err)?
+        {
+            return Ok(Consumed::Rejected);
+        }
+        reset_throttle_in(&mut tx, &session.user_id).await.map_err(map_err)?;
+        insert_session_in(&mut tx, session).await.map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+}

@@ -1,0 +1,11 @@
+//! The HTTP journey and adversarial suites, run again on PostgreSQL: every test of
+//! `foundation.rs`, `mfa.rs` and `abuse.rs` gets its own freshly created database on the server
+//! named by `TESSERA_TEST_DATABASE_URL` (see `tests/common`). The binary's name is what tells
+//! the harness to use PostgreSQL.
+
+#[path = "abuse.rs"]
+mod abuse;
+#[path = "foundation.rs"]
+mod foundation;
+#[path = "mfa.rs"]
+mod mfa;
