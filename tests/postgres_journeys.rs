@@ -2,6 +2,8 @@
 //! `foundation.rs`, `mfa.rs` and `abuse.rs` gets its own freshly created database on the server
 //! named by `TESSERA_TEST_DATABASE_URL` (see `tests/common`). The binary's name is what tells
 //! the harness to use PostgreSQL.
+// Each suite file declares `mod common;`, so the harness is compiled once per suite here.
+#![allow(clippy::duplicate_mod)]
 
 #[path = "abuse.rs"]
 mod abuse;
