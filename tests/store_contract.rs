@@ -1,0 +1,745 @@
+//! The store contract: what every `Store` implementation must guarantee, checked on SQLite
+//! always and on PostgreSQL when `TESSERA_TEST_DATABASE_URL` is set (each test on its own new
+//! database). Concurrency cases use two stores (two pools) on one database, as two Tessera
+//! instances would, and fire their calls at the same time: exactly one may win.
+
+mod common;
+
+use common::{TestDatabase, postgres_url};
+use std::sync::Arc;
+use tessera::domain::throttle::lock_after;
+use tessera::domain::token::TokenHash;
+use tessera::store::postgres::{PgSettings, PgStore};
+use tessera::store::sqlite::SqliteStore;
+use tessera::store::*;
+
+/// Two handles (separate pools) on one fresh database of one backend.
+struct Backend {
+    name: &'static str,
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+    _database: Option<TestDatabase>,
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.db");
+    let a = SqliteStore::open_file(&path).await.unwrap();
+    a.migrate().await.unwrap();
+    let b = SqliteStore::open_file(&path).await.unwrap();
+    Backend {
+        name: "sqlite",
+        a: Arc::new(a),
+        b: Arc::new(b),
+        _dir: Some(dir),
+        _database: None,
+    }
+}
+
+async fn postgres() -> Backend {
+    let database = TestDatabase::create().await;
+    let a = PgStore::connect(&database.url, PgSettings::default()).await.unwrap();
+    a.migrate().await.unwrap();
+    let b = PgStore::connect(&database.url, PgSettings::default()).await.unwrap();
+    Backend {
+        name: "postgres",
+        a: Arc::new(a),
+        b: Arc::new(b),
+        _dir: None,
+        _database: Some(database),
+    }
+}
+
+/// The outbox test needs a cluster without other writers (PostgreSQL's snapshot horizon is
+/// cluster-wide): it takes this lock exclusively, every other test shares it.
+static CLUSTER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// SQLite, and PostgreSQL when configured (required when `TESSERA_REQUIRE_POSTGRES` is set).
+async fn backends() -> Vec<Backend> {
+    let mut all = vec![sqlite().await];
+    if postgres_url().is_some() {
+        all.push(postgres().await);
+    } else {
+        assert!(
+            std::env::var("TESSERA_REQUIRE_POSTGRES").is_err(),
+            "TESSERA_REQUIRE_POSTGRES is set but TESSERA_TEST_DATABASE_URL is not"
+        );
+    }
+    all
+}
+
+fn event(user_id: &str, kind: &'static str, at: i64) -> NewEvent {
+    NewEvent {
+        user_id: Some(user_id.to_owned()),
+        kind,
+        at,
+        ip: Some("127.0.0.1".into()),
+        user_agent: None,
+        request_id: None,
+    }
+}
+
+const NOW: i64 = 1_800_000_000;
+
+async fn user(store: &dyn Store, id: &str) {
+    store
+        .insert_user(
+            &NewUser {
+                id: id.into(),
+                email: format!("{id}@example.com"),
+                password_hash: "$argon2id$placeholder".into(),
+                created_at: NOW,
+            },
+            &event(id, "user_registered", NOW),
+        )
+        .await
+        .unwrap();
+}
+
+fn token(n: u8) -> TokenHash {
+    TokenHash([n; 32])
+}
+
+fn session(user_id: &str, n: u8, mfa: bool) -> SessionRecord {
+    SessionRecord {
+        token_hash: token(n),
+        user_id: user_id.into(),
+        created_at: NOW,
+        last_seen_at: NOW,
+        expires_at: NOW + 3600,
+        mfa,
+    }
+}
+
+/// A user with MFA on (last accepted step 100) and backup codes [1; 32] .. [10; 32].
+async fn user_with_mfa(store: &dyn Store, id: &str) {
+    user(store, id).await;
+    let setup = PendingSetupRecord {
+        sealed_secret: vec![7; 48],
+        created_at: NOW,
+        expires_at: NOW + 600,
+    };
+    store
+        .put_pending_setup(id, &setup, &event(id, "mfa_setup_started", NOW))
+        .await
+        .unwrap();
+    store
+        .insert_session(&session(id, 200, false), &event(id, "login_succeeded", NOW))
+        .await
+        .unwrap();
+    let enabled = store
+        .enable_mfa(&EnableMfa {
+            user_id: id.into(),
+            sealed_secret: vec![7; 48],
+            step: 100,
+            codes: BackupCodeHashes {
+                salt: vec![1; 16],
+                hashes: (1..=10).map(|n| [n; 32]).collect(),
+            },
+            keep_session: token(200),
+            now: NOW,
+            event: event(id, "mfa_enabled", NOW),
+        })
+        .await
+        .unwrap();
+    assert_eq!(enabled, Consumed::Yes);
+}
+
+/// Runs `count` calls at once, alternating between the two stores; returns their results.
+async fn race<T, F, Fut>(backend: &Backend, count: usize, call: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Arc<dyn Store>, usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(count));
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let store = if i % 2 == 0 {
+                backend.a.clone()
+            } else {
+                backend.b.clone()
+            };
+            let barrier = barrier.clone();
+            let future = call(store, i);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                future.await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_email_belongs_to_one_account() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user(backend.a.as_ref(), "ann").await;
+        let again = backend
+            .b
+            .insert_user(
+                &NewUser {
+                    id: "other".into(),
+                    email: "ann@example.com".into(),
+                    password_hash: "x".into(),
+                    created_at: NOW,
+                },
+                &event("other", "user_registered", NOW),
+            )
+            .await;
+        assert!(
+            matches!(again, Err(StoreError::Conflict)),
+            "{}: {again:?}",
+            backend.name
+        );
+        assert!(
+            backend.a.user_by_id("other").await.unwrap().is_none(),
+            "{}",
+            backend.name
+        );
+        let found = backend.b.user_by_email("ann@example.com").await.unwrap().unwrap();
+        assert_eq!(found.id, "ann");
+        assert!(found.mfa.is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_made_through_one_instance_is_seen_by_the_other_until_it_expires_or_idles() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user(backend.a.as_ref(), "bo").await;
+        backend
+            .a
+            .insert_session(&session("bo", 1, true), &event("bo", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        let (found, owner) = backend
+            .b
+            .active_session(&token(1), NOW + 10, 1800)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(owner.id, "bo");
+        assert!(found.mfa, "{}", backend.name);
+        // Idle past the limit: gone; a refresh within the limit moves last_seen_at.
+        assert!(
+            backend
+                .b
+                .active_session(&token(1), NOW + 1801, 1800)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let (refreshed, _) = backend
+            .a
+            .active_session(&token(1), NOW + 1000, 1800)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(refreshed.last_seen_at, NOW + 1000);
+        assert!(
+            backend
+                .b
+                .active_session(&token(1), NOW + 2000, 1800)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            backend
+                .b
+                .active_session(&token(1), NOW + 3600, 1800)
+                .await
+                .unwrap()
+                .is_none(),
+            "absolute"
+        );
+        assert!(
+            backend
+                .a
+                .delete_session(&token(1), &event("bo", "logout", NOW))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !backend
+                .b
+                .delete_session(&token(1), &event("bo", "logout", NOW))
+                .await
+                .unwrap()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_attempts_are_all_counted_and_the_lock_holds_across_instances() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user(backend.a.as_ref(), "cy").await;
+        let results = race(&backend, 20, |store, _| async move {
+            store.reserve_attempt("cy", NOW, lock_after).await.unwrap()
+        })
+        .await;
+        let granted: Vec<u32> = results
+            .iter()
+            .filter_map(|r| match r {
+                AttemptReservation::Granted { failures } => Some(*failures),
+                AttemptReservation::Locked { .. } => None,
+            })
+            .collect();
+        // The 5th failure locks; nothing after it is evaluated until the lock ends.
+        let mut sorted = granted.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![1, 2, 3, 4, 5], "{}: {results:?}", backend.name);
+        let until = NOW + lock_after(5);
+        assert!(
+            results.contains(&AttemptReservation::Locked { until }),
+            "{}",
+            backend.name
+        );
+        let user = backend.b.user_by_id("cy").await.unwrap().unwrap();
+        assert_eq!(user.throttle.failures, 5);
+        assert_eq!(user.throttle.locked_until, Some(until));
+        assert_eq!(
+            backend.a.reserve_attempt("cy", until, lock_after).await.unwrap(),
+            AttemptReservation::Granted { failures: 6 }
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_backup_code_used_fifty_times_at_once_wins_once() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user_with_mfa(backend.a.as_ref(), "di").await;
+        let results = race(&backend, 50, |store, i| async move {
+            let challenge = token(100 + u8::try_from(i).unwrap());
+            store
+                .insert_challenge(
+                    &challenge,
+                    "di",
+                    NOW,
+                    NOW + 300,
+                    &event("di", "login_password_ok_mfa_required", NOW),
+                )
+                .await
+                .unwrap();
+            store
+                .complete_challenge(
+                    &challenge,
+                    SecondFactorProof::BackupCode([3; 32]),
+                    &session("di", 10 + u8::try_from(i).unwrap(), true),
+                    &event("di", "login_succeeded", NOW),
+                )
+                .await
+                .unwrap()
+        })
+        .await;
+        let winners = results.iter().filter(|r| **r == Consumed::Yes).count();
+        assert_eq!(winners, 1, "{}: {results:?}", backend.name);
+        assert_eq!(backend.a.backup_codes_remaining("di").await.unwrap(), 9);
+        let used = backend
+            .b
+            .list_events("di", 200)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "backup_code_used")
+            .count();
+        assert_eq!(used, 1, "{}", backend.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_totp_step_sent_to_both_instances_at_once_logs_in_once_and_never_again() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user_with_mfa(backend.a.as_ref(), "ed").await;
+        let results = race(&backend, 20, |store, i| async move {
+            let challenge = token(100 + u8::try_from(i).unwrap());
+            store
+                .insert_challenge(
+                    &challenge,
+                    "ed",
+                    NOW,
+                    NOW + 300,
+                    &event("ed", "login_password_ok_mfa_required", NOW),
+                )
+                .await
+                .unwrap();
+            store
+                .complete_challenge(
+                    &challenge,
+                    SecondFactorProof::TotpStep(101),
+                    &session("ed", 10 + u8::try_from(i).unwrap(), true),
+                    &event("ed", "login_succeeded", NOW),
+                )
+                .await
+                .unwrap()
+        })
+        .await;
+        assert_eq!(
+            results.iter().filter(|r| **r == Consumed::Yes).count(),
+            1,
+            "{}",
+            backend.name
+        );
+        let user = backend.b.user_by_id("ed").await.unwrap().unwrap();
+        assert_eq!(user.mfa.unwrap().last_step, Some(101));
+        // An older step is refused too; the challenge of a refused attempt stays unused.
+        backend
+            .b
+            .insert_challenge(&token(250), "ed", NOW, NOW + 300, &event("ed", "x", NOW))
+            .await
+            .unwrap();
+        let older = backend
+            .b
+            .complete_challenge(
+                &token(250),
+                SecondFactorProof::TotpStep(100),
+                &session("ed", 251, true),
+                &event("ed", "login_succeeded", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(older, Consumed::Rejected);
+        assert_eq!(
+            backend.a.challenge_user(&token(250), NOW).await.unwrap().as_deref(),
+            Some("ed")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_mfa_token_is_single_use_and_expires() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user_with_mfa(backend.a.as_ref(), "flo").await;
+        let store = backend.a.as_ref();
+        store
+            .insert_challenge(&token(1), "flo", NOW, NOW + 300, &event("flo", "x", NOW))
+            .await
+            .unwrap();
+        assert!(
+            store.challenge_user(&token(1), NOW + 300).await.unwrap().is_none(),
+            "expired"
+        );
+        let late = SessionRecord {
+            created_at: NOW + 300,
+            ..session("flo", 2, true)
+        };
+        let expired = store
+            .complete_challenge(
+                &token(1),
+                SecondFactorProof::TotpStep(105),
+                &late,
+                &event("flo", "x", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(expired, Consumed::Rejected, "{}", backend.name);
+        let first = store
+            .complete_challenge(
+                &token(1),
+                SecondFactorProof::TotpStep(105),
+                &session("flo", 3, true),
+                &event("flo", "x", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(first, Consumed::Yes);
+        let second = backend
+            .b
+            .complete_challenge(
+                &token(1),
+                SecondFactorProof::TotpStep(106),
+                &session("flo", 4, true),
+                &event("flo", "x", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(second, Consumed::Rejected, "{}", backend.name);
+        assert!(backend.b.active_session(&token(4), NOW, 1800).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_change_changes_nothing_and_a_regeneration_replaces_the_whole_set() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user_with_mfa(backend.a.as_ref(), "gus").await;
+        let store = backend.a.as_ref();
+        store
+            .insert_session(&session("gus", 201, true), &event("gus", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        let fresh = BackupCodeHashes {
+            salt: vec![2; 16],
+            hashes: (21..=30).map(|n| [n; 32]).collect(),
+        };
+        // A replayed step (100 was the enabling step): nothing changes.
+        let replayed = store
+            .replace_backup_codes(
+                "gus",
+                SecondFactorProof::TotpStep(100),
+                &fresh,
+                &token(200),
+                &event("gus", "x", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(replayed, Consumed::Rejected, "{}", backend.name);
+        assert_eq!(store.backup_codes_remaining("gus").await.unwrap(), 10);
+        assert!(store.active_session(&token(201), NOW, 1800).await.unwrap().is_some());
+        let replaced = backend
+            .b
+            .replace_backup_codes(
+                "gus",
+                SecondFactorProof::BackupCode([4; 32]),
+                &fresh,
+                &token(200),
+                &event("gus", "backup_codes_regenerated", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(replaced, Consumed::Yes);
+        let user = store.user_by_id("gus").await.unwrap().unwrap();
+        assert_eq!(user.mfa.unwrap().backup_salt, vec![2; 16]);
+        assert_eq!(store.backup_codes_remaining("gus").await.unwrap(), 10);
+        // The old set is dead, the new one works; the other session was revoked, ours kept.
+        let old = store
+            .disable_mfa(
+                "gus",
+                SecondFactorProof::BackupCode([5; 32]),
+                &token(200),
+                &event("gus", "x", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(old, Consumed::Rejected, "{}", backend.name);
+        assert!(store.active_session(&token(201), NOW, 1800).await.unwrap().is_none());
+        assert!(store.active_session(&token(200), NOW, 1800).await.unwrap().is_some());
+        let disabled = store
+            .disable_mfa(
+                "gus",
+                SecondFactorProof::BackupCode([25; 32]),
+                &token(200),
+                &event("gus", "mfa_disabled", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(disabled, Consumed::Yes);
+        let user = store.user_by_id("gus").await.unwrap().unwrap();
+        assert!(user.mfa.is_none());
+        assert_eq!(store.backup_codes_remaining("gus").await.unwrap(), 0);
+        assert!(store.any_sealed_secret().await.unwrap().is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pending_setup_enables_once_and_only_while_it_is_the_current_one() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user(backend.a.as_ref(), "hal").await;
+        let store = backend.a.as_ref();
+        let setup = |byte: u8| PendingSetupRecord {
+            sealed_secret: vec![byte; 48],
+            created_at: NOW,
+            expires_at: NOW + 600,
+        };
+        store
+            .put_pending_setup("hal", &setup(1), &event("hal", "x", NOW))
+            .await
+            .unwrap();
+        store
+            .put_pending_setup("hal", &setup(2), &event("hal", "x", NOW))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.pending_setup("hal", NOW).await.unwrap().unwrap().sealed_secret,
+            vec![2; 48]
+        );
+        assert!(
+            store.pending_setup("hal", NOW + 600).await.unwrap().is_none(),
+            "expired"
+        );
+        let enable = |secret: u8| EnableMfa {
+            user_id: "hal".into(),
+            sealed_secret: vec![secret; 48],
+            step: 50,
+            codes: BackupCodeHashes {
+                salt: vec![1; 16],
+                hashes: vec![[9; 32]],
+            },
+            keep_session: token(1),
+            now: NOW,
+            event: event("hal", "mfa_enabled", NOW),
+        };
+        assert_eq!(
+            store.enable_mfa(&enable(1)).await.unwrap(),
+            Consumed::Rejected,
+            "replaced setup"
+        );
+        let results = race(&backend, 10, move |store, _| {
+            let request = enable(2);
+            async move { store.enable_mfa(&request).await.unwrap() }
+        })
+        .await;
+        assert_eq!(
+            results.iter().filter(|r| **r == Consumed::Yes).count(),
+            1,
+            "{}",
+            backend.name
+        );
+        assert!(store.pending_setup("hal", NOW).await.unwrap().is_none());
+        assert_eq!(store.any_sealed_secret().await.unwrap(), Some(vec![2; 48]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_password_change_revokes_the_other_sessions_and_resets_the_throttle() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user(backend.a.as_ref(), "ivy").await;
+        let store = backend.a.as_ref();
+        for n in 1..=3 {
+            store
+                .insert_session(&session("ivy", n, false), &event("ivy", "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        store.reserve_attempt("ivy", NOW, lock_after).await.unwrap();
+        let changed = backend
+            .b
+            .change_password(
+                "ivy",
+                None,
+                "$argon2id$new",
+                &token(1),
+                &event("ivy", "password_changed", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed, Consumed::Yes);
+        let user = store.user_by_id("ivy").await.unwrap().unwrap();
+        assert_eq!(user.password_hash, "$argon2id$new");
+        assert_eq!(user.throttle, ThrottleRecord::default(), "{}", backend.name);
+        assert!(store.active_session(&token(1), NOW, 1800).await.unwrap().is_some());
+        assert!(store.active_session(&token(2), NOW, 1800).await.unwrap().is_none());
+        // The parameter upgrade only replaces the hash it was computed from.
+        store
+            .upgrade_password_hash("ivy", "$argon2id$old", "$argon2id$up")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.user_by_id("ivy").await.unwrap().unwrap().password_hash,
+            "$argon2id$new"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_webhook_lease_has_one_holder_and_passes_on_when_it_expires() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user(backend.a.as_ref(), "jo").await;
+        let start = backend.a.webhook_cursor().await.unwrap();
+        assert!(start.id > 0, "enabling the webhook does not replay history");
+        assert_eq!(backend.b.webhook_cursor().await.unwrap(), start);
+        assert!(backend.a.acquire_webhook_lease("A", NOW, 30).await.unwrap());
+        assert!(
+            !backend.b.acquire_webhook_lease("B", NOW + 29, 30).await.unwrap(),
+            "{}",
+            backend.name
+        );
+        assert!(
+            backend.a.acquire_webhook_lease("A", NOW + 29, 30).await.unwrap(),
+            "renewed"
+        );
+        assert!(!backend.b.acquire_webhook_lease("B", NOW + 58, 30).await.unwrap());
+        for n in 0..3 {
+            backend
+                .a
+                .insert_event(&event("jo", "login_failed", NOW + n))
+                .await
+                .unwrap();
+        }
+        let events = backend.b.events_after(start, 100).await.unwrap();
+        assert_eq!(events.len(), 3, "{}", backend.name);
+        assert!(events.windows(2).all(|w| w[0].position < w[1].position));
+        assert!(
+            !backend.b.set_webhook_cursor("B", events[0].position).await.unwrap(),
+            "not the holder"
+        );
+        assert!(backend.a.set_webhook_cursor("A", events[0].position).await.unwrap());
+        // A stops renewing (it died): once the lease has run out, B takes over from the cursor.
+        assert!(backend.b.acquire_webhook_lease("B", NOW + 59, 30).await.unwrap());
+        assert!(
+            !backend.a.set_webhook_cursor("A", events[1].position).await.unwrap(),
+            "lease lost"
+        );
+        let cursor = backend.b.webhook_cursor().await.unwrap();
+        assert_eq!(cursor, events[0].position);
+        let rest = backend.b.events_after(cursor, 100).await.unwrap();
+        assert_eq!(
+            rest.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![events[1].id, events[2].id]
+        );
+    }
+}
+
+/// PostgreSQL hands out identity values before commit, so an event can commit after one with a
+/// larger id. The outbox must not deliver past an event that is still being written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_committed_late_is_not_skipped_by_the_outbox() {
+    let Some(_) = postgres_url() else { return };
+    let _alone = CLUSTER.write().await;
+    let backend = postgres().await;
+    user(backend.a.as_ref(), "kim").await;
+    let start = backend.a.webhook_cursor().await.unwrap();
+    let database = backend._database.as_ref().unwrap();
+    let pool = database.pool().await;
+    let mut slow = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO security_events (user_id, kind, at) VALUES ('kim', 'slow', 1)")
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    backend.a.insert_event(&event("kim", "fast", NOW)).await.unwrap();
+    let visible = backend.b.events_after(start, 100).await.unwrap();
+    assert!(visible.is_empty(), "nothing past a running writer: {visible:?}");
+    slow.commit().await.unwrap();
+    let kinds: Vec<String> = backend
+        .b
+        .events_after(start, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record.kind)
+        .collect();
+    assert_eq!(kinds, vec!["slow", "fast"]);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_database_is_reported_as_unavailable() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        backend.a.close().await;
+        assert!(
+            matches!(backend.a.ping().await, Err(StoreError::Unavailable(_))),
+            "{}",
+            backend.name
+        );
+        assert!(matches!(
+            backend.a.user_by_email("x@example.com").await,
+            Err(StoreError::Unavailable(_))
+        ));
+        backend.b.ping().await.unwrap();
+    }
+}
