@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// URL that receives every security event as signed JSON (HMAC-SHA256) [default: none].
     #[arg(long, env = "TESSERA_EVENTS_WEBHOOK_URL", value_name = "URL")]
     pub events_webhook_url: Option<String>,
+    /// Seconds the webhook delivery lease lasts: with several instances on one database, how
+    /// soon another instance takes over delivery from one that died [default: 30].
+    #[arg(long, env = "TESSERA_EVENTS_WEBHOOK_LEASE_SECS", value_name = "SECS")]
+    pub events_webhook_lease_secs: Option<u64>,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -103,6 +107,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     header_read_timeout_secs: Option<u64>,
     events_webhook_url: Option<String>,
+    events_webhook_lease_secs: Option<u64>,
 }
 
 /// Why the configuration cannot be used.
@@ -238,15 +243,22 @@ impl Config {
             "header_read_timeout_secs",
             i64::try_from(header_read_timeout_secs).unwrap_or(i64::MAX),
         )?;
+        let lease_secs = args.events_webhook_lease_secs.or(file.events_webhook_lease_secs);
+        if let Some(secs) = lease_secs {
+            positive("events_webhook_lease_secs", i64::try_from(secs).unwrap_or(i64::MAX))?;
+        }
         let webhook = match args.events_webhook_url.clone().or(file.events_webhook_url) {
-            Some(url) => Some(
-                WebhookConfig::new(&url, std::env::var("TESSERA_EVENTS_WEBHOOK_SECRET").ok()).map_err(|message| {
-                    ConfigError::Invalid {
+            Some(url) => {
+                let mut webhook = WebhookConfig::new(&url, std::env::var("TESSERA_EVENTS_WEBHOOK_SECRET").ok())
+                    .map_err(|message| ConfigError::Invalid {
                         name: "events_webhook_url",
                         message,
-                    }
-                })?,
-            ),
+                    })?;
+                if let Some(secs) = lease_secs {
+                    webhook.lease_ttl = Duration::from_secs(secs);
+                }
+                Some(webhook)
+            }
             None => None,
         };
         let pg_defaults = PgSettings::default();

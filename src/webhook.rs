@@ -165,6 +165,7 @@ impl Courier {
             // Taken just now: another instance may have moved the cursor since it was read.
             position = self.store.webhook_cursor().await?;
             *cursor = Some(position);
+            tracing::info!("holding the webhook delivery lease: this instance delivers security events");
         }
         loop {
             let events = self.store.events_after(position, 100).await?;

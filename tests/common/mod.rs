@@ -9,6 +9,8 @@
 //! `TESSERA_REQUIRE_POSTGRES=1` (set by `.ci/run`), which makes them fail instead.
 #![allow(dead_code)]
 
+pub mod process;
+
 use axum::Router;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
@@ -384,6 +386,20 @@ pub fn backend_is_postgres() -> bool {
         eprintln!("note: TESSERA_TEST_DATABASE_URL is not set; this PostgreSQL suite runs on SQLite");
         false
     })
+}
+
+/// The PostgreSQL server for a PostgreSQL-only test; `None` (the test returns at once, with a
+/// note) when none is configured, a panic instead when `TESSERA_REQUIRE_POSTGRES` is set.
+pub fn postgres_or_skip() -> Option<String> {
+    let url = postgres_url();
+    if url.is_none() {
+        assert!(
+            std::env::var("TESSERA_REQUIRE_POSTGRES").is_err(),
+            "TESSERA_REQUIRE_POSTGRES is set but TESSERA_TEST_DATABASE_URL is not"
+        );
+        eprintln!("note: TESSERA_TEST_DATABASE_URL is not set; this PostgreSQL test does nothing");
+    }
+    url
 }
 
 /// The server named by `TESSERA_TEST_DATABASE_URL` (any database on it; tests create their own).
