@@ -51,9 +51,14 @@ pub struct PgStore {
 
 fn map_err(err: sqlx::Error) -> StoreError {
     match err {
-        sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-            StoreError::Unavailable(err.to_string())
-        }
+        // A connection that breaks while it is being set up shows as a protocol error (for
+        // instance an SSLRequest answered by a closed socket): the server is not usable.
+        sqlx::Error::PoolClosed
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.to_string()),
         sqlx::Error::Database(ref db) if db.is_unique_violation() => StoreError::Conflict,
         // 57014 query_canceled (statement timeout), class 08 connection exceptions, 57P01..57P03
         // the server shutting down or not accepting connections yet: the database is unavailable.
