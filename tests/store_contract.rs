@@ -743,3 +743,29 @@ async fn an_unreachable_database_is_reported_as_unavailable() {
         backend.b.ping().await.unwrap();
     }
 }
+
+/// `sslmode` in the URL is honoured: with `require` the connection is encrypted (rustls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_connections_use_tls_when_the_url_requires_it() {
+    let Some(_) = postgres_url() else { return };
+    let _shared = CLUSTER.read().await;
+    let database = TestDatabase::create().await;
+    for (mode, encrypted) in [("require", true), ("disable", false)] {
+        let url = format!("{}?sslmode={mode}", database.url);
+        let store = PgStore::connect(&url, PgSettings::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        store.ping().await.unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
+        let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(ssl, encrypted, "sslmode={mode}");
+        pool.close().await;
+        store.close().await;
+    }
+}

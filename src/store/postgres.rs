@@ -47,6 +47,7 @@ impl Default for PgSettings {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    options: PgConnectOptions,
 }
 
 fn map_err(err: sqlx::Error) -> StoreError {
@@ -87,8 +88,8 @@ impl PgStore {
             .acquire_timeout(settings.statement_timeout)
             // A connection that died with the server is noticed before it is handed out.
             .test_before_acquire(true)
-            .connect_lazy_with(options);
-        Ok(Self { pool })
+            .connect_lazy_with(options.clone());
+        Ok(Self { pool, options })
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
@@ -326,6 +327,18 @@ impl Store for PgStore {
     }
 
     async fn migrate(&self) -> StoreResult<()> {
+        // First one connection of its own, outside the pool: a refused or failed connection is
+        // reported with its cause ("connection refused", "role does not exist") instead of the
+        // pool's bare timeout, which is what an operator starting an instance needs to see.
+        let probe = sqlx::ConnectOptions::connect(&self.options)
+            .await
+            .map_err(|err| match map_err(err) {
+                StoreError::Unavailable(message) | StoreError::Other(message) => {
+                    StoreError::Unavailable(format!("cannot connect to PostgreSQL: {message}"))
+                }
+                StoreError::Conflict => StoreError::Unavailable("cannot connect to PostgreSQL".into()),
+            })?;
+        let _ = sqlx::Connection::close(probe).await;
         // sqlx's migrator holds a PostgreSQL advisory lock while it runs, so instances started
         // together apply each migration once and the others wait for it.
         MIGRATOR.run(&self.pool).await.map_err(|err| match err {
