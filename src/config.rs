@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// TOTP steps accepted either side of now (0..=2) [default: 1].
     #[arg(long, env = "TESSERA_TOTP_SKEW_STEPS", value_name = "N")]
     pub totp_skew_steps: Option<u32>,
+    /// Re-authentications (MFA setup, password change, regenerate and disable backup codes) per
+    /// account and minute, successful or not; 0 disables [default: 10].
+    #[arg(long, env = "TESSERA_REAUTH_PER_MINUTE", value_name = "N")]
+    pub reauth_per_minute: Option<u32>,
     /// Connections served at once; more wait in the backlog [default: 512].
     #[arg(long, env = "TESSERA_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
@@ -104,6 +108,7 @@ struct FileConfig {
     registration_open: Option<bool>,
     mfa_issuer: Option<String>,
     totp_skew_steps: Option<u32>,
+    reauth_per_minute: Option<u32>,
     max_connections: Option<usize>,
     header_read_timeout_secs: Option<u64>,
     events_webhook_url: Option<String>,
@@ -310,6 +315,10 @@ impl Config {
                         .unwrap_or(service_defaults.session_lifetime_secs),
                 )?,
                 registration_open: args.registration_open.or(file.registration_open).unwrap_or(true),
+                reauth_per_minute: args
+                    .reauth_per_minute
+                    .or(file.reauth_per_minute)
+                    .unwrap_or(service_defaults.reauth_per_minute),
                 mfa_issuer: issuer,
                 totp: TotpPolicy {
                     skew_steps: skew,

@@ -81,6 +81,11 @@ fn event(user_id: &str, kind: &'static str, at: i64) -> NewEvent {
 }
 
 const NOW: i64 = 1_800_000_000;
+const HASH: &str = "$argon2id$placeholder";
+const CODES: LockPolicy = LockPolicy {
+    lock_secs: lock_after,
+    max_secs: 900,
+};
 
 async fn user(store: &dyn Store, id: &str) {
     store
@@ -88,7 +93,7 @@ async fn user(store: &dyn Store, id: &str) {
             &NewUser {
                 id: id.into(),
                 email: format!("{id}@example.com"),
-                password_hash: "$argon2id$placeholder".into(),
+                password_hash: HASH.into(),
                 created_at: NOW,
             },
             &event(id, "user_registered", NOW),
@@ -121,13 +126,14 @@ async fn user_with_mfa(store: &dyn Store, id: &str) {
         expires_at: NOW + 600,
     };
     store
-        .put_pending_setup(id, &setup, &event(id, "mfa_setup_started", NOW))
-        .await
-        .unwrap();
-    store
         .insert_session(&session(id, 200, false), &event(id, "login_succeeded", NOW))
         .await
         .unwrap();
+    let put = store
+        .put_pending_setup(id, &setup, &token(200), &event(id, "mfa_setup_started", NOW))
+        .await
+        .unwrap();
+    assert_eq!(put, Consumed::Yes);
     let enabled = store
         .enable_mfa(&EnableMfa {
             user_id: id.into(),
@@ -283,7 +289,10 @@ async fn parallel_attempts_are_all_counted_and_the_lock_holds_across_instances()
     for backend in backends().await {
         user(backend.a.as_ref(), "cy").await;
         let results = race(&backend, 20, |store, _| async move {
-            store.reserve_attempt("cy", NOW, lock_after).await.unwrap()
+            store
+                .reserve_attempt("cy", AttemptKind::SecondFactor, NOW, CODES)
+                .await
+                .unwrap()
         })
         .await;
         let granted: Vec<u32> = results
@@ -307,7 +316,11 @@ async fn parallel_attempts_are_all_counted_and_the_lock_holds_across_instances()
         assert_eq!(user.throttle.failures, 5);
         assert_eq!(user.throttle.locked_until, Some(until));
         assert_eq!(
-            backend.a.reserve_attempt("cy", until, lock_after).await.unwrap(),
+            backend
+                .a
+                .reserve_attempt("cy", AttemptKind::SecondFactor, until, CODES)
+                .await
+                .unwrap(),
             AttemptReservation::Granted { failures: 6 }
         );
     }
@@ -326,6 +339,8 @@ async fn one_backup_code_used_fifty_times_at_once_wins_once() {
                     "di",
                     NOW,
                     NOW + 300,
+                    HASH,
+                    None,
                     &event("di", "login_password_ok_mfa_required", NOW),
                 )
                 .await
@@ -369,6 +384,8 @@ async fn one_totp_step_sent_to_both_instances_at_once_logs_in_once_and_never_aga
                     "ed",
                     NOW,
                     NOW + 300,
+                    HASH,
+                    None,
                     &event("ed", "login_password_ok_mfa_required", NOW),
                 )
                 .await
@@ -395,7 +412,7 @@ async fn one_totp_step_sent_to_both_instances_at_once_logs_in_once_and_never_aga
         // An older step is refused too; the challenge of a refused attempt stays unused.
         backend
             .b
-            .insert_challenge(&token(250), "ed", NOW, NOW + 300, &event("ed", "x", NOW))
+            .insert_challenge(&token(250), "ed", NOW, NOW + 300, HASH, None, &event("ed", "x", NOW))
             .await
             .unwrap();
         let older = backend
@@ -423,7 +440,7 @@ async fn an_mfa_token_is_single_use_and_expires() {
         user_with_mfa(backend.a.as_ref(), "flo").await;
         let store = backend.a.as_ref();
         store
-            .insert_challenge(&token(1), "flo", NOW, NOW + 300, &event("flo", "x", NOW))
+            .insert_challenge(&token(1), "flo", NOW, NOW + 300, HASH, None, &event("flo", "x", NOW))
             .await
             .unwrap();
         assert!(
@@ -554,13 +571,16 @@ async fn a_pending_setup_enables_once_and_only_while_it_is_the_current_one() {
             expires_at: NOW + 600,
         };
         store
-            .put_pending_setup("hal", &setup(1), &event("hal", "x", NOW))
+            .insert_session(&session("hal", 1, false), &event("hal", "login_succeeded", NOW))
             .await
             .unwrap();
-        store
-            .put_pending_setup("hal", &setup(2), &event("hal", "x", NOW))
-            .await
-            .unwrap();
+        for secret in [1, 2] {
+            let put = store
+                .put_pending_setup("hal", &setup(secret), &token(1), &event("hal", "x", NOW))
+                .await
+                .unwrap();
+            assert_eq!(put, Consumed::Yes);
+        }
         assert_eq!(
             store.pending_setup("hal", NOW).await.unwrap().unwrap().sealed_secret,
             vec![2; 48]
@@ -614,12 +634,16 @@ async fn a_password_change_revokes_the_other_sessions_and_resets_the_throttle() 
                 .await
                 .unwrap();
         }
-        store.reserve_attempt("ivy", NOW, lock_after).await.unwrap();
+        store
+            .reserve_attempt("ivy", AttemptKind::SecondFactor, NOW, CODES)
+            .await
+            .unwrap();
         let changed = backend
             .b
             .change_password(
                 "ivy",
                 None,
+                HASH,
                 "$argon2id$new",
                 &token(1),
                 &event("ivy", "password_changed", NOW),
@@ -670,8 +694,7 @@ async fn the_webhook_lease_has_one_holder_and_passes_on_when_it_expires() {
                 .await
                 .unwrap();
         }
-        let events = backend.b.events_after(start, 100).await.unwrap();
-        assert_eq!(events.len(), 3, "{}", backend.name);
+        let events = outbox(backend.b.as_ref(), start, 3).await;
         assert!(events.windows(2).all(|w| w[0].position < w[1].position));
         assert!(
             !backend.b.set_webhook_cursor("B", events[0].position).await.unwrap(),
@@ -686,11 +709,27 @@ async fn the_webhook_lease_has_one_holder_and_passes_on_when_it_expires() {
         );
         let cursor = backend.b.webhook_cursor().await.unwrap();
         assert_eq!(cursor, events[0].position);
-        let rest = backend.b.events_after(cursor, 100).await.unwrap();
+        let rest = outbox(backend.b.as_ref(), cursor, 2).await;
         assert_eq!(
             rest.iter().map(|e| e.id).collect::<Vec<_>>(),
             vec![events[1].id, events[2].id]
         );
+    }
+}
+
+/// The outbox past `after` once it holds `count` events. On PostgreSQL an event is handed out
+/// only when every transaction older than it has ended, cluster-wide, so a transaction of a
+/// concurrent test (or of anything else on the server) can hold it back for a moment: wait for
+/// that, boundedly, instead of failing.
+async fn outbox(store: &dyn Store, after: OutboxPosition, count: usize) -> Vec<StoredEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let events = store.events_after(after, 100).await.unwrap();
+        if events.len() >= count || std::time::Instant::now() > deadline {
+            assert_eq!(events.len(), count, "{events:?}");
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
@@ -714,11 +753,8 @@ async fn an_event_committed_late_is_not_skipped_by_the_outbox() {
     let visible = backend.b.events_after(start, 100).await.unwrap();
     assert!(visible.is_empty(), "nothing past a running writer: {visible:?}");
     slow.commit().await.unwrap();
-    let kinds: Vec<String> = backend
-        .b
-        .events_after(start, 100)
+    let kinds: Vec<String> = outbox(backend.b.as_ref(), start, 2)
         .await
-        .unwrap()
         .into_iter()
         .map(|e| e.record.kind)
         .collect();
@@ -767,5 +803,310 @@ async fn postgres_connections_use_tls_when_the_url_requires_it() {
         assert_eq!(ssl, encrypted, "sslmode={mode}");
         pool.close().await;
         store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_password_login_only_counts_while_the_verified_hash_and_mfa_state_are_current() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user(store, "kay").await;
+        store
+            .reserve_attempt("kay", AttemptKind::Password { network: None }, NOW, CODES)
+            .await
+            .unwrap();
+        let first = store
+            .login_session(
+                &session("kay", 1, false),
+                HASH,
+                Some("10.0.0.0/24"),
+                &event("kay", "login_succeeded", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(first, Consumed::Yes, "{}", backend.name);
+        let user = store.user_by_id("kay").await.unwrap().unwrap();
+        assert_eq!(
+            user.password_throttle,
+            ThrottleRecord::default(),
+            "a success resets the count"
+        );
+        // The password changes between another login's check and its commit: no session.
+        let changed = backend
+            .b
+            .change_password(
+                "kay",
+                None,
+                HASH,
+                "$argon2id$other",
+                &token(1),
+                &event("kay", "password_changed", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed, Consumed::Yes);
+        let stale = store
+            .login_session(
+                &session("kay", 2, false),
+                HASH,
+                None,
+                &event("kay", "login_succeeded", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(stale, Consumed::Stale, "{}", backend.name);
+        assert!(store.active_session(&token(2), NOW, 1800).await.unwrap().is_none());
+        let challenge = store
+            .insert_challenge(
+                &token(3),
+                "kay",
+                NOW,
+                NOW + 300,
+                "$argon2id$other",
+                None,
+                &event("kay", "x", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(challenge, Consumed::Stale, "MFA is off: no mfa_token");
+        // A second password change checked against the old hash loses too.
+        let late = backend
+            .b
+            .change_password(
+                "kay",
+                None,
+                HASH,
+                "$argon2id$third",
+                &token(1),
+                &event("kay", "password_changed", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(late, Consumed::Stale, "{}", backend.name);
+        // With MFA on, a one-factor session is refused even with the current hash.
+        user_with_mfa(store, "lou").await;
+        let one_factor = store
+            .login_session(
+                &session("lou", 4, false),
+                HASH,
+                None,
+                &event("lou", "login_succeeded", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(one_factor, Consumed::Stale, "{}", backend.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_made_through_a_session_that_ended_write_nothing() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user_with_mfa(store, "max").await;
+        assert!(
+            store
+                .delete_session(&token(200), &event("max", "logout", NOW))
+                .await
+                .unwrap()
+        );
+        let fresh = BackupCodeHashes {
+            salt: vec![2; 16],
+            hashes: vec![[40; 32]],
+        };
+        let replaced = store
+            .replace_backup_codes(
+                "max",
+                SecondFactorProof::BackupCode([1; 32]),
+                &fresh,
+                &token(200),
+                &event("max", "x", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(replaced, Consumed::SessionGone, "{}", backend.name);
+        let disabled = store
+            .disable_mfa(
+                "max",
+                SecondFactorProof::BackupCode([1; 32]),
+                &token(200),
+                &event("max", "x", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(disabled, Consumed::SessionGone);
+        let changed = store
+            .change_password(
+                "max",
+                Some(SecondFactorProof::BackupCode([1; 32])),
+                HASH,
+                "$new",
+                &token(200),
+                &event("max", "x", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed, Consumed::SessionGone);
+        assert_eq!(
+            store.backup_codes_remaining("max").await.unwrap(),
+            10,
+            "no code was consumed"
+        );
+        assert!(store.backup_code_exists("max", &[1; 32]).await.unwrap());
+        assert!(!store.backup_code_exists("max", &[40; 32]).await.unwrap());
+        let user = store.user_by_id("max").await.unwrap().unwrap();
+        assert_eq!(user.password_hash, HASH);
+        assert!(user.mfa.is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_password_lock_spares_the_network_of_the_last_login_and_distrusts_locks_from_the_future() {
+    let _shared = CLUSTER.read().await;
+    let passwords = LockPolicy {
+        lock_secs: tessera::domain::throttle::password_lock_after,
+        max_secs: 900,
+    };
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user(store, "ned").await;
+        let home = Some("192.0.2.0/24");
+        store
+            .login_session(
+                &session("ned", 1, false),
+                HASH,
+                home,
+                &event("ned", "login_succeeded", NOW),
+            )
+            .await
+            .unwrap();
+        let elsewhere = AttemptKind::Password {
+            network: Some("203.0.113.0/24"),
+        };
+        for n in 1..=10 {
+            assert_eq!(
+                store.reserve_attempt("ned", elsewhere, NOW, passwords).await.unwrap(),
+                AttemptReservation::Granted { failures: n },
+                "{}",
+                backend.name
+            );
+        }
+        assert_eq!(
+            store
+                .reserve_attempt("ned", elsewhere, NOW + 1, passwords)
+                .await
+                .unwrap(),
+            AttemptReservation::Locked { until: NOW + 30 }
+        );
+        assert_eq!(
+            store
+                .reserve_attempt("ned", AttemptKind::Password { network: None }, NOW + 1, passwords)
+                .await
+                .unwrap(),
+            AttemptReservation::Locked { until: NOW + 30 }
+        );
+        assert_eq!(
+            store
+                .reserve_attempt("ned", AttemptKind::Password { network: home }, NOW + 1, passwords)
+                .await
+                .unwrap(),
+            AttemptReservation::Granted { failures: 11 },
+            "the owner's network is not locked out"
+        );
+        // The clock went back an hour: a lock ending more than the maximum from now is not honoured.
+        let user = store.user_by_id("ned").await.unwrap().unwrap();
+        let until = user.password_throttle.locked_until.unwrap();
+        assert_eq!(until, NOW + 1 + 60);
+        assert!(matches!(
+            store
+                .reserve_attempt("ned", elsewhere, until - 901, passwords)
+                .await
+                .unwrap(),
+            AttemptReservation::Granted { .. }
+        ));
+        // The second-factor count is a separate one.
+        assert_eq!(
+            store.user_by_id("ned").await.unwrap().unwrap().throttle,
+            ThrottleRecord::default()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn totp_suspension_is_recorded_once_and_lifted_by_a_backup_code_login() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user(store, "oz").await;
+        assert!(
+            !store
+                .suspend_totp("oz", &event("oz", "mfa_totp_suspended", NOW))
+                .await
+                .unwrap(),
+            "MFA is off"
+        );
+        user_with_mfa(store, "pia").await;
+        assert!(
+            store
+                .suspend_totp("pia", &event("pia", "mfa_totp_suspended", NOW))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !backend
+                .b
+                .suspend_totp("pia", &event("pia", "mfa_totp_suspended", NOW))
+                .await
+                .unwrap()
+        );
+        let suspended = store.user_by_id("pia").await.unwrap().unwrap();
+        assert_eq!(suspended.mfa.unwrap().totp_suspended_at, Some(NOW), "{}", backend.name);
+        store
+            .insert_challenge(&token(1), "pia", NOW, NOW + 300, HASH, None, &event("pia", "x", NOW))
+            .await
+            .unwrap();
+        let login = store
+            .complete_challenge(
+                &token(1),
+                SecondFactorProof::BackupCode([2; 32]),
+                &session("pia", 2, true),
+                &event("pia", "x", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(login, Consumed::Yes);
+        let lifted = store.user_by_id("pia").await.unwrap().unwrap();
+        assert_eq!(lifted.mfa.unwrap().totp_suspended_at, None, "{}", backend.name);
+        let events = store.list_events("pia", 50).await.unwrap();
+        assert_eq!(events.iter().filter(|e| e.kind == "mfa_totp_suspended").count(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reauthentication_budget_is_per_minute_and_not_refilled_by_success() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user(backend.a.as_ref(), "quy").await;
+        let results = race(&backend, 12, |store, _| async move {
+            store.take_reauth("quy", NOW, 60, 10).await.unwrap()
+        })
+        .await;
+        let granted = results
+            .iter()
+            .filter(|r| matches!(r, AttemptReservation::Granted { .. }))
+            .count();
+        assert_eq!(granted, 10, "{}: {results:?}", backend.name);
+        assert!(results.contains(&AttemptReservation::Locked { until: NOW + 60 }));
+        assert_eq!(
+            backend.b.take_reauth("quy", NOW + 60, 60, 10).await.unwrap(),
+            AttemptReservation::Granted { failures: 1 },
+            "a new window"
+        );
+        // A window that starts in the future (the clock went back) is replaced, not trusted.
+        assert_eq!(
+            backend.b.take_reauth("quy", NOW - 3600, 60, 10).await.unwrap(),
+            AttemptReservation::Granted { failures: 1 }
+        );
     }
 }

@@ -33,6 +33,8 @@ pub enum ProblemKind {
     MfaAlreadyEnabled,
     MfaNotEnabled,
     NoPendingSetup,
+    TotpSuspended,
+    StateChanged,
     TooManyAttempts,
     RateLimited,
     RequestTimeout,
@@ -43,7 +45,7 @@ pub enum ProblemKind {
 }
 
 /// Every typed kind, for the `/problems/<slug>` pages and the tests.
-pub const TYPED_KINDS: [ProblemKind; 20] = [
+pub const TYPED_KINDS: [ProblemKind; 22] = [
     ProblemKind::Validation,
     ProblemKind::MalformedBody,
     ProblemKind::InvalidMfaCode,
@@ -59,6 +61,8 @@ pub const TYPED_KINDS: [ProblemKind; 20] = [
     ProblemKind::MfaAlreadyEnabled,
     ProblemKind::MfaNotEnabled,
     ProblemKind::NoPendingSetup,
+    ProblemKind::TotpSuspended,
+    ProblemKind::StateChanged,
     ProblemKind::TooManyAttempts,
     ProblemKind::RateLimited,
     ProblemKind::RequestTimeout,
@@ -161,11 +165,26 @@ impl ProblemKind {
                 "No MFA setup in progress",
                 "There is no pending MFA setup (none started, expired after 10 minutes, or already completed).",
             ),
+            TotpSuspended => (
+                StatusCode::FORBIDDEN,
+                "totp-suspended",
+                "Authenticator codes suspended",
+                "After 50 consecutive failed codes, authenticator (TOTP) codes are refused for this account. \
+                 A backup code still works (and lifts the suspension at login); otherwise an operator can reset MFA.",
+            ),
+            StateChanged => (
+                StatusCode::CONFLICT,
+                "state-changed",
+                "Account changed meanwhile",
+                "The account changed while the request was processed (for instance its password was changed by \
+                 another request). Nothing was changed; read the current state and retry.",
+            ),
             TooManyAttempts => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-attempts",
                 "Too many attempts",
-                "Too many failed second-factor attempts on this account; wait `retry_after` seconds.",
+                "Too many failed password or second-factor attempts, or re-authentications, on this account; \
+                 wait `retry_after` seconds.",
             ),
             RateLimited => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -381,6 +400,14 @@ impl From<ServiceError> for Problem {
             ServiceError::NoPendingSetup => Problem::new(
                 K::NoPendingSetup,
                 "No MFA setup is in progress; start one with POST /api/user/profile/mfa/setup.",
+            ),
+            ServiceError::TotpSuspended => Problem::new(
+                K::TotpSuspended,
+                "Authenticator codes are suspended for this account after too many failed attempts; use a backup code.",
+            ),
+            ServiceError::StateChanged => Problem::new(
+                K::StateChanged,
+                "The account changed while this request was processed; nothing was changed.",
             ),
             ServiceError::Throttled { retry_after_secs } => Problem {
                 retry_after: Some(retry_after_secs),

@@ -4,8 +4,40 @@
 use super::{RequestMeta, Service, ServiceError, ServiceResult};
 use crate::domain::email::Email;
 use crate::domain::password::{self, Password, PasswordHashString};
+use crate::domain::throttle;
 use crate::domain::token::{PlainToken, TokenKind};
-use crate::store::{Consumed, NewUser, SessionRecord, StoreError, UserRecord};
+use crate::store::{
+    AttemptKind, AttemptReservation, Consumed, LockPolicy, NewUser, SessionRecord, StoreError, UserRecord,
+};
+
+/// The password throttle: 10 wrong passwords free, then 30 s doubling to 15 minutes.
+const PASSWORD_LOCKS: LockPolicy = LockPolicy {
+    lock_secs: throttle::password_lock_after,
+    max_secs: throttle::MAX_DELAY_SECS,
+};
+
+/// How far in the future a stored session time may lie before it is distrusted: instances
+/// behind one load balancer may disagree by a few seconds, a clock that jumped back by more
+/// makes every session it wrote look seen "later than now".
+pub const CLOCK_SKEW_SECS: i64 = 120;
+
+/// The network an address belongs to for the password lock's exception: the /24 of an IPv4
+/// address, the /48 of an IPv6 one (an owner's home or office, not a single address).
+pub fn client_network(ip: &str) -> Option<String> {
+    match ip.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            Some(format!("{a}.{b}.{c}.0/24"))
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => client_network(&v4.to_string()),
+            None => {
+                let s = v6.segments();
+                Some(format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]))
+            }
+        },
+    }
+}
 
 /// The public view of an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,12 +136,45 @@ impl Service {
     }
 
     /// `POST /api/auth/login`: the first factor. Unknown email and wrong password are the same
-    /// error after the same work (a verification against a dummy hash).
+    /// error after the same work (a verification against a dummy hash), and lock the same way.
+    ///
+    /// Order: reserve a password attempt (counted before argon2, refused while the password
+    /// step is locked, even for the right password), verify, then create the session (or the
+    /// `mfa_token`) only while the verified hash is still the stored one and MFA is still in
+    /// the state that was read.
     pub async fn login(&self, email: &str, password: String, meta: &RequestMeta) -> ServiceResult<LoginOutcome> {
         let password = Password::candidate(password);
-        let user = match Email::parse(email) {
-            Ok(email) => self.store.user_by_email(email.as_str()).await?,
-            Err(_) => None,
+        let email = Email::parse(email).ok();
+        let user = match &email {
+            Some(email) => self.store.user_by_email(email.as_str()).await?,
+            None => None,
+        };
+        let now = self.now();
+        let network = meta.ip.as_deref().and_then(client_network);
+        let reservation = match &user {
+            Some(user) => {
+                let kind = AttemptKind::Password {
+                    network: network.as_deref(),
+                };
+                self.store.reserve_attempt(&user.id, kind, now, PASSWORD_LOCKS).await?
+            }
+            None => {
+                // The same database round trip as for a known account (it matches no row), so
+                // both cost the same time; the count itself lives in memory.
+                self.store
+                    .reserve_attempt("", AttemptKind::SecondFactor, now, PASSWORD_LOCKS)
+                    .await?;
+                let key = email.as_ref().map_or("", |email| email.as_str());
+                self.unknown_logins.reserve(key, now)
+            }
+        };
+        let failures = match reservation {
+            AttemptReservation::Granted { failures } => failures,
+            AttemptReservation::Locked { until } => {
+                return Err(ServiceError::Throttled {
+                    retry_after_secs: (until - now).max(1),
+                });
+            }
         };
         let stored = user.as_ref().map_or_else(
             || self.dummy_hash.clone(),
@@ -117,13 +182,18 @@ impl Service {
         );
         let rehash_source = password.clone();
         let matches = self.verify_password(password, stored.clone()).await?;
-        let now = self.now();
         let user = match user {
             Some(user) if matches => user,
             Some(user) => {
                 self.store
                     .insert_event(&meta.event(&user.id, "login_failed", now))
                     .await?;
+                if throttle::password_lock_after(failures) > 0 {
+                    tracing::warn!(failures, "password step locked after repeated failures");
+                    self.store
+                        .insert_event(&meta.event(&user.id, "password_lockout", now))
+                        .await?;
+                }
                 return Err(ServiceError::InvalidCredentials);
             }
             None => {
@@ -141,31 +211,47 @@ impl Service {
                 .await?;
             return Err(ServiceError::AccountDisabled);
         }
-        if password::needs_rehash(&stored) {
+        let verified = if password::needs_rehash(&stored) {
             let upgraded = self.hash_password(rehash_source).await?;
             self.store
                 .upgrade_password_hash(&user.id, &stored.0, &upgraded.0)
                 .await?;
-        }
-        if user.mfa.is_some() {
+            upgraded
+        } else {
+            stored
+        };
+        let outcome = if user.mfa.is_some() {
             let mfa_token = PlainToken::generate(TokenKind::MfaChallenge);
             let expires_at = now + self.config.challenge_ttl_secs;
-            self.store
+            let event = meta.event(&user.id, "login_password_ok_mfa_required", now);
+            let stored = self
+                .store
                 .insert_challenge(
                     &mfa_token.hash(),
                     &user.id,
                     now,
                     expires_at,
-                    &meta.event(&user.id, "login_password_ok_mfa_required", now),
+                    &verified.0,
+                    network.as_deref(),
+                    &event,
                 )
                 .await?;
-            return Ok(LoginOutcome::MfaRequired { mfa_token, expires_at });
+            (stored, LoginOutcome::MfaRequired { mfa_token, expires_at })
+        } else {
+            let (session, record) = self.new_session(&user, false, now);
+            let event = meta.event(&user.id, "login_succeeded", now);
+            let stored = self
+                .store
+                .login_session(&record, &verified.0, network.as_deref(), &event)
+                .await?;
+            (stored, LoginOutcome::Session(session))
+        };
+        match outcome {
+            (Consumed::Yes, outcome) => Ok(outcome),
+            // The password was changed, MFA switched or the account disabled after the check:
+            // the old password must not open a session any more.
+            (_, _) => Err(ServiceError::InvalidCredentials),
         }
-        let (session, record) = self.new_session(&user, false, now);
-        self.store
-            .insert_session(&record, &meta.event(&user.id, "login_succeeded", now))
-            .await?;
-        Ok(LoginOutcome::Session(session))
     }
 
     pub(super) fn new_session(&self, user: &UserRecord, mfa: bool, now: i64) -> (IssuedSession, SessionRecord) {
@@ -196,7 +282,15 @@ impl Service {
             .store
             .active_session(&token.hash(), self.now(), self.config.session_idle_secs)
             .await?;
+        let now = self.now();
         match found {
+            // A session created or seen "later than now" comes from a clock that went backwards
+            // (or a tampered row): its idle and absolute limits can't be trusted.
+            Some((session, _))
+                if session.created_at > now + CLOCK_SKEW_SECS || session.last_seen_at > now + CLOCK_SKEW_SECS =>
+            {
+                Err(ServiceError::Unauthenticated)
+            }
             Some((session, user)) if user.disabled_at.is_none() => Ok(Authenticated { user, session }),
             _ => Err(ServiceError::Unauthenticated),
         }
@@ -233,7 +327,11 @@ impl Service {
             }
             (None, _) => None,
         };
+        if let Some(factor) = &factor {
+            self.refuse_suspended_totp(user, factor)?;
+        }
         let now = self.now();
+        self.take_reauth(user, now).await?;
         let (proof, failures) = match factor {
             Some(factor) => {
                 let failures = self.reserve_attempt(user, now).await?;
@@ -263,13 +361,22 @@ impl Service {
         let event = meta.event(&user.id, "password_changed", now);
         match self
             .store
-            .change_password(&user.id, proof, &new_hash.0, &auth.session.token_hash, &event)
+            .change_password(
+                &user.id,
+                proof,
+                &user.password_hash,
+                &new_hash.0,
+                &auth.session.token_hash,
+                &event,
+            )
             .await?
         {
             Consumed::Yes => Ok(()),
             Consumed::Rejected => Err(self
                 .second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
                 .await),
+            Consumed::SessionGone => Err(ServiceError::Unauthenticated),
+            Consumed::Stale => Err(ServiceError::StateChanged),
         }
     }
 }

@@ -16,8 +16,14 @@ use crate::domain::throttle;
 use crate::domain::token::{PlainToken, TokenKind};
 use crate::domain::totp::{self, TotpCode, TotpSecret};
 use crate::store::{
-    AttemptReservation, BackupCodeHashes, Consumed, EnableMfa, EventRecord, PendingSetupRecord, SecondFactorProof,
-    UserRecord,
+    AttemptKind, AttemptReservation, BackupCodeHashes, Consumed, EnableMfa, EventRecord, LockPolicy,
+    PendingSetupRecord, SecondFactorProof, UserRecord,
+};
+
+/// The second-factor throttle: 5 failed codes free, then 30 s doubling to 15 minutes.
+const SECOND_FACTOR_LOCKS: LockPolicy = LockPolicy {
+    lock_secs: throttle::lock_after,
+    max_secs: throttle::MAX_DELAY_SECS,
 };
 
 /// Number of backup codes in a set.
@@ -111,12 +117,41 @@ fn render_qr_svg(data: &str) -> ServiceResult<String> {
 impl Service {
     /// Counts an attempt before evaluating it, or refuses while the account is locked.
     pub(super) async fn reserve_attempt(&self, user: &UserRecord, now: i64) -> ServiceResult<u32> {
-        match self.store.reserve_attempt(&user.id, now, throttle::lock_after).await? {
+        match self
+            .store
+            .reserve_attempt(&user.id, AttemptKind::SecondFactor, now, SECOND_FACTOR_LOCKS)
+            .await?
+        {
             AttemptReservation::Granted { failures } => Ok(failures),
             AttemptReservation::Locked { until } => Err(ServiceError::Throttled {
                 retry_after_secs: (until - now).max(1),
             }),
         }
+    }
+
+    /// Takes one re-authentication from the account's per-minute budget (setup, password
+    /// change, regenerate, disable), which success does not refill: a stolen or scripted session
+    /// cannot keep the hashing pool busy.
+    pub(super) async fn take_reauth(&self, user: &UserRecord, now: i64) -> ServiceResult<()> {
+        let limit = self.config.reauth_per_minute;
+        if limit == 0 {
+            return Ok(());
+        }
+        match self.store.take_reauth(&user.id, now, 60, limit).await? {
+            AttemptReservation::Granted { .. } => Ok(()),
+            AttemptReservation::Locked { until } => Err(ServiceError::Throttled {
+                retry_after_secs: (until - now).max(1),
+            }),
+        }
+    }
+
+    /// TOTP codes of a suspended account are refused before anything is counted or checked.
+    pub(super) fn refuse_suspended_totp(&self, user: &UserRecord, factor: &SecondFactorInput) -> ServiceResult<()> {
+        let suspended = user.mfa.as_ref().is_some_and(|mfa| mfa.totp_suspended_at.is_some());
+        if suspended && matches!(factor, SecondFactorInput::Totp(_)) {
+            return Err(ServiceError::TotpSuspended);
+        }
+        Ok(())
     }
 
     /// Records a failed second-factor attempt (and the lockout it caused) and returns `err`.
@@ -151,6 +186,14 @@ impl Service {
                 return store_err.into();
             }
         }
+        if failures >= throttle::TOTP_SUSPEND_AFTER {
+            let event = meta.event(user_id, "mfa_totp_suspended", now);
+            match self.store.suspend_totp(user_id, &event).await {
+                Ok(true) => tracing::warn!(failures, "TOTP codes suspended after repeated failures"),
+                Ok(false) => {}
+                Err(store_err) => return store_err.into(),
+            }
+        }
         err
     }
 
@@ -182,6 +225,12 @@ impl Service {
                     .run(move || backup_code::hash_code(&code, &salt))
                     .await?
                     .map_err(|err| ServiceError::Internal(err.to_string()))?;
+                // Known before anything is generated or hashed for the change, so a wrong
+                // backup code costs what a wrong password costs. The consuming change still
+                // decides atomically (a parallel request may use the code first).
+                if !self.store.backup_code_exists(&user.id, &hash).await? {
+                    return Ok(None);
+                }
                 Ok(Some(SecondFactorProof::BackupCode(hash)))
             }
         }
@@ -238,6 +287,7 @@ impl Service {
             return Err(ServiceError::MfaAlreadyEnabled);
         }
         let now = self.now();
+        self.take_reauth(user, now).await?;
         // Re-authentication by password counts against the account's throttle too: a stolen
         // session must not become an unlimited password oracle.
         let failures = self.reserve_attempt(user, now).await?;
@@ -257,9 +307,16 @@ impl Service {
             created_at: now,
             expires_at: now + self.config.setup_ttl_secs,
         };
-        self.store
-            .put_pending_setup(&user.id, &setup, &meta.event(&user.id, "mfa_setup_started", now))
-            .await?;
+        let event = meta.event(&user.id, "mfa_setup_started", now);
+        match self
+            .store
+            .put_pending_setup(&user.id, &setup, &auth.session.token_hash, &event)
+            .await?
+        {
+            Consumed::Yes => {}
+            Consumed::SessionGone => return Err(ServiceError::Unauthenticated),
+            Consumed::Stale | Consumed::Rejected => return Err(ServiceError::MfaAlreadyEnabled),
+        }
         Ok(SetupView {
             secret: secret.to_base32().to_string(),
             otpauth_url,
@@ -312,7 +369,8 @@ impl Service {
         match self.store.enable_mfa(&enable).await? {
             Consumed::Yes => Ok(fresh),
             // Another request enabled MFA or replaced the setup in the meantime.
-            Consumed::Rejected => Err(ServiceError::NoPendingSetup),
+            Consumed::Rejected | Consumed::Stale => Err(ServiceError::NoPendingSetup),
+            Consumed::SessionGone => Err(ServiceError::Unauthenticated),
         }
     }
 
@@ -331,6 +389,8 @@ impl Service {
         if user.mfa.is_none() {
             return Err(ServiceError::MfaNotEnabled);
         }
+        self.refuse_suspended_totp(user, &factor)?;
+        self.take_reauth(user, now).await?;
         let failures = self.reserve_attempt(user, now).await?;
         let password_ok = self.password_matches(user, password).await?;
         match self.check_second_factor(user, &factor, now).await? {
@@ -363,6 +423,8 @@ impl Service {
             Consumed::Rejected => Err(self
                 .second_factor_failed(user_id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
                 .await),
+            Consumed::SessionGone => Err(ServiceError::Unauthenticated),
+            Consumed::Stale => Err(ServiceError::StateChanged),
         }
     }
 
@@ -387,6 +449,8 @@ impl Service {
             Consumed::Rejected => Err(self
                 .second_factor_failed(user_id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
                 .await),
+            Consumed::SessionGone => Err(ServiceError::Unauthenticated),
+            Consumed::Stale => Err(ServiceError::StateChanged),
         }
     }
 
@@ -441,6 +505,7 @@ impl Service {
         if user.disabled_at.is_some() {
             return Err(ServiceError::AccountDisabled);
         }
+        self.refuse_suspended_totp(&user, &factor)?;
         let failures = self.reserve_attempt(&user, now).await?;
         let Some(proof) = self.check_second_factor(&user, &factor, now).await? else {
             return Err(self
@@ -455,7 +520,7 @@ impl Service {
             .await?
         {
             Consumed::Yes => Ok(session),
-            Consumed::Rejected => Err(self
+            Consumed::Rejected | Consumed::SessionGone | Consumed::Stale => Err(self
                 .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
                 .await),
         }

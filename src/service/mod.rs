@@ -54,6 +54,13 @@ pub enum ServiceError {
     MfaNotEnabled,
     #[error("no MFA setup in progress")]
     NoPendingSetup,
+    /// TOTP codes are suspended after too many failures; backup codes still work.
+    #[error("TOTP codes are suspended for this account")]
+    TotpSuspended,
+    /// The account changed between the check and the change (e.g. the password was changed by
+    /// another request); nothing was written.
+    #[error("the account changed while the request was processed")]
+    StateChanged,
     /// Too many failed second-factor attempts: retry after this many seconds.
     #[error("too many attempts")]
     Throttled { retry_after_secs: i64 },
@@ -125,6 +132,9 @@ pub struct ServiceConfig {
     pub challenge_ttl_secs: i64,
     /// Lifetime of a pending MFA setup (10 minutes).
     pub setup_ttl_secs: i64,
+    /// Re-authentications (MFA setup, password change, regenerate, disable) per account and
+    /// minute; success does not give any back. 0 switches the budget off.
+    pub reauth_per_minute: u32,
 }
 
 impl Default for ServiceConfig {
@@ -137,6 +147,7 @@ impl Default for ServiceConfig {
             totp: TotpPolicy::default(),
             challenge_ttl_secs: 5 * 60,
             setup_ttl_secs: 10 * 60,
+            reauth_per_minute: 10,
         }
     }
 }
@@ -186,6 +197,53 @@ pub struct Service {
     config: ServiceConfig,
     /// Verified against when the email is unknown, so both failures cost the same.
     dummy_hash: PasswordHashString,
+    /// Password failures of emails that have no account, so that they lock like real ones.
+    unknown_logins: UnknownLogins,
+}
+
+/// Consecutive failed logins of emails without an account, in memory and bounded: the answers
+/// to an unknown email (401 ... then 429 with the same delays) must not differ from a known
+/// one's, or the lock would tell which emails have accounts. Keyed by the SHA-256 of the
+/// normalised email (the address itself is not kept); need not survive a restart.
+#[derive(Debug, Default)]
+pub struct UnknownLogins {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], crate::store::ThrottleRecord>>,
+}
+
+/// Emails without an account tracked at most; past it an arbitrary entry makes room (bounded
+/// memory under spraying; an evicted email starts counting again).
+const UNKNOWN_LOGINS_CAP: usize = 50_000;
+
+impl UnknownLogins {
+    /// The same reservation as the store's password throttle, in memory.
+    fn reserve(&self, email: &str, now: i64) -> crate::store::AttemptReservation {
+        use crate::store::AttemptReservation;
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(email.as_bytes()).into();
+        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !entries.contains_key(&key)
+            && entries.len() >= UNKNOWN_LOGINS_CAP
+            && let Some(evicted) = entries.keys().next().copied()
+        {
+            entries.remove(&evicted);
+        }
+        let entry = entries.entry(key).or_default();
+        match entry.locked_until {
+            Some(until) if until > now && until <= now + crate::domain::throttle::MAX_DELAY_SECS => {
+                AttemptReservation::Locked { until }
+            }
+            _ => {
+                entry.failures = entry.failures.saturating_add(1);
+                let lock = crate::domain::throttle::password_lock_after(entry.failures);
+                if lock > 0 {
+                    entry.locked_until = Some(now + lock);
+                }
+                AttemptReservation::Granted {
+                    failures: entry.failures,
+                }
+            }
+        }
+    }
 }
 
 impl Service {
@@ -211,6 +269,7 @@ impl Service {
             hashing,
             config,
             dummy_hash,
+            unknown_logins: UnknownLogins::default(),
         })
     }
 

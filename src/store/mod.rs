@@ -36,7 +36,10 @@ pub struct UserRecord {
     pub created_at: i64,
     pub disabled_at: Option<i64>,
     pub mfa: Option<MfaRecord>,
+    /// The second-factor throttle (codes, and password re-authentication through a session).
     pub throttle: ThrottleRecord,
+    /// The password throttle of the login's first step.
+    pub password_throttle: ThrottleRecord,
 }
 
 /// MFA state of a user with MFA on.
@@ -46,6 +49,8 @@ pub struct MfaRecord {
     pub enabled_at: i64,
     pub last_step: Option<i64>,
     pub backup_salt: Vec<u8>,
+    /// Set after too many consecutive failed codes: TOTP codes are refused, backup codes work.
+    pub totp_suspended_at: Option<i64>,
 }
 
 impl std::fmt::Debug for MfaRecord {
@@ -53,11 +58,12 @@ impl std::fmt::Debug for MfaRecord {
         f.debug_struct("MfaRecord")
             .field("enabled_at", &self.enabled_at)
             .field("last_step", &self.last_step)
+            .field("totp_suspended_at", &self.totp_suspended_at)
             .finish_non_exhaustive()
     }
 }
 
-/// The second-factor throttle counters of a user.
+/// Consecutive-failure counters of a user (one for the second factor, one for the password).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ThrottleRecord {
     pub failures: u32,
@@ -144,7 +150,25 @@ pub enum SecondFactorProof {
     BackupCode([u8; 32]),
 }
 
-/// The outcome of asking to evaluate one more second-factor attempt.
+/// Which consecutive-failure counter an attempt counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptKind<'a> {
+    /// A code (TOTP or backup), or a password re-authentication through a session.
+    SecondFactor,
+    /// The password of a login. An attempt from `network`, when it is the network of the
+    /// account's last successful login, is evaluated even while the password step is locked.
+    Password { network: Option<&'a str> },
+}
+
+/// How long a lock lasts after how many failures, and the longest any lock may be. A stored
+/// lock longer than `max_secs` from now (a clock that went backwards) is not honoured.
+#[derive(Debug, Clone, Copy)]
+pub struct LockPolicy {
+    pub lock_secs: fn(u32) -> i64,
+    pub max_secs: i64,
+}
+
+/// The outcome of asking to evaluate one more attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptReservation {
     /// Go ahead; this attempt is counted as the `failures`-th until a success resets the count.
@@ -157,9 +181,16 @@ pub enum AttemptReservation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consumed {
     Yes,
-    /// The step was not newer than the last accepted one, the backup code was gone, the
-    /// challenge expired or was used, or the state changed underneath: nothing was written.
+    /// The step was not newer than the last accepted one, the backup code was gone, or the
+    /// challenge expired or was used: nothing was written.
     Rejected,
+    /// The session acting for the request no longer exists (logged out, revoked): nothing was
+    /// written.
+    SessionGone,
+    /// The account changed between the check and the change (the password hash that was
+    /// verified is no longer the stored one, MFA was turned on or off, the account was
+    /// disabled): nothing was written.
+    Stale,
 }
 
 /// A fresh backup-code set, as stored.
@@ -206,12 +237,14 @@ pub trait Store: Send + Sync + 'static {
     async fn backup_codes_remaining(&self, user_id: &str) -> StoreResult<i64>;
     /// Replaces the hash only if it is still `old_hash` (parameter upgrade after login).
     async fn upgrade_password_hash(&self, user_id: &str, old_hash: &str, new_hash: &str) -> StoreResult<()>;
-    /// Sets a new password, consumes the proof if any, revokes every session but `keep`,
-    /// resets the throttle and records the event.
+    /// Sets a new password while `keep` still exists and `old_hash` is still the stored hash;
+    /// consumes the proof if any, revokes every session but `keep`, resets the throttle and
+    /// records the event.
     async fn change_password(
         &self,
         user_id: &str,
         proof: Option<SecondFactorProof>,
+        old_hash: &str,
         new_hash: &str,
         keep: &TokenHash,
         event: &NewEvent,
@@ -219,6 +252,16 @@ pub trait Store: Send + Sync + 'static {
 
     // --- sessions ---
     async fn insert_session(&self, session: &SessionRecord, event: &NewEvent) -> StoreResult<()>;
+    /// The one-factor session of a password login: created only while `verified_hash` is still
+    /// the stored hash, MFA is off and the account is enabled (`Stale` otherwise). Resets the
+    /// password throttle and remembers `network` as the last login's.
+    async fn login_session(
+        &self,
+        session: &SessionRecord,
+        verified_hash: &str,
+        network: Option<&str>,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed>;
     /// The session and its user if the session is neither expired nor idle past `idle_secs`;
     /// refreshes `last_seen_at` (at most once a minute, to keep the hot path read-mostly).
     async fn active_session(
@@ -245,26 +288,51 @@ pub trait Store: Send + Sync + 'static {
     /// the lease was lost (another instance took over) and nothing was written.
     async fn set_webhook_cursor(&self, holder: &str, position: OutboxPosition) -> StoreResult<bool>;
 
-    // --- second-factor throttle ---
-    /// Counts one more attempt before it is evaluated, unless the account is locked; sets the
-    /// lock that `lock_secs(failures)` prescribes. One conditional update, so a burst of
-    /// parallel attempts cannot all slip through.
+    // --- throttles ---
+    /// Counts one more attempt of `kind` before it is evaluated, unless that counter is locked;
+    /// sets the lock the policy prescribes. One conditional update, so a burst of parallel
+    /// attempts cannot all slip through.
     async fn reserve_attempt(
         &self,
         user_id: &str,
+        kind: AttemptKind<'_>,
         now: i64,
-        lock_secs: fn(u32) -> i64,
+        policy: LockPolicy,
     ) -> StoreResult<AttemptReservation>;
+    /// Suspends TOTP codes of a user with MFA on (after too many failures); records `event`
+    /// when it newly did. True if it newly did.
+    async fn suspend_totp(&self, user_id: &str, event: &NewEvent) -> StoreResult<bool>;
+    /// Takes one re-authentication from the user's budget of `limit` per `window_secs`
+    /// (`Granted { failures: n }` with n the count in the window, or `Locked { until }` when
+    /// the window is used up). Success does not give any back.
+    async fn take_reauth(
+        &self,
+        user_id: &str,
+        now: i64,
+        window_secs: i64,
+        limit: u32,
+    ) -> StoreResult<AttemptReservation>;
+    /// Whether the user has an unused backup code with this hash (a read; using it is
+    /// the consuming change's business).
+    async fn backup_code_exists(&self, user_id: &str, hash: &[u8; 32]) -> StoreResult<bool>;
 
     // --- MFA lifecycle ---
-    /// Stores (or replaces) the pending setup and resets the throttle (the password was right).
-    async fn put_pending_setup(&self, user_id: &str, setup: &PendingSetupRecord, event: &NewEvent) -> StoreResult<()>;
+    /// Stores (or replaces) the pending setup and resets the throttle (the password was right),
+    /// while the session `keep` exists (`SessionGone`) and MFA is off (`Stale`).
+    async fn put_pending_setup(
+        &self,
+        user_id: &str,
+        setup: &PendingSetupRecord,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed>;
     async fn pending_setup(&self, user_id: &str, now: i64) -> StoreResult<Option<PendingSetupRecord>>;
     /// Consumes the pending setup and turns MFA on with the first accepted step and the backup
     /// codes; revokes the other sessions; resets the throttle. Rejected if the setup is gone,
-    /// expired or replaced, or MFA is already on.
+    /// expired or replaced, or MFA is already on; `SessionGone` if the acting session ended.
     async fn enable_mfa(&self, enable: &EnableMfa) -> StoreResult<Consumed>;
     /// Consumes the proof and replaces the whole backup-code set; revokes other sessions.
+    /// `SessionGone` (nothing written) if `keep` no longer exists.
     async fn replace_backup_codes(
         &self,
         user_id: &str,
@@ -274,6 +342,7 @@ pub trait Store: Send + Sync + 'static {
         event: &NewEvent,
     ) -> StoreResult<Consumed>;
     /// Consumes the proof and deletes secret, codes and challenges; revokes other sessions.
+    /// `SessionGone` (nothing written) if `keep` no longer exists.
     async fn disable_mfa(
         &self,
         user_id: &str,
@@ -287,17 +356,24 @@ pub trait Store: Send + Sync + 'static {
     async fn set_disabled(&self, user_id: &str, disabled_at: Option<i64>, event: &NewEvent) -> StoreResult<()>;
 
     // --- second-factor login ---
+    /// The `mfa_token` of a password login: stored only while `verified_hash` is still the
+    /// stored hash, MFA is on and the account is enabled (`Stale` otherwise). Resets the
+    /// password throttle and remembers `network` as the last login's.
+    #[allow(clippy::too_many_arguments)]
     async fn insert_challenge(
         &self,
         token_hash: &TokenHash,
         user_id: &str,
         created_at: i64,
         expires_at: i64,
+        verified_hash: &str,
+        network: Option<&str>,
         event: &NewEvent,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Consumed>;
     /// The user id of a challenge that is still valid at `now`.
     async fn challenge_user(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<String>>;
-    /// Consumes the challenge and the proof, resets the throttle and creates the session.
+    /// Consumes the challenge and the proof, resets the throttle (and, for a backup code, lifts
+    /// a TOTP suspension) and creates the session.
     async fn complete_challenge(
         &self,
         token_hash: &TokenHash,

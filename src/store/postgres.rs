@@ -107,7 +107,8 @@ macro_rules! select_user {
             "SELECT ",
             $extra,
             "u.id, u.email, u.password_hash, u.created_at, u.disabled_at, u.mfa_secret, ",
-            "u.mfa_enabled_at, u.mfa_last_step, u.backup_salt, u.mfa_failures, u.mfa_locked_until ",
+            "u.mfa_enabled_at, u.mfa_last_step, u.backup_salt, u.mfa_failures, u.mfa_locked_until, ",
+            "u.password_failures, u.password_locked_until, u.mfa_totp_suspended_at ",
             "FROM users u ",
             $where
         )
@@ -123,10 +124,12 @@ fn user_from_row(row: &PgRow) -> Result<UserRecord, sqlx::Error> {
             enabled_at,
             last_step: row.try_get("mfa_last_step")?,
             backup_salt: row.try_get::<Option<Vec<u8>>, _>("backup_salt")?.unwrap_or_default(),
+            totp_suspended_at: row.try_get("mfa_totp_suspended_at")?,
         }),
         _ => None,
     };
     let failures: i64 = row.try_get("mfa_failures")?;
+    let password_failures: i64 = row.try_get("password_failures")?;
     Ok(UserRecord {
         id: row.try_get("id")?,
         email: row.try_get("email")?,
@@ -137,6 +140,10 @@ fn user_from_row(row: &PgRow) -> Result<UserRecord, sqlx::Error> {
         throttle: ThrottleRecord {
             failures: u32::try_from(failures).unwrap_or(u32::MAX),
             locked_until: row.try_get("mfa_locked_until")?,
+        },
+        password_throttle: ThrottleRecord {
+            failures: u32::try_from(password_failures).unwrap_or(u32::MAX),
+            locked_until: row.try_get("password_locked_until")?,
         },
     })
 }
@@ -305,10 +312,52 @@ async fn insert_session_in(tx: &mut Tx, session: &SessionRecord) -> Result<(), s
     Ok(())
 }
 
+async fn session_exists_in(tx: &mut Tx, token_hash: &TokenHash) -> Result<bool, sqlx::Error> {
+    let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE token_hash = $1")
+        .bind(token_hash.as_bytes())
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(found == 1)
+}
+
+/// The account-side part of a successful password login, conditional on what was checked:
+/// the verified hash is still the stored one, MFA is in the expected state and the account is
+/// enabled. Resets the password throttle and remembers the network. False: nothing changed.
+async fn password_login_succeeded_in(
+    tx: &mut Tx,
+    user_id: &str,
+    verified_hash: &str,
+    network: Option<&str>,
+    mfa_on: bool,
+) -> Result<bool, sqlx::Error> {
+    let mfa = if mfa_on { "IS NOT NULL" } else { "IS NULL" };
+    let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE users SET password_failures = 0, password_locked_until = NULL, \
+         last_login_network = COALESCE($1, last_login_network) \
+         WHERE id = $2 AND password_hash = $3 AND mfa_enabled_at {mfa} AND disabled_at IS NULL"
+    )))
+    .bind(network)
+    .bind(user_id)
+    .bind(verified_hash)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+async fn lift_totp_suspension_in(tx: &mut Tx, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET mfa_totp_suspended_at = NULL WHERE id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 async fn clear_mfa_in(tx: &mut Tx, user_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE users SET mfa_secret = NULL, mfa_enabled_at = NULL, mfa_last_step = NULL, \
-         backup_salt = NULL, mfa_failures = 0, mfa_locked_until = NULL WHERE id = $1",
+         backup_salt = NULL, mfa_failures = 0, mfa_locked_until = NULL, mfa_totp_suspended_at = NULL \
+         WHERE id = $1",
     )
     .bind(user_id)
     .execute(&mut **tx)
@@ -435,26 +484,61 @@ impl Store for PgStore {
         &self,
         user_id: &str,
         proof: Option<SecondFactorProof>,
+        old_hash: &str,
         new_hash: &str,
         keep: &TokenHash,
         event: &NewEvent,
     ) -> StoreResult<Consumed> {
         let mut tx = self.begin().await?;
         lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        if !session_exists_in(&mut tx, keep).await.map_err(map_err)? {
+            return Ok(Consumed::SessionGone);
+        }
         if let Some(proof) = proof
             && !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)?
         {
             return Ok(Consumed::Rejected);
         }
-        sqlx::query("UPDATE users SET password_hash = $1, mfa_failures = 0, mfa_locked_until = NULL WHERE id = $2")
-            .bind(new_hash)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let changed = sqlx::query(
+            "UPDATE users SET password_hash = $1, mfa_failures = 0, mfa_locked_until = NULL \
+             WHERE id = $2 AND password_hash = $3",
+        )
+        .bind(new_hash)
+        .bind(user_id)
+        .bind(old_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if changed != 1 {
+            return Ok(Consumed::Stale);
+        }
         revoke_other_sessions_in(&mut tx, user_id, keep)
             .await
             .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+
+    async fn login_session(
+        &self,
+        session: &SessionRecord,
+        verified_hash: &str,
+        network: Option<&str>,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
+        let mut tx = self.begin().await?;
+        // The conditional UPDATE locks the user row until commit: a password change or an MFA
+        // enable running at the same time either waits for this session (and then revokes it)
+        // or has committed first (and then this UPDATE finds the changed row and writes nothing).
+        let current = password_login_succeeded_in(&mut tx, &session.user_id, verified_hash, network, false)
+            .await
+            .map_err(map_err)?;
+        if !current {
+            return Ok(Consumed::Stale);
+        }
+        insert_session_in(&mut tx, session).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
@@ -630,42 +714,56 @@ impl Store for PgStore {
     async fn reserve_attempt(
         &self,
         user_id: &str,
+        kind: AttemptKind<'_>,
         now: i64,
-        lock_secs: fn(u32) -> i64,
+        policy: LockPolicy,
     ) -> StoreResult<AttemptReservation> {
+        let (counter, lock, network) = match kind {
+            AttemptKind::SecondFactor => ("mfa_failures", "mfa_locked_until", None),
+            AttemptKind::Password { network } => ("password_failures", "password_locked_until", network),
+        };
         let mut tx = self.begin().await?;
         // The UPDATE locks the row until commit: a concurrent reservation waits here, then
-        // re-evaluates the lock condition against the lock time written below.
-        let counted: Option<i64> = sqlx::query_scalar(
-            "UPDATE users SET mfa_failures = mfa_failures + 1 \
-             WHERE id = $1 AND (mfa_locked_until IS NULL OR mfa_locked_until <= $2) RETURNING mfa_failures",
-        )
+        // re-evaluates the lock condition against the lock time written below. Not locked, or
+        // the lock is longer than any lock can be (the clock went backwards), or the attempt
+        // comes from the network of the last successful login.
+        let counted: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "UPDATE users SET {counter} = {counter} + 1 WHERE id = $1 \
+             AND ({lock} IS NULL OR {lock} <= $2 OR {lock} > $3 \
+             OR ($4::text IS NOT NULL AND last_login_network = $4::text)) \
+             RETURNING {counter}"
+        )))
         .bind(user_id)
         .bind(now)
+        .bind(now.saturating_add(policy.max_secs))
+        .bind(network)
         .fetch_optional(&mut *tx)
         .await
         .map_err(map_err)?;
         let reservation = match counted {
             Some(failures) => {
                 let failures = u32::try_from(failures).unwrap_or(u32::MAX);
-                let lock = lock_secs(failures);
-                if lock > 0 {
-                    sqlx::query("UPDATE users SET mfa_locked_until = $1 WHERE id = $2")
-                        .bind(now + lock)
-                        .bind(user_id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
+                let secs = (policy.lock_secs)(failures);
+                if secs > 0 {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE users SET {lock} = $1 WHERE id = $2"
+                    )))
+                    .bind(now + secs)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
                 }
                 AttemptReservation::Granted { failures }
             }
             None => {
-                let until: Option<i64> = sqlx::query_scalar("SELECT mfa_locked_until FROM users WHERE id = $1")
-                    .bind(user_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(map_err)?
-                    .flatten();
+                let until: Option<i64> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {lock} FROM users WHERE id = $1")))
+                        .bind(user_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(map_err)?
+                        .flatten();
                 AttemptReservation::Locked {
                     until: until.unwrap_or(now),
                 }
@@ -675,9 +773,108 @@ impl Store for PgStore {
         Ok(reservation)
     }
 
-    async fn put_pending_setup(&self, user_id: &str, setup: &PendingSetupRecord, event: &NewEvent) -> StoreResult<()> {
+    async fn suspend_totp(&self, user_id: &str, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        let suspended = sqlx::query(
+            "UPDATE users SET mfa_totp_suspended_at = $1 WHERE id = $2 \
+             AND mfa_enabled_at IS NOT NULL AND mfa_totp_suspended_at IS NULL",
+        )
+        .bind(event.at)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1;
+        if suspended {
+            insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(suspended)
+    }
+
+    async fn take_reauth(
+        &self,
+        user_id: &str,
+        now: i64,
+        window_secs: i64,
+        limit: u32,
+    ) -> StoreResult<AttemptReservation> {
+        let mut tx = self.begin().await?;
+        // One conditional UPDATE: concurrent takers queue on the row and re-check the count.
+        // A window that started in the future (the clock went backwards) is not trusted.
+        let taken: Option<i64> = sqlx::query_scalar(
+            "UPDATE users SET \
+             reauth_count = CASE WHEN reauth_window_start IS NULL OR reauth_window_start <= $2 - $3 \
+               OR reauth_window_start > $2 THEN 1 ELSE reauth_count + 1 END, \
+             reauth_window_start = CASE WHEN reauth_window_start IS NULL OR reauth_window_start <= $2 - $3 \
+               OR reauth_window_start > $2 THEN $2 ELSE reauth_window_start END \
+             WHERE id = $1 AND NOT (reauth_window_start IS NOT NULL AND reauth_window_start > $2 - $3 \
+               AND reauth_window_start <= $2 AND reauth_count >= $4) \
+             RETURNING reauth_count",
+        )
+        .bind(user_id)
+        .bind(now)
+        .bind(window_secs)
+        .bind(i64::from(limit))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let reservation = match taken {
+            Some(count) => AttemptReservation::Granted {
+                failures: u32::try_from(count).unwrap_or(u32::MAX),
+            },
+            None => {
+                let start: Option<i64> = sqlx::query_scalar("SELECT reauth_window_start FROM users WHERE id = $1")
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+                    .flatten();
+                AttemptReservation::Locked {
+                    until: start.map_or(now, |start| start + window_secs),
+                }
+            }
+        };
+        tx.commit().await.map_err(map_err)?;
+        Ok(reservation)
+    }
+
+    async fn backup_code_exists(&self, user_id: &str, hash: &[u8; 32]) -> StoreResult<bool> {
+        let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM backup_codes WHERE user_id = $1 AND code_hash = $2")
+            .bind(user_id)
+            .bind(&hash[..])
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(found > 0)
+    }
+
+    async fn put_pending_setup(
+        &self,
+        user_id: &str,
+        setup: &PendingSetupRecord,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
         let mut tx = self.begin().await?;
         lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        if !session_exists_in(&mut tx, keep).await.map_err(map_err)? {
+            return Ok(Consumed::SessionGone);
+        }
+        // The password was right: the re-authentication attempt succeeded.
+        let mfa_off = sqlx::query(
+            "UPDATE users SET mfa_failures = 0, mfa_locked_until = NULL WHERE id = $1 AND mfa_enabled_at IS NULL",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1;
+        if !mfa_off {
+            return Ok(Consumed::Stale);
+        }
         sqlx::query(
             "INSERT INTO mfa_pending (user_id, secret, created_at, expires_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (user_id) DO UPDATE SET secret = excluded.secret, \
@@ -690,10 +887,9 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        // The password was right: the re-authentication attempt succeeded.
-        reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
-        tx.commit().await.map_err(map_err)
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
     }
 
     async fn pending_setup(&self, user_id: &str, now: i64) -> StoreResult<Option<PendingSetupRecord>> {
@@ -719,6 +915,12 @@ impl Store for PgStore {
     async fn enable_mfa(&self, enable: &EnableMfa) -> StoreResult<Consumed> {
         let mut tx = self.begin().await?;
         lock_user(&mut tx, &enable.user_id).await.map_err(map_err)?;
+        if !session_exists_in(&mut tx, &enable.keep_session)
+            .await
+            .map_err(map_err)?
+        {
+            return Ok(Consumed::SessionGone);
+        }
         let consumed = sqlx::query("DELETE FROM mfa_pending WHERE user_id = $1 AND secret = $2 AND expires_at > $3")
             .bind(&enable.user_id)
             .bind(&enable.sealed_secret)
@@ -768,6 +970,9 @@ impl Store for PgStore {
     ) -> StoreResult<Consumed> {
         let mut tx = self.begin().await?;
         lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        if !session_exists_in(&mut tx, keep).await.map_err(map_err)? {
+            return Ok(Consumed::SessionGone);
+        }
         if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
             return Ok(Consumed::Rejected);
         }
@@ -790,6 +995,9 @@ impl Store for PgStore {
     ) -> StoreResult<Consumed> {
         let mut tx = self.begin().await?;
         lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        if !session_exists_in(&mut tx, keep).await.map_err(map_err)? {
+            return Ok(Consumed::SessionGone);
+        }
         if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
             return Ok(Consumed::Rejected);
         }
@@ -838,10 +1046,18 @@ impl Store for PgStore {
         user_id: &str,
         created_at: i64,
         expires_at: i64,
+        verified_hash: &str,
+        network: Option<&str>,
         event: &NewEvent,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Consumed> {
         let mut tx = self.begin().await?;
         lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        if !password_login_succeeded_in(&mut tx, user_id, verified_hash, network, true)
+            .await
+            .map_err(map_err)?
+        {
+            return Ok(Consumed::Stale);
+        }
         // Expired challenges of this user are garbage; clearing them here keeps the table small.
         sqlx::query("DELETE FROM mfa_challenges WHERE user_id = $1 AND expires_at <= $2")
             .bind(user_id)
@@ -858,7 +1074,8 @@ impl Store for PgStore {
             .await
             .map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
-        tx.commit().await.map_err(map_err)
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
     }
 
     async fn challenge_user(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<String>> {
@@ -897,6 +1114,11 @@ impl Store for PgStore {
             return Ok(Consumed::Rejected);
         }
         reset_throttle_in(&mut tx, &session.user_id).await.map_err(map_err)?;
+        if matches!(proof, SecondFactorProof::BackupCode(_)) {
+            lift_totp_suspension_in(&mut tx, &session.user_id)
+                .await
+                .map_err(map_err)?;
+        }
         insert_session_in(&mut tx, session).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;

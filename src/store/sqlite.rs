@@ -74,7 +74,8 @@ macro_rules! select_user {
             "SELECT ",
             $extra,
             "u.id, u.email, u.password_hash, u.created_at, u.disabled_at, u.mfa_secret, ",
-            "u.mfa_enabled_at, u.mfa_last_step, u.backup_salt, u.mfa_failures, u.mfa_locked_until ",
+            "u.mfa_enabled_at, u.mfa_last_step, u.backup_salt, u.mfa_failures, u.mfa_locked_until, ",
+            "u.password_failures, u.password_locked_until, u.mfa_totp_suspended_at ",
             "FROM users u ",
             $where
         )
@@ -90,10 +91,12 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
             enabled_at,
             last_step: row.try_get("mfa_last_step")?,
             backup_salt: row.try_get::<Option<Vec<u8>>, _>("backup_salt")?.unwrap_or_default(),
+            totp_suspended_at: row.try_get("mfa_totp_suspended_at")?,
         }),
         _ => None,
     };
     let failures: i64 = row.try_get("mfa_failures")?;
+    let password_failures: i64 = row.try_get("password_failures")?;
     Ok(UserRecord {
         id: row.try_get("id")?,
         email: row.try_get("email")?,
@@ -104,6 +107,10 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
         throttle: ThrottleRecord {
             failures: u32::try_from(failures).unwrap_or(u32::MAX),
             locked_until: row.try_get("mfa_locked_until")?,
+        },
+        password_throttle: ThrottleRecord {
+            failures: u32::try_from(password_failures).unwrap_or(u32::MAX),
+            locked_until: row.try_get("password_locked_until")?,
         },
     })
 }
@@ -339,26 +346,57 @@ impl Store for SqliteStore {
         &self,
         user_id: &str,
         proof: Option<SecondFactorProof>,
+        old_hash: &str,
         new_hash: &str,
         keep: &TokenHash,
         event: &NewEvent,
     ) -> StoreResult<Consumed> {
         let mut tx = self.immediate().await?;
+        if !session_exists_in(&mut tx, keep).await.map_err(map_err)? {
+            return Ok(Consumed::SessionGone);
+        }
         if let Some(proof) = proof
             && !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)?
         {
             return Ok(Consumed::Rejected);
         }
-        reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
-        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
-            .bind(new_hash)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let changed = sqlx::query(
+            "UPDATE users SET password_hash = ?, mfa_failures = 0, mfa_locked_until = NULL \
+             WHERE id = ? AND password_hash = ?",
+        )
+        .bind(new_hash)
+        .bind(user_id)
+        .bind(old_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if changed != 1 {
+            return Ok(Consumed::Stale);
+        }
         revoke_other_sessions_in(&mut tx, user_id, keep)
             .await
             .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
+    }
+
+    async fn login_session(
+        &self,
+        session: &SessionRecord,
+        verified_hash: &str,
+        network: Option<&str>,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
+        let mut tx = self.immediate().await?;
+        let current = password_login_succeeded_in(&mut tx, &session.user_id, verified_hash, network, false)
+            .await
+            .map_err(map_err)?;
+        if !current {
+            return Ok(Consumed::Stale);
+        }
+        insert_session_in(&mut tx, session).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
@@ -512,26 +550,36 @@ impl Store for SqliteStore {
     async fn reserve_attempt(
         &self,
         user_id: &str,
+        kind: AttemptKind<'_>,
         now: i64,
-        lock_secs: fn(u32) -> i64,
+        policy: LockPolicy,
     ) -> StoreResult<AttemptReservation> {
+        let (counter, lock, network) = match kind {
+            AttemptKind::SecondFactor => ("mfa_failures", "mfa_locked_until", None),
+            AttemptKind::Password { network } => ("password_failures", "password_locked_until", network),
+        };
         let mut tx = self.immediate().await?;
-        let counted: Option<i64> = sqlx::query_scalar(
-            "UPDATE users SET mfa_failures = mfa_failures + 1 \
-             WHERE id = ? AND (mfa_locked_until IS NULL OR mfa_locked_until <= ?) RETURNING mfa_failures",
-        )
+        // Not locked, or the lock is longer than any lock can be (the clock went backwards), or
+        // the attempt comes from the network of the last successful login.
+        let counted: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "UPDATE users SET {counter} = {counter} + 1 WHERE id = ?1 \
+             AND ({lock} IS NULL OR {lock} <= ?2 OR {lock} > ?3 OR (?4 IS NOT NULL AND last_login_network = ?4)) \
+             RETURNING {counter}"
+        )))
         .bind(user_id)
         .bind(now)
+        .bind(now.saturating_add(policy.max_secs))
+        .bind(network)
         .fetch_optional(&mut *tx)
         .await
         .map_err(map_err)?;
         let reservation = match counted {
             Some(failures) => {
                 let failures = u32::try_from(failures).unwrap_or(u32::MAX);
-                let lock = lock_secs(failures);
-                if lock > 0 {
-                    sqlx::query("UPDATE users SET mfa_locked_until = ? WHERE id = ?")
-                        .bind(now + lock)
+                let secs = (policy.lock_secs)(failures);
+                if secs > 0 {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE users SET {lock} = ? WHERE id = ?")))
+                        .bind(now + secs)
                         .bind(user_id)
                         .execute(&mut *tx)
                         .await
@@ -540,12 +588,13 @@ impl Store for SqliteStore {
                 AttemptReservation::Granted { failures }
             }
             None => {
-                let until: Option<i64> = sqlx::query_scalar("SELECT mfa_locked_until FROM users WHERE id = ?")
-                    .bind(user_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(map_err)?
-                    .flatten();
+                let until: Option<i64> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {lock} FROM users WHERE id = ?")))
+                        .bind(user_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(map_err)?
+                        .flatten();
                 AttemptReservation::Locked {
                     until: until.unwrap_or(now),
                 }
@@ -555,8 +604,106 @@ impl Store for SqliteStore {
         Ok(reservation)
     }
 
-    async fn put_pending_setup(&self, user_id: &str, setup: &PendingSetupRecord, event: &NewEvent) -> StoreResult<()> {
+    async fn suspend_totp(&self, user_id: &str, event: &NewEvent) -> StoreResult<bool> {
         let mut tx = self.immediate().await?;
+        let suspended = sqlx::query(
+            "UPDATE users SET mfa_totp_suspended_at = ? WHERE id = ? \
+             AND mfa_enabled_at IS NOT NULL AND mfa_totp_suspended_at IS NULL",
+        )
+        .bind(event.at)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1;
+        if suspended {
+            insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(suspended)
+    }
+
+    async fn take_reauth(
+        &self,
+        user_id: &str,
+        now: i64,
+        window_secs: i64,
+        limit: u32,
+    ) -> StoreResult<AttemptReservation> {
+        let mut tx = self.immediate().await?;
+        // A window that started in the future (the clock went backwards) is not trusted.
+        let taken: Option<i64> = sqlx::query_scalar(
+            "UPDATE users SET \
+             reauth_count = CASE WHEN reauth_window_start IS NULL OR reauth_window_start <= ?2 - ?3 \
+               OR reauth_window_start > ?2 THEN 1 ELSE reauth_count + 1 END, \
+             reauth_window_start = CASE WHEN reauth_window_start IS NULL OR reauth_window_start <= ?2 - ?3 \
+               OR reauth_window_start > ?2 THEN ?2 ELSE reauth_window_start END \
+             WHERE id = ?1 AND NOT (reauth_window_start IS NOT NULL AND reauth_window_start > ?2 - ?3 \
+               AND reauth_window_start <= ?2 AND reauth_count >= ?4) \
+             RETURNING reauth_count",
+        )
+        .bind(user_id)
+        .bind(now)
+        .bind(window_secs)
+        .bind(i64::from(limit))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let reservation = match taken {
+            Some(count) => AttemptReservation::Granted {
+                failures: u32::try_from(count).unwrap_or(u32::MAX),
+            },
+            None => {
+                let start: Option<i64> = sqlx::query_scalar("SELECT reauth_window_start FROM users WHERE id = ?")
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+                    .flatten();
+                AttemptReservation::Locked {
+                    until: start.map_or(now, |start| start + window_secs),
+                }
+            }
+        };
+        tx.commit().await.map_err(map_err)?;
+        Ok(reservation)
+    }
+
+    async fn backup_code_exists(&self, user_id: &str, hash: &[u8; 32]) -> StoreResult<bool> {
+        let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM backup_codes WHERE user_id = ? AND code_hash = ?")
+            .bind(user_id)
+            .bind(&hash[..])
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(found > 0)
+    }
+
+    async fn put_pending_setup(
+        &self,
+        user_id: &str,
+        setup: &PendingSetupRecord,
+        keep: &TokenHash,
+        event: &NewEvent,
+    ) -> StoreResult<Consumed> {
+        let mut tx = self.immediate().await?;
+        if !session_exists_in(&mut tx, keep).await.map_err(map_err)? {
+            return Ok(Consumed::SessionGone);
+        }
+        // The password was right: the re-authentication attempt succeeded.
+        let mfa_off = sqlx::query(
+            "UPDATE users SET mfa_failures = 0, mfa_locked_until = NULL WHERE id = ? AND mfa_enabled_at IS NULL",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1;
+        if !mfa_off {
+            return Ok(Consumed::Stale);
+        }
         sqlx::query(
             "INSERT INTO mfa_pending (user_id, secret, created_at, expires_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (user_id) DO UPDATE SET secret = excluded.secret, \
@@ -569,10 +716,9 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        // The password was right: the re-authentication attempt succeeded.
-        reset_throttle_in(&mut tx, user_id).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
-        tx.commit().await.map_err(map_err)
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
     }
 
     async fn pending_setup(&self, user_id: &str, now: i64) -> StoreResult<Option<PendingSetupRecord>> {
@@ -596,6 +742,12 @@ impl Store for SqliteStore {
 
     async fn enable_mfa(&self, enable: &EnableMfa) -> StoreResult<Consumed> {
         let mut tx = self.immediate().await?;
+        if !session_exists_in(&mut tx, &enable.keep_session)
+            .await
+            .map_err(map_err)?
+        {
+            return Ok(Consumed::SessionGone);
+        }
         let consumed = sqlx::query("DELETE FROM mfa_pending WHERE user_id = ? AND secret = ? AND expires_at > ?")
             .bind(&enable.user_id)
             .bind(&enable.sealed_secret)
@@ -644,6 +796,9 @@ impl Store for SqliteStore {
         event: &NewEvent,
     ) -> StoreResult<Consumed> {
         let mut tx = self.immediate().await?;
+        if !session_exists_in(&mut tx, keep).await.map_err(map_err)? {
+            return Ok(Consumed::SessionGone);
+        }
         if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
             return Ok(Consumed::Rejected);
         }
@@ -665,6 +820,9 @@ impl Store for SqliteStore {
         event: &NewEvent,
     ) -> StoreResult<Consumed> {
         let mut tx = self.immediate().await?;
+        if !session_exists_in(&mut tx, keep).await.map_err(map_err)? {
+            return Ok(Consumed::SessionGone);
+        }
         if !consume_proof(&mut tx, user_id, proof, event).await.map_err(map_err)? {
             return Ok(Consumed::Rejected);
         }
@@ -711,9 +869,17 @@ impl Store for SqliteStore {
         user_id: &str,
         created_at: i64,
         expires_at: i64,
+        verified_hash: &str,
+        network: Option<&str>,
         event: &NewEvent,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Consumed> {
         let mut tx = self.immediate().await?;
+        if !password_login_succeeded_in(&mut tx, user_id, verified_hash, network, true)
+            .await
+            .map_err(map_err)?
+        {
+            return Ok(Consumed::Stale);
+        }
         // Expired challenges of this user are garbage; clearing them here keeps the table small.
         sqlx::query("DELETE FROM mfa_challenges WHERE user_id = ? AND expires_at <= ?")
             .bind(user_id)
@@ -730,7 +896,8 @@ impl Store for SqliteStore {
             .await
             .map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
-        tx.commit().await.map_err(map_err)
+        tx.commit().await.map_err(map_err)?;
+        Ok(Consumed::Yes)
     }
 
     async fn challenge_user(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<String>> {
@@ -767,6 +934,11 @@ impl Store for SqliteStore {
             return Ok(Consumed::Rejected);
         }
         reset_throttle_in(&mut tx, &session.user_id).await.map_err(map_err)?;
+        if matches!(proof, SecondFactorProof::BackupCode(_)) {
+            lift_totp_suspension_in(&mut tx, &session.user_id)
+                .await
+                .map_err(map_err)?;
+        }
         insert_session_in(&mut tx, session).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
@@ -790,6 +962,47 @@ async fn insert_session_in(tx: &mut Transaction<'static, Sqlite>, session: &Sess
     Ok(())
 }
 
+async fn session_exists_in(tx: &mut Transaction<'static, Sqlite>, token_hash: &TokenHash) -> Result<bool, sqlx::Error> {
+    let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE token_hash = ?")
+        .bind(token_hash.as_bytes())
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(found == 1)
+}
+
+/// The account-side part of a successful password login, conditional on what was checked:
+/// the verified hash is still the stored one, MFA is in the expected state and the account is
+/// enabled. Resets the password throttle and remembers the network. False: nothing changed.
+async fn password_login_succeeded_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    user_id: &str,
+    verified_hash: &str,
+    network: Option<&str>,
+    mfa_on: bool,
+) -> Result<bool, sqlx::Error> {
+    let mfa = if mfa_on { "IS NOT NULL" } else { "IS NULL" };
+    let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE users SET password_failures = 0, password_locked_until = NULL, \
+         last_login_network = COALESCE(?, last_login_network) \
+         WHERE id = ? AND password_hash = ? AND mfa_enabled_at {mfa} AND disabled_at IS NULL"
+    )))
+    .bind(network)
+    .bind(user_id)
+    .bind(verified_hash)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+async fn lift_totp_suspension_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET mfa_totp_suspended_at = NULL WHERE id = ?")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Deletes every session and pending `mfa_token` of the user.
 async fn revoke_all_sessions_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> Result<(), sqlx::Error> {
     for statement in [
@@ -804,7 +1017,8 @@ async fn revoke_all_sessions_in(tx: &mut Transaction<'static, Sqlite>, user_id: 
 async fn clear_mfa_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE users SET mfa_secret = NULL, mfa_enabled_at = NULL, mfa_last_step = NULL, \
-         backup_salt = NULL, mfa_failures = 0, mfa_locked_until = NULL WHERE id = ?",
+         backup_salt = NULL, mfa_failures = 0, mfa_locked_until = NULL, mfa_totp_suspended_at = NULL \
+         WHERE id = ?",
     )
     .bind(user_id)
     .execute(&mut **tx)
