@@ -157,7 +157,7 @@ pub async fn register(
         (status = 200, description = "A session, or the demand for a second factor.", body = LoginResponse),
         (status = 401, description = "Invalid email or password.", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The account is disabled.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many requests from this address.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests from this address, or the password step of this account is locked after 10 consecutive wrong passwords (`Retry-After`; the same for an unknown email).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn login(
     _limit: IpRateLimit,
@@ -184,7 +184,7 @@ pub async fn login(
     responses(
         (status = 200, description = "The session.", body = SessionResponse),
         (status = 401, description = "The mfa_token is invalid, expired or used, or the code is wrong.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The account is disabled.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The account is disabled, or authenticator codes are suspended after 50 consecutive failures (a backup code still works).", body = ProblemBody, content_type = "application/problem+json"),
         (status = 429, description = "Too many requests from this address, or too many failed codes for this account (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn login_mfa(

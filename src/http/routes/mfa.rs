@@ -109,6 +109,7 @@ pub async fn status(State(state): State<AppState>, Auth(auth): Auth) -> Result<J
         (status = 400, description = "Invalid request or wrong password.", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Cookie-authenticated request from another origin.", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "MFA is already enabled.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed attempts or re-authentications for this account (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn setup(
     State(state): State<AppState>,
@@ -167,9 +168,9 @@ pub async fn verify(
     responses(
         (status = 200, description = "Backup codes regenerated", body = BackupCodesResponse),
         (status = 400, description = "The request body or parameters failed validation, or the password or code is wrong.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Cookie-authenticated request from another origin.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "MFA is not enabled.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed codes for this account.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Cookie-authenticated request from another origin, or authenticator codes are suspended after 50 consecutive failures (a backup code still works).", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "MFA is not enabled, or the account changed while the request ran (nothing changed).", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed codes or re-authentications for this account (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn regenerate_backup_codes(
     State(state): State<AppState>,
@@ -190,9 +191,9 @@ pub async fn regenerate_backup_codes(
     responses(
         (status = 200, description = "MFA disabled.", body = SuccessMessage),
         (status = 400, description = "Invalid request, or the password or code is wrong.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Cookie-authenticated request from another origin.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "MFA is not enabled.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed codes for this account.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Cookie-authenticated request from another origin, or authenticator codes are suspended after 50 consecutive failures (a backup code still works).", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "MFA is not enabled, or the account changed while the request ran (nothing changed).", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed codes or re-authentications for this account (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn disable(
     State(state): State<AppState>,

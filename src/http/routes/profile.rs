@@ -68,8 +68,9 @@ pub async fn profile(Auth(auth): Auth) -> Json<UserDto> {
     responses(
         (status = 200, description = "The password is changed.", body = SuccessMessage),
         (status = 400, description = "Invalid request, or the current password or code is wrong.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Cookie-authenticated request from another origin.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed codes for this account.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Cookie-authenticated request from another origin, or authenticator codes are suspended after 50 consecutive failures (a backup code still works).", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The password was changed by another request meanwhile; nothing changed.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed attempts or re-authentications for this account (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn change_password(
     State(state): State<AppState>,
