@@ -220,6 +220,7 @@ impl Service {
         } else {
             stored
         };
+        self.checkpoint("login").await;
         let outcome = if user.mfa.is_some() {
             let mfa_token = PlainToken::generate(TokenKind::MfaChallenge);
             let expires_at = now + self.config.challenge_ttl_secs;
@@ -359,6 +360,7 @@ impl Service {
         };
         let new_hash = self.hash_password(new_password).await?;
         let event = meta.event(&user.id, "password_changed", now);
+        self.checkpoint("change_password").await;
         match self
             .store
             .change_password(

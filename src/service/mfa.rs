@@ -308,6 +308,7 @@ impl Service {
             expires_at: now + self.config.setup_ttl_secs,
         };
         let event = meta.event(&user.id, "mfa_setup_started", now);
+        self.checkpoint("mfa_setup").await;
         match self
             .store
             .put_pending_setup(&user.id, &setup, &auth.session.token_hash, &event)
@@ -366,6 +367,7 @@ impl Service {
             now,
             event: meta.event(&user.id, "mfa_enabled", now),
         };
+        self.checkpoint("mfa_verify").await;
         match self.store.enable_mfa(&enable).await? {
             Consumed::Yes => Ok(fresh),
             // Another request enabled MFA or replaced the setup in the meantime.
@@ -414,6 +416,7 @@ impl Service {
         let (fresh, codes) = self.new_backup_codes().await?;
         let user_id = &auth.user.id;
         let event = meta.event(user_id, "backup_codes_regenerated", now);
+        self.checkpoint("regenerate_backup_codes").await;
         match self
             .store
             .replace_backup_codes(user_id, proof, &codes, &auth.session.token_hash, &event)
@@ -440,6 +443,7 @@ impl Service {
         let (proof, failures) = self.reauthenticate(auth, password, code, meta, now).await?;
         let user_id = &auth.user.id;
         let event = meta.event(user_id, "mfa_disabled", now);
+        self.checkpoint("mfa_disable").await;
         match self
             .store
             .disable_mfa(user_id, proof, &auth.session.token_hash, &event)
@@ -514,6 +518,7 @@ impl Service {
         };
         let (session, record) = self.new_session(&user, true, now);
         let event = meta.event(&user.id, "login_succeeded", now);
+        self.checkpoint("second_factor").await;
         match self
             .store
             .complete_challenge(&token.hash(), proof, &record, &event)

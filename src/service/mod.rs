@@ -199,7 +199,16 @@ pub struct Service {
     dummy_hash: PasswordHashString,
     /// Password failures of emails that have no account, so that they lock like real ones.
     unknown_logins: UnknownLogins,
+    /// Test seam: awaited between a use case's checks and its commit (see [`Checkpoint`]).
+    checkpoint: std::sync::RwLock<Option<Checkpoint>>,
 }
+
+/// A pause point between the checks of a use case (password, code, state) and the store call
+/// that commits on their strength. Tests install one to hold a request exactly there while
+/// another request changes the account, and so drive check-then-act races deterministically.
+/// Production never installs one: the cost is one uncontended read lock per change.
+pub type Checkpoint =
+    Arc<dyn Fn(&'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Consecutive failed logins of emails without an account, in memory and bounded: the answers
 /// to an unknown email (401 ... then 429 with the same delays) must not differ from a known
@@ -270,7 +279,25 @@ impl Service {
             config,
             dummy_hash,
             unknown_logins: UnknownLogins::default(),
+            checkpoint: std::sync::RwLock::new(None),
         })
+    }
+
+    /// Installs (or removes) the test checkpoint; see [`Checkpoint`].
+    pub fn set_checkpoint(&self, hook: Option<Checkpoint>) {
+        *self.checkpoint.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = hook;
+    }
+
+    /// Awaits the installed checkpoint, if any, with the name of the change about to commit.
+    async fn checkpoint(&self, name: &'static str) {
+        let hook = self
+            .checkpoint
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(name).await;
+        }
     }
 
     pub fn config(&self) -> &ServiceConfig {

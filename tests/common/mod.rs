@@ -56,6 +56,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: ManualClock,
     pub store: Arc<dyn Store>,
+    pub service: Arc<tessera::service::Service>,
     pub data_dir: PathBuf,
     /// The PostgreSQL database of this app, `None` on SQLite.
     pub database: Option<Arc<TestDatabase>>,
@@ -95,6 +96,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         .await
         .expect("service opens");
     let store = opened.store.clone();
+    let service = opened.service.clone();
     let router = tessera::http::router_with(opened.state.clone(), options.extra_routes);
     let listener = server::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -118,6 +120,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         client: http_client(),
         clock,
         store,
+        service,
         data_dir,
         database,
         dir_guard,
@@ -333,6 +336,33 @@ impl TestApp {
             self.shutdown.take().expect("shutdown"),
             self.server.take().expect("server"),
         )
+    }
+}
+
+/// A checkpoint that holds the request reaching `name` (see `tessera::service::Checkpoint`)
+/// until the returned sender fires; `reached` fires when it gets there.
+pub struct Held {
+    pub reached: oneshot::Receiver<()>,
+    pub release: oneshot::Sender<()>,
+}
+
+impl TestApp {
+    /// Holds the next request that reaches the checkpoint `name` between its checks and its
+    /// commit; other checkpoints pass.
+    pub fn hold_at(&self, name: &'static str) -> Held {
+        let (reached_tx, reached) = oneshot::channel();
+        let (release, release_rx) = oneshot::channel::<()>();
+        let slot = Arc::new(std::sync::Mutex::new(Some((reached_tx, release_rx))));
+        self.service.set_checkpoint(Some(Arc::new(move |at| {
+            let taken = if at == name { slot.lock().unwrap().take() } else { None };
+            Box::pin(async move {
+                if let Some((reached, release)) = taken {
+                    let _ = reached.send(());
+                    let _ = release.await;
+                }
+            })
+        })));
+        Held { reached, release }
     }
 }
 
