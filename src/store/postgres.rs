@@ -312,12 +312,14 @@ async fn insert_session_in(tx: &mut Tx, session: &SessionRecord) -> Result<(), s
     Ok(())
 }
 
+/// Whether the acting session still exists; `FOR SHARE` keeps it so until commit (a logout
+/// or revocation running meanwhile waits for this transaction, or has already removed it).
 async fn session_exists_in(tx: &mut Tx, token_hash: &TokenHash) -> Result<bool, sqlx::Error> {
-    let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE token_hash = $1")
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM sessions WHERE token_hash = $1 FOR SHARE")
         .bind(token_hash.as_bytes())
-        .fetch_one(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await?;
-    Ok(found == 1)
+    Ok(found.is_some())
 }
 
 /// The account-side part of a successful password login, conditional on what was checked:
