@@ -19,6 +19,7 @@ class ApiError extends Error {
     super(body.detail || body.title || `Request failed (${status}).`);
     this.status = status;
     this.type = body.type || '';
+    this.title = body.title || this.message;
     this.details = body.details || {};
     this.retryAfter = retryAfter;
   }
@@ -125,7 +126,9 @@ function showProblem(form, error, { codeField = null } = {}) {
   }
   const wrongCode = ['/problems/invalid-mfa-code', '/problems/invalid-second-factor'].includes(error.type);
   if (codeField && wrongCode) placed = fieldError(form, codeField, error.message) || placed;
-  if (!placed) say(form.querySelector('.form-error'), error.message);
+  // A 429's detail names the wait at the time of the answer; the countdown below keeps it current.
+  const summary = error.status === 429 && error.retryAfter > 0 ? sentence(error.title) : error.message;
+  if (!placed) say(form.querySelector('.form-error'), summary);
   const invalid = form.querySelector('[aria-invalid="true"]');
   if (invalid) invalid.focus();
   if (error.status === 429 && error.retryAfter > 0) startCountdown(form, error.retryAfter);
@@ -359,7 +362,7 @@ function renderEvents(events) {
     const time = document.createElement('time');
     time.dateTime = event.at;
     time.textContent = formatTime(event.at);
-    cell(row, 'Time', '').append(time);
+    cell(row, 'Time', '', 'when').append(time);
     cell(row, 'Address', event.ip || 'unknown');
     cell(row, 'User agent', event.user_agent || 'unknown', 'agent');
   }
