@@ -12,6 +12,7 @@ import {
   launchChromium,
   nowSeconds,
   openPage,
+  OUTPUT,
   screenshot,
   seriousViolations,
   startTessera,
@@ -208,6 +209,10 @@ describe('a user in the browser', () => {
     assert.ok(events.some((row) => row.includes('Two-factor authentication enabled')), events.join('\n'));
     assert.ok(events.some((row) => row.includes('127.0.0.1')));
     await checkScreen(page, '08-account-security');
+    // The README's picture (docs/account-security.png is a copy): the top of the screen, small.
+    await page.setViewportSize({ width: 880, height: 700 });
+    await page.screenshot({ path: `${OUTPUT}/account-security.png` });
+    await page.setViewportSize({ width: 1280, height: 900 });
   });
 
   test('log out, then log in with the keyboard alone and a TOTP code', async () => {
@@ -315,6 +320,38 @@ describe('a user in the browser', () => {
     const answer = await apiLogin(server.base, email, NEW_PASSWORD);
     assert.equal(typeof answer.token, 'string', 'a password alone logs in again');
     await checkScreen(page, '14-account-mfa-disabled');
+  });
+
+  test('the sessions list appears once the server offers it, with a sign-out per other session', async () => {
+    assert.ok(await page.locator('#sessions-card').isHidden(), 'no sessions API here yet: no section');
+    // The shape of API.md's `GET /api/user/profile/sessions`, answered by the browser itself.
+    const at = new Date().toISOString();
+    let sessions = [
+      { id: 'current-one', created_at: at, last_seen_at: at, expires_at: at, ip: '127.0.0.1', user_agent: 'This browser', mfa: false, current: true },
+      { id: 'other-one', created_at: at, last_seen_at: at, expires_at: at, ip: '203.0.113.9', user_agent: '<b>Phone</b>', mfa: true, current: false },
+    ];
+    const deleted = [];
+    await page.route('**/api/user/profile/sessions', (route) => route.fulfill({ json: { sessions } }));
+    await page.route('**/api/user/profile/sessions/*', (route) => {
+      const id = decodeURIComponent(new URL(route.request().url()).pathname.split('/').pop());
+      deleted.push([route.request().method(), id]);
+      sessions = sessions.filter((session) => session.id !== id);
+      return route.fulfill({ status: 204 });
+    });
+    await page.reload();
+    await page.locator('#sessions-card').waitFor();
+    const rows = page.locator('#sessions-list li');
+    assert.equal(await rows.count(), 2);
+    assert.match(await rows.nth(0).textContent(), /This browser \(this browser\)/);
+    assert.match(await rows.nth(1).textContent(), /<b>Phone<\/b>, from 203\.0\.113\.9/, 'shown as text, not markup');
+    const signOut = page.getByRole('button', { name: /^Sign out/ });
+    assert.equal(await signOut.count(), 1, 'no sign-out for the session in use');
+    await checkScreen(page, '21-account-sessions');
+    await signOut.click();
+    await page.locator('#account-notice').filter({ hasText: 'That session is signed out' }).waitFor();
+    assert.deepEqual(deleted, [['DELETE', 'other-one']]);
+    assert.equal(await rows.count(), 1);
+    await page.unrouteAll();
   });
 });
 
