@@ -191,7 +191,7 @@ onSubmit($('login-form'), async ({ email, password }) => {
     setCodeMode(false);
     show('second-factor');
   } else {
-    await enterAccount();
+    await enterAfterLogin();
   }
 });
 
@@ -210,7 +210,7 @@ onSubmit(
     }
     mfaToken = null;
     $('second-factor-form').reset();
-    await enterAccount();
+    await enterAfterLogin();
   },
   { codeField: 'code' },
 );
@@ -249,7 +249,7 @@ onSubmit($('signup-form'), async ({ email, password }) => {
   const answer = await api('POST', '/api/auth/login', { email, password });
   $('signup-form').reset();
   history.replaceState(null, '', location.pathname);
-  if (answer.token) await enterAccount('Your account is ready. Two-factor authentication protects it even if your password leaks: set it up below.');
+  if (answer.token) await enterAfterLogin('Your account is ready. Two-factor authentication protects it even if your password leaks: set it up below.');
 });
 
 $('logout').addEventListener('click', async () => {
@@ -277,6 +277,25 @@ async function enterAccount(notice = '') {
   say($('account-notice'), notice);
   show('account');
   await refreshAccount();
+}
+
+/**
+ * Right after a successful log-in. A 401 now means the browser did not keep the `Secure`
+ * cookie, which happens when the page is served over plain http from anywhere but loopback.
+ */
+async function enterAfterLogin(notice = '') {
+  try {
+    signedIn = await api('GET', '/api/user/profile');
+  } catch (error) {
+    if (error.status !== 401) throw error;
+    showSignedOut();
+    say(
+      $('login-form').querySelector('.form-error'),
+      'You were logged in, but this browser did not keep the session cookie. Open this page over https:// (or on localhost).',
+    );
+    return;
+  }
+  await enterAccount(notice);
 }
 
 /** From a sub-screen back to the account; a failure other than an ended session is said there. */

@@ -447,4 +447,29 @@ describe('a phone-sized screen, 360 px wide', () => {
     assert.ok(await fitsWidth(page), 'dark account fits');
     await checkScreen(page, '20-narrow-account-dark');
   });
+
+  test('a browser that drops the Secure cookie (plain http, not loopback) is told why', async () => {
+    await fetch(`${server.base}/api/auth/register`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ email: 'plain-http@example.com', password: PASSWORD }),
+    });
+    const page = await openPage(browser, server.base, { viewport: { width: 360, height: 740 } });
+    // What a browser does with a Secure cookie over http from a public host: it never stores it.
+    // (route.fetch shares the context's cookie jar, so the jar is emptied as well.)
+    await page.route('**/api/auth/login', async (route) => {
+      const response = await route.fetch();
+      const headers = { ...response.headers() };
+      delete headers['set-cookie'];
+      await page.context().clearCookies();
+      await route.fulfill({ response, headers });
+    });
+    await page.goto(server.base);
+    await field(page, 'Email').fill('plain-http@example.com');
+    await field(page, 'Password').fill(PASSWORD);
+    await button(page, 'Log in').click();
+    await page.locator('#login-form .form-error').filter({ hasText: 'did not keep the session cookie' }).waitFor();
+    await heading(page).filter({ hasText: 'Log in' }).waitFor();
+    assert.match(await page.locator('#login-form .form-error').textContent(), /https:\/\//);
+  });
 });
