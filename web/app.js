@@ -271,12 +271,13 @@ $('logout').addEventListener('click', async () => {
 const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
 const formatTime = (iso) => (iso ? dateTime.format(new Date(iso)) : '');
 
+/** The account screen, shown once its data is in (no flash of empty values). */
 async function enterAccount(notice = '') {
   signedIn = await authed('GET', '/api/user/profile');
   closePanels();
+  await refreshAccount();
   say($('account-notice'), notice);
   show('account');
-  await refreshAccount();
 }
 
 /**
@@ -416,13 +417,15 @@ async function refreshSessions() {
       button.setAttribute('aria-label', `Sign out ${session.user_agent || 'unknown browser'} last active ${formatTime(session.last_seen_at)}`);
       button.addEventListener('click', async () => {
         button.disabled = true;
+        let outcome = 'That session is signed out.';
         try {
           await authed('DELETE', `/api/user/profile/sessions/${encodeURIComponent(session.id)}`);
-          say($('account-notice'), 'That session is signed out.');
         } catch (error) {
-          say($('account-notice'), error.message);
+          if (error.sessionEnded) return;
+          outcome = error.message;
         }
         await refreshSessions();
+        say($('account-notice'), outcome);
       });
       item.append(button);
     }
@@ -475,11 +478,11 @@ onSubmit($('regenerate-form'), async ({ password, code }) => {
 onSubmit($('disable-form'), async ({ password, code }) => {
   await authed('POST', '/api/user/profile/mfa/disable', { password, code });
   closePanels();
+  await refreshAccount();
   say(
     $('account-notice'),
     'Two-factor authentication is off. Your authenticator key and backup codes were deleted, and your other sessions were signed out.',
   );
-  await refreshAccount();
   $('account-title').focus();
 });
 
@@ -488,9 +491,9 @@ onSubmit($('password-form'), async (values) => {
   if (signedIn.mfa_enabled) body.code = values.code;
   await authed('POST', '/api/user/profile/password', body);
   closePanels();
+  await refreshAccount();
   const used = signedIn.mfa_enabled ? ' If you entered a backup code, it is used up.' : '';
   say($('account-notice'), `Your password is changed. Your other sessions were signed out.${used}`);
-  await refreshAccount();
   $('account-title').focus();
 });
 
