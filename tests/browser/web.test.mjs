@@ -223,6 +223,12 @@ describe('a user in the browser', () => {
 
     await page.locator('#login-title').focus();
     await page.keyboard.press('Tab');
+    const focus = await page.evaluate(() => {
+      const style = getComputedStyle(document.activeElement);
+      return { id: document.activeElement.id, outline: style.outlineStyle, width: parseFloat(style.outlineWidth) };
+    });
+    assert.equal(focus.id, 'login-email');
+    assert.ok(focus.outline !== 'none' && focus.width >= 2, `visible focus: ${JSON.stringify(focus)}`);
     await page.keyboard.type(email);
     await page.keyboard.press('Tab');
     await page.keyboard.type(PASSWORD);
@@ -298,6 +304,7 @@ describe('a user in the browser', () => {
     await field(page, 'Current password').fill(PASSWORD);
     await field(page, 'New password').fill(NEW_PASSWORD);
     await field(page, 'Code').fill(codes[0]);
+    await checkScreen(page, '13-change-password-form');
     await button(page, 'Save new password').click();
     await page.locator('#account-notice').filter({ hasText: 'Your password is changed' }).waitFor();
     assert.match(await page.locator('#account-notice').textContent(), /other sessions were signed out/);
@@ -312,14 +319,14 @@ describe('a user in the browser', () => {
     let code;
     [code, lastStep] = await freshCode(secret, lastStep);
     await field(page, 'Code').fill(code);
-    await checkScreen(page, '13-disable-form');
+    await checkScreen(page, '14-disable-form');
     await button(page, 'Disable').click();
     await page.locator('#account-notice').filter({ hasText: 'Two-factor authentication is off' }).waitFor();
     assert.equal(await page.locator('#mfa-status').textContent(), 'Off');
     assert.ok(await button(page, 'Set up two-factor authentication').isVisible());
     const answer = await apiLogin(server.base, email, NEW_PASSWORD);
     assert.equal(typeof answer.token, 'string', 'a password alone logs in again');
-    await checkScreen(page, '14-account-mfa-disabled');
+    await checkScreen(page, '15-account-mfa-disabled');
   });
 
   test('the sessions list appears once the server offers it, with a sign-out per other session', async () => {
@@ -346,7 +353,7 @@ describe('a user in the browser', () => {
     assert.match(await rows.nth(1).textContent(), /<b>Phone<\/b>, from 203\.0\.113\.9/, 'shown as text, not markup');
     const signOut = page.getByRole('button', { name: /^Sign out/ });
     assert.equal(await signOut.count(), 1, 'no sign-out for the session in use');
-    await checkScreen(page, '21-account-sessions');
+    await checkScreen(page, '16-account-sessions');
     await signOut.click();
     await page.locator('#account-notice').filter({ hasText: 'That session is signed out' }).waitFor();
     assert.deepEqual(deleted, [['DELETE', 'other-one']]);
@@ -392,7 +399,7 @@ describe('a throttled log-in', () => {
     assert.ok(later <= first - 2, `countdown runs: ${first} then ${later}`);
     assert.ok(await logIn.isDisabled());
     assert.equal(await page.locator('#login-form .form-error').textContent(), 'Too many requests.');
-    await checkScreen(page, '15-log-in-throttled');
+    await checkScreen(page, '17-log-in-throttled');
   });
 });
 
@@ -417,7 +424,7 @@ describe('a phone-sized screen, 360 px wide', () => {
     await page.goto(server.base);
     await heading(page).filter({ hasText: 'Log in' }).waitFor();
     assert.ok(await fitsWidth(page), 'log-in fits');
-    await checkScreen(page, '16-narrow-log-in');
+    await checkScreen(page, '18-narrow-log-in');
 
     await page.getByRole('link', { name: 'Create an account' }).click();
     await field(page, 'Email').fill('narrow@example.com');
@@ -425,27 +432,27 @@ describe('a phone-sized screen, 360 px wide', () => {
     await button(page, 'Create account').click();
     await heading(page).filter({ hasText: 'Account security' }).waitFor();
     assert.ok(await fitsWidth(page), 'account fits');
-    await checkScreen(page, '17-narrow-account');
+    await checkScreen(page, '19-narrow-account');
 
     await button(page, 'Set up two-factor authentication').click();
     await field(page, 'Password').fill(PASSWORD);
     await button(page, 'Continue').click();
     await page.getByRole('img', { name: /QR code/ }).waitFor();
     assert.ok(await fitsWidth(page), 'setup fits');
-    await checkScreen(page, '18-narrow-setup');
+    await checkScreen(page, '20-narrow-setup');
     const secret = (await page.locator('#setup-secret').textContent()).replaceAll(' ', '');
     const [code] = await freshCode(secret, 0);
     await field(page, 'Code').fill(code);
     await button(page, 'Enable').click();
     await heading(page).filter({ hasText: 'Save your backup codes' }).waitFor();
     assert.ok(await fitsWidth(page), 'codes fit');
-    await checkScreen(page, '19-narrow-backup-codes');
+    await checkScreen(page, '21-narrow-backup-codes');
 
     await page.emulateMedia({ colorScheme: 'dark' });
     await button(page, 'I have saved these codes').click();
     await heading(page).filter({ hasText: 'Account security' }).waitFor();
     assert.ok(await fitsWidth(page), 'dark account fits');
-    await checkScreen(page, '20-narrow-account-dark');
+    await checkScreen(page, '22-narrow-account-dark');
   });
 
   test('a browser that drops the Secure cookie (plain http, not loopback) is told why', async () => {
