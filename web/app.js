@@ -50,13 +50,13 @@ async function api(method, path, body) {
 
 let signedIn = null; // the profile {id, email, mfa_enabled, created_at} while signed in
 
-function show(name, { focus = true } = {}) {
+function show(name) {
   for (const screen of document.querySelectorAll('.screen')) screen.hidden = screen.id !== `screen-${name}`;
   const heading = $(`screen-${name}`).querySelector('h1');
   document.title = heading ? `${heading.textContent} · ${product}` : product;
   $('whoami').hidden = $('logout').hidden = !signedIn;
   $('whoami').textContent = signedIn ? signedIn.email : '';
-  if (focus && heading) heading.focus();
+  if (heading) heading.focus();
 }
 
 function say(element, text) {
@@ -499,7 +499,8 @@ onSubmit($('password-form'), async (values) => {
 
 // ---- MFA setup -------------------------------------------------------------------------------
 
-let qrUrl = null;
+let qrUrl = null; // the blob: URL of the QR code image
+let codes = []; // the backup codes on the codes screen
 
 /** Drops the secret and the codes from the page: they must not outlive their screen. */
 function forgetSecrets() {
@@ -565,8 +566,6 @@ onSubmit(
 );
 
 // ---- backup codes, shown once ----------------------------------------------------------------
-
-let codes = [];
 
 function today() {
   const now = new Date();
