@@ -140,6 +140,8 @@ export async function openPage(browser, base, options = {}) {
   await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
   const page = await context.newPage();
   page.problems = [];
+  page.requestedUrls = [];
+  page.on('request', (request) => page.requestedUrls.push(request.url()));
   page.on('pageerror', (error) => page.problems.push(`page error: ${error.message}`));
   page.on('console', (message) => {
     const text = message.text();

@@ -202,6 +202,11 @@ describe('a user in the browser', () => {
     const html = await page.content();
     for (const code of codes) assert.ok(!html.includes(code), 'no code after a reload');
     assert.ok(!html.includes(secret), 'no secret after a reload');
+    for (const url of page.requestedUrls) {
+      assert.ok(!url.startsWith('http') || url.startsWith(server.base), `only our own origin: ${url}`);
+      const plain = decodeURIComponent(url).toLowerCase();
+      assert.ok(![secret.toLowerCase(), ...codes].some((value) => plain.includes(value)), `no secret in ${url}`);
+    }
     assert.equal(await page.locator('#mfa-status').textContent(), 'On');
     assert.equal(await page.locator('#mfa-remaining').textContent(), '10');
     assert.notEqual(await page.locator('#mfa-enabled-at').textContent(), '');
