@@ -9,10 +9,12 @@
 //! - [`rate_limit`]: per-address token buckets for unauthenticated endpoints.
 //! - [`routes`]: the handlers with their OpenAPI annotations.
 //! - [`openapi`]: the generated document and what is added to every operation.
+//! - [`page`]: the end-user web page (embedded static files over the JSON API).
 
 pub mod edge;
 pub mod extract;
 pub mod openapi;
+pub mod page;
 pub mod problem;
 pub mod rate_limit;
 pub mod routes;
@@ -77,7 +79,8 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let edge_config = edge::EdgeConfig {
         request_timeout: state.http.request_timeout,
     };
-    api.merge(extra)
+    api.merge(page::router())
+        .merge(extra)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(edge::panic_response))
         .layer(axum::middleware::from_fn_with_state(edge_config, edge::edge))
