@@ -392,8 +392,7 @@ pub trait ExportSnapshot: Send {
     /// Backup codes after `after`, by (user id, code hash).
     async fn backup_codes(&mut self, after: Option<&BackupCodeRow>, limit: u32) -> StoreResult<Vec<BackupCodeRow>>;
     /// Pending setups still valid at `now`, after the user id `after`, by user id.
-    async fn pending_setups(&mut self, after: Option<&str>, now: i64, limit: u32)
-    -> StoreResult<Vec<PendingSetupRow>>;
+    async fn pending_setups(&mut self, after: Option<&str>, now: i64, limit: u32) -> StoreResult<Vec<PendingSetupRow>>;
     /// Sessions whose absolute lifetime has not ended at `now`, after `after`, by token hash.
     async fn sessions(&mut self, after: Option<&TokenHash>, now: i64, limit: u32) -> StoreResult<Vec<SessionRecord>>;
     /// Security events after the id `after`, by id (the order each user saw them in).

@@ -894,12 +894,7 @@ impl ExportSnapshot for SqliteExport {
         })
     }
 
-    async fn pending_setups(
-        &mut self,
-        after: Option<&str>,
-        now: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<PendingSetupRow>> {
+    async fn pending_setups(&mut self, after: Option<&str>, now: i64, limit: u32) -> StoreResult<Vec<PendingSetupRow>> {
         let rows = sqlx::query(
             "SELECT user_id, secret, created_at, expires_at FROM mfa_pending \
              WHERE user_id > ? AND expires_at > ? ORDER BY user_id LIMIT ?",
@@ -1008,9 +1003,7 @@ impl ImportTransaction for SqliteImport {
         for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
             sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO backup_codes (user_id, code_hash) ")
                 .push_values(chunk, |mut values, code| {
-                    values
-                        .push_bind(code.user_id.clone())
-                        .push_bind(code.code_hash.clone());
+                    values.push_bind(code.user_id.clone()).push_bind(code.code_hash.clone());
                 })
                 .build()
                 .execute(&mut *self.tx)
