@@ -294,9 +294,17 @@ fn create_export_file(file: &Path) -> anyhow::Result<std::fs::File> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(file)
-        .with_context(|| format!("cannot create {} (an export never overwrites a file)", file.display()))
+    options.open(file).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot create {}: {err} (an export never overwrites a file)",
+            file.display()
+        )
+    })
+}
+
+/// Transfer errors already carry their cause in their message: one line, no "Caused by".
+fn one_line(err: crate::transfer::TransferError) -> anyhow::Error {
+    anyhow::anyhow!("{err}")
 }
 
 async fn export(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
@@ -349,18 +357,19 @@ async fn import(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
     let input: Box<dyn BufRead> = if is_standard_stream(file) {
         Box::new(std::io::stdin().lock())
     } else {
-        let opened = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        let opened =
+            std::fs::File::open(file).map_err(|err| anyhow::anyhow!("cannot open {}: {err}", file.display()))?;
         Box::new(std::io::BufReader::new(opened))
     };
     // Header and master key first: a wrong file or key must not create or migrate anything.
-    let export = crate::transfer::ExportFile::open(input)?;
+    let export = crate::transfer::ExportFile::open(input).map_err(one_line)?;
     let key = server::load_key(&config)?.with_context(|| {
         format!(
             "no master key is configured: set TESSERA_SECRET_KEY or copy the exporting installation's key file to {}",
             config.data_dir.join(server::KEY_FILE).display()
         )
     })?;
-    export.check_key(&key)?;
+    export.check_key(&key).map_err(one_line)?;
     let store = server::open_store(&config).await?;
     let mut progress = Progress::new("imported");
     let result = export
@@ -368,7 +377,7 @@ async fn import(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
         .await;
     progress.clear();
     store.close().await;
-    let counts = result?;
+    let counts = result.map_err(one_line)?;
     let source = if is_standard_stream(file) {
         "standard input".to_owned()
     } else {

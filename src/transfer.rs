@@ -110,6 +110,8 @@ pub enum TransferError {
     BadLine { line: u64, message: String },
     #[error("the export is truncated: it ends after line {line} without its \"end\" line")]
     Truncated { line: u64 },
+    #[error("the export is truncated: line {line} is cut off")]
+    CutOff { line: u64 },
     #[error("the export is damaged: its end line says {expected}, but it holds {found}")]
     CountMismatch { expected: Counts, found: Counts },
     #[error(
@@ -499,7 +501,7 @@ impl<R: BufRead> ExportFile<R> {
         }
         // Every line the export writes ends with a newline: one without was cut off.
         if bytes.pop() != Some(b'\n') {
-            return Err(TransferError::Truncated { line: self.line - 1 });
+            return Err(TransferError::CutOff { line: self.line });
         }
         let text = std::str::from_utf8(&bytes).map_err(|_| self.bad("not UTF-8"))?;
         serde_json::from_str(text)
