@@ -416,7 +416,3 @@ pub trait ImportTransaction: Send {
     /// the webhook must not deliver them again), then commits.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }
-
-/// Rows per multi-row `INSERT` of an import: well below SQLite's 32766 and PostgreSQL's 65535
-/// bind parameters at 11 columns a row.
-pub const IMPORT_BATCH_ROWS: usize = 500;

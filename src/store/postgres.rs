@@ -1052,109 +1052,106 @@ impl ImportTransaction for PgImport {
         Ok((users, events))
     }
 
+    // Each batch is one statement over arrays (`UNNEST`): PostgreSQL parses and plans it once,
+    // and the bind-parameter count does not grow with the batch.
     async fn insert_users(&mut self, rows: &[UserRow]) -> StoreResult<()> {
-        for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
-            sqlx::QueryBuilder::<Postgres>::new(
-                "INSERT INTO users (id, email, password_hash, created_at, disabled_at, mfa_secret, mfa_enabled_at, \
-                 mfa_last_step, backup_salt, mfa_failures, mfa_locked_until) ",
-            )
-            .push_values(chunk, |mut values, user| {
-                values
-                    .push_bind(user.id.clone())
-                    .push_bind(user.email.clone())
-                    .push_bind(user.password_hash.clone())
-                    .push_bind(user.created_at)
-                    .push_bind(user.disabled_at)
-                    .push_bind(user.mfa_secret.clone())
-                    .push_bind(user.mfa_enabled_at)
-                    .push_bind(user.mfa_last_step)
-                    .push_bind(user.backup_salt.clone())
-                    .push_bind(user.mfa_failures)
-                    .push_bind(user.mfa_locked_until);
-            })
-            .build()
-            .execute(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
+        if rows.is_empty() {
+            return Ok(());
         }
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_at, disabled_at, mfa_secret, mfa_enabled_at, \
+             mfa_last_step, backup_salt, mfa_failures, mfa_locked_until) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[], \
+             $7::bigint[], $8::bigint[], $9::bytea[], $10::bigint[], $11::bigint[])",
+        )
+        .bind(rows.iter().map(|user| user.id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.email.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.password_hash.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.disabled_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.mfa_secret.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.mfa_enabled_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.mfa_last_step).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.backup_salt.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.mfa_failures).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.mfa_locked_until).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 
     async fn insert_backup_codes(&mut self, rows: &[BackupCodeRow]) -> StoreResult<()> {
-        for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
-            sqlx::QueryBuilder::<Postgres>::new("INSERT INTO backup_codes (user_id, code_hash) ")
-                .push_values(chunk, |mut values, code| {
-                    values.push_bind(code.user_id.clone()).push_bind(code.code_hash.clone());
-                })
-                .build()
-                .execute(&mut *self.tx)
-                .await
-                .map_err(map_err)?;
+        if rows.is_empty() {
+            return Ok(());
         }
+        sqlx::query("INSERT INTO backup_codes (user_id, code_hash) SELECT * FROM UNNEST($1::text[], $2::bytea[])")
+            .bind(rows.iter().map(|code| code.user_id.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|code| code.code_hash.clone()).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 
     async fn insert_pending_setups(&mut self, rows: &[PendingSetupRow]) -> StoreResult<()> {
-        for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
-            sqlx::QueryBuilder::<Postgres>::new("INSERT INTO mfa_pending (user_id, secret, created_at, expires_at) ")
-                .push_values(chunk, |mut values, setup| {
-                    values
-                        .push_bind(setup.user_id.clone())
-                        .push_bind(setup.sealed_secret.clone())
-                        .push_bind(setup.created_at)
-                        .push_bind(setup.expires_at);
-                })
-                .build()
-                .execute(&mut *self.tx)
-                .await
-                .map_err(map_err)?;
+        if rows.is_empty() {
+            return Ok(());
         }
+        sqlx::query(
+            "INSERT INTO mfa_pending (user_id, secret, created_at, expires_at) \
+             SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bigint[], $4::bigint[])",
+        )
+        .bind(rows.iter().map(|setup| setup.user_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|setup| setup.sealed_secret.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|setup| setup.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|setup| setup.expires_at).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 
     async fn insert_sessions(&mut self, rows: &[SessionRecord]) -> StoreResult<()> {
-        for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
-            sqlx::QueryBuilder::<Postgres>::new(
-                "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) ",
-            )
-            .push_values(chunk, |mut values, session| {
-                values
-                    .push_bind(session.token_hash.as_bytes().to_vec())
-                    .push_bind(session.user_id.clone())
-                    .push_bind(session.created_at)
-                    .push_bind(session.last_seen_at)
-                    .push_bind(session.expires_at)
-                    .push_bind(session.mfa);
-            })
-            .build()
-            .execute(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
+        if rows.is_empty() {
+            return Ok(());
         }
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
+             SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::boolean[])",
+        )
+        .bind(rows.iter().map(|session| session.token_hash.as_bytes().to_vec()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|session| session.user_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|session| session.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|session| session.last_seen_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|session| session.expires_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|session| session.mfa).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 
     async fn insert_events(&mut self, rows: &[EventRow]) -> StoreResult<()> {
-        for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
-            // The rows of one VALUES list draw their identity values in list order, so ids
-            // follow the file's order.
-            sqlx::QueryBuilder::<Postgres>::new(
-                "INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) ",
-            )
-            .push_values(chunk, |mut values, event| {
-                values
-                    .push_bind(event.user_id.clone())
-                    .push_bind(event.record.kind.clone())
-                    .push_bind(event.record.at)
-                    .push_bind(event.record.ip.clone())
-                    .push_bind(event.record.user_agent.clone())
-                    .push_bind(event.record.request_id.clone());
-            })
-            .build()
-            .execute(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
+        if rows.is_empty() {
+            return Ok(());
         }
+        // `WITH ORDINALITY` + `ORDER BY` makes the identity values follow the file's order.
+        sqlx::query(
+            "INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) \
+             SELECT user_id, kind, at, ip, user_agent, request_id FROM UNNEST($1::text[], $2::text[], \
+             $3::bigint[], $4::text[], $5::text[], $6::text[]) \
+             WITH ORDINALITY AS e (user_id, kind, at, ip, user_agent, request_id, position) ORDER BY position",
+        )
+        .bind(rows.iter().map(|event| event.user_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|event| event.record.kind.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|event| event.record.at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|event| event.record.ip.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|event| event.record.user_agent.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|event| event.record.request_id.clone()).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 

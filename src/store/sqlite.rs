@@ -831,6 +831,10 @@ async fn clear_mfa_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> R
 
 // --- `tessera export` / `tessera import` ---
 
+/// Rows per multi-row `INSERT` of an import: 500 x 11 columns stays well below SQLite's limit
+/// of 32766 bind parameters.
+const IMPORT_BATCH_ROWS: usize = 500;
+
 const SELECT_USER_ROW: &str = "SELECT id, email, password_hash, created_at, disabled_at, mfa_secret, mfa_enabled_at, \
      mfa_last_step, backup_salt, mfa_failures, mfa_locked_until FROM users";
 
