@@ -1120,7 +1120,11 @@ impl ImportTransaction for PgImport {
             "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
              SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::boolean[])",
         )
-        .bind(rows.iter().map(|session| session.token_hash.as_bytes().to_vec()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|session| session.token_hash.as_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|session| session.user_id.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|session| session.created_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|session| session.last_seen_at).collect::<Vec<_>>())
@@ -1147,8 +1151,16 @@ impl ImportTransaction for PgImport {
         .bind(rows.iter().map(|event| event.record.kind.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|event| event.record.at).collect::<Vec<_>>())
         .bind(rows.iter().map(|event| event.record.ip.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|event| event.record.user_agent.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|event| event.record.request_id.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|event| event.record.user_agent.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|event| event.record.request_id.clone())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *self.tx)
         .await
         .map_err(map_err)?;
