@@ -721,3 +721,105 @@ impl Batch {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = r#"{"type":"header","format":"tessera-export","version":1,"source_backend":"sqlite","exported_at":"2026-11-30T11:00:00Z","master_key_id":"01020304"}"#;
+
+    fn open(text: &str) -> Result<ExportFile<&[u8]>, TransferError> {
+        ExportFile::open(text.as_bytes())
+    }
+
+    fn message(result: Result<ExportFile<&[u8]>, TransferError>) -> String {
+        match result {
+            Ok(_) => panic!("accepted"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_header_of_this_format_and_version_opens_and_names_its_key() {
+        let text = format!("{HEADER}\n");
+        let file = open(&text).expect("opens");
+        assert_eq!(file.header().master_key_id, "01020304");
+        assert_eq!(file.header().source_backend, "sqlite");
+        let key = MasterKey::from_bytes([7u8; 32]);
+        assert!(matches!(file.check_key(&key), Err(TransferError::WrongKey { .. })));
+    }
+
+    #[test]
+    fn anything_but_a_tessera_export_of_version_1_is_refused_on_line_1() {
+        assert!(matches!(open(""), Err(TransferError::Empty)));
+        let other_format = HEADER.replace("tessera-export", "something-else");
+        assert!(message(open(&format!("{other_format}\n"))).starts_with("line 1: not a Tessera export"));
+        let newer = HEADER.replace("\"version\":1", "\"version\":2");
+        assert!(message(open(&format!("{newer}\n"))).contains("version 2 is not supported"));
+        let not_first =
+            r#"{"type":"end","users":0,"factors":0,"backup_codes":0,"pending_setups":0,"sessions":0,"events":0}"#;
+        assert!(message(open(&format!("{not_first}\n"))).starts_with("line 1: the first line must be the header"));
+        assert!(message(open("not json\n")).starts_with("line 1: not a valid record"));
+    }
+
+    #[test]
+    fn unknown_members_and_unknown_types_are_refused() {
+        let extra = HEADER.replace("\"version\":1", "\"version\":1,\"extra\":true");
+        assert!(message(open(&format!("{extra}\n"))).contains("unknown field"));
+        let text = format!(
+            "{HEADER}\n{{\"type\":\"backup_code\",\"user_id\":\"u\",\"code_hash\":\"AAAA\",\"plain\":\"x\"}}\n\
+             {{\"type\":\"challenge\"}}\n"
+        );
+        let mut file = open(&text).expect("opens");
+        let err = file.next_line().expect_err("extra member");
+        assert!(
+            err.to_string().starts_with("line 2: ") && err.to_string().contains("unknown field"),
+            "{err}"
+        );
+        let err = file.next_line().expect_err("unknown type");
+        assert!(err.to_string().starts_with("line 3: "), "{err}");
+    }
+
+    #[test]
+    fn a_cut_off_or_overlong_line_is_refused() {
+        let cut = format!("{HEADER}\n{{\"type\":\"end\"");
+        let mut file = open(&cut).expect("opens");
+        assert!(matches!(file.next_line(), Err(TransferError::CutOff { line: 2 })));
+        let long = format!("{HEADER}\n{}\n", "x".repeat(MAX_LINE_BYTES + 1));
+        let mut file = open(&long).expect("opens");
+        let err = file.next_line().expect_err("too long");
+        assert_eq!(err.to_string(), "line 2: longer than 1 MiB");
+    }
+
+    #[test]
+    fn bytes_are_base64_and_the_end_line_round_trips() {
+        let line = Line::BackupCode(BackupCodeLine {
+            user_id: "u".to_owned(),
+            code_hash: vec![0xff; 32],
+        });
+        let text = serde_json::to_string(&line).expect("serialises");
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"type":"backup_code","user_id":"u","code_hash":"{}"}}"#,
+                BASE64_ALL_ONES
+            )
+        );
+        let counts = Counts {
+            users: 1,
+            factors: 1,
+            backup_codes: 10,
+            pending_setups: 0,
+            sessions: 2,
+            events: 7,
+        };
+        let text = serde_json::to_string(&Line::End(counts)).expect("serialises");
+        match serde_json::from_str::<Line>(&text).expect("parses") {
+            Line::End(read) => assert_eq!(read, counts),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(counts.records(), 20);
+    }
+
+    const BASE64_ALL_ONES: &str = "//////////////////////////////////////////8=";
+}
