@@ -36,10 +36,11 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
-    /// Write the whole installation (users, MFA factors, backup-code hashes, pending setups, live
-    /// sessions, security events) as JSON lines to FILE, from one consistent snapshot; safe while
-    /// `serve` runs. Secrets stay sealed under the master key, hashes stay hashes; the file is
-    /// created with mode 0600 and must not exist yet.
+    /// Write the whole installation to FILE as JSON lines (to move it to another database).
+    ///
+    /// Users, MFA factors, backup-code hashes, pending setups, live sessions and security events,
+    /// from one consistent snapshot: safe while `serve` runs. Secrets stay sealed under the master
+    /// key, hashes stay hashes; the file is created with mode 0600 and must not exist yet.
     Export {
         /// The file to create, or `-` for standard output.
         #[arg(value_name = "FILE")]
@@ -47,9 +48,11 @@ pub enum Command {
         #[command(flatten)]
         storage: StorageArgs,
     },
-    /// Load an export into a new, empty database (SQLite or PostgreSQL, as configured), in one
-    /// transaction: all or nothing. The configured master key must be the exporting
-    /// installation's (TESSERA_SECRET_KEY, or its key file copied to DATA_DIR/secret.key).
+    /// Load an export into a new, empty database (SQLite or PostgreSQL, as configured).
+    ///
+    /// Runs the migrations, then writes everything in one transaction: all or nothing. The
+    /// configured master key must be the exporting installation's (TESSERA_SECRET_KEY, or its key
+    /// file copied to DATA_DIR/secret.key); a database holding any user or event is refused.
     Import {
         /// The export to read, or `-` for standard input.
         #[arg(value_name = "FILE")]
