@@ -305,16 +305,21 @@ fn create_export_file(file: &Path) -> anyhow::Result<std::fs::File> {
     })
 }
 
-/// Transfer errors already carry their cause in their message: one line, no "Caused by".
-fn one_line(err: crate::transfer::TransferError) -> anyhow::Error {
+/// Our errors already carry their cause in their message: one line for the operator, without
+/// anyhow's "Caused by" repeating it.
+fn one_line(err: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{err}")
 }
 
 async fn export(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
-    let config = Config::for_storage(storage)?;
+    let config = Config::for_storage(storage).map_err(one_line)?;
     // Opened like the `user` commands: an existing database whose secrets the key opens.
-    let opened = server::open_existing(&config, Arc::new(SystemClock)).await?;
-    let key = server::load_key(&config)?.context("no master key is configured")?;
+    let opened = server::open_existing(&config, Arc::new(SystemClock))
+        .await
+        .map_err(one_line)?;
+    let key = server::load_key(&config)
+        .map_err(one_line)?
+        .context("no master key is configured")?;
     let now = opened.service.now();
     let (mut out, created): (Box<dyn Write>, Option<std::fs::File>) = if is_standard_stream(file) {
         (Box::new(std::io::BufWriter::new(std::io::stdout().lock())), None)
@@ -331,13 +336,12 @@ async fn export(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
     opened.store.close().await;
     drop(out);
     let synced = match &created {
-        Some(created) => created.sync_all().map_err(anyhow::Error::from),
+        Some(created) => created
+            .sync_all()
+            .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", file.display())),
         None => Ok(()),
     };
-    let counts = match result
-        .map_err(anyhow::Error::from)
-        .and_then(|counts| synced.map(|()| counts))
-    {
+    let counts = match result.map_err(one_line).and_then(|counts| synced.map(|()| counts)) {
         Ok(counts) => counts,
         Err(err) => {
             // A partial file would only be refused by `import` (no end line); don't leave it.
@@ -356,7 +360,7 @@ async fn export(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
 }
 
 async fn import(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
-    let config = Config::for_storage(storage)?;
+    let config = Config::for_storage(storage).map_err(one_line)?;
     let input: Box<dyn BufRead> = if is_standard_stream(file) {
         Box::new(std::io::stdin().lock())
     } else {
@@ -366,14 +370,14 @@ async fn import(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
     };
     // Header and master key first: a wrong file or key must not create or migrate anything.
     let export = crate::transfer::ExportFile::open(input).map_err(one_line)?;
-    let key = server::load_key(&config)?.with_context(|| {
+    let key = server::load_key(&config).map_err(one_line)?.with_context(|| {
         format!(
             "no master key is configured: set TESSERA_SECRET_KEY or copy the exporting installation's key file to {}",
             config.data_dir.join(server::KEY_FILE).display()
         )
     })?;
     export.check_key(&key).map_err(one_line)?;
-    let store = server::open_store(&config).await?;
+    let store = server::open_store(&config).await.map_err(one_line)?;
     let mut progress = Progress::new("imported");
     let result = export
         .import_into(store.as_ref(), &key, &mut |counts| progress.show(counts))
