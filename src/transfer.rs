@@ -424,42 +424,69 @@ impl From<UserRow> for UserLine {
 /// An export being read: its header is read (and checked) on [`ExportFile::open`], before
 /// anything else happens, so the master key can be checked before the database is touched.
 pub struct ExportFile<R> {
-    reader: R,
-    /// Number of the last line read.
-    line: u64,
+    lines: Lines<R>,
     header: Header,
+}
+
+/// The lines of an export, parsed one at a time, with the number of the last one read.
+struct Lines<R> {
+    reader: R,
+    number: u64,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// A refusal of the last line read.
+    fn bad(&self, message: impl Into<String>) -> TransferError {
+        TransferError::BadLine {
+            line: self.number,
+            message: message.into(),
+        }
+    }
+
+    /// The next line, parsed; `None` at the end of the input.
+    fn next(&mut self) -> Result<Option<Line>, TransferError> {
+        let mut bytes = Vec::new();
+        let read = (&mut self.reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut bytes)
+            .map_err(TransferError::Read)?;
+        if read == 0 {
+            return Ok(None);
+        }
+        self.number += 1;
+        if bytes.len() > MAX_LINE_BYTES {
+            return Err(self.bad("longer than 1 MiB"));
+        }
+        // Every line the export writes ends with a newline: one without was cut off.
+        if bytes.pop() != Some(b'\n') {
+            return Err(TransferError::CutOff { line: self.number });
+        }
+        let text = std::str::from_utf8(&bytes).map_err(|_| self.bad("not UTF-8"))?;
+        serde_json::from_str(text)
+            .map(Some)
+            .map_err(|err| self.bad(format!("not a valid record: {err}")))
+    }
 }
 
 impl<R: BufRead> ExportFile<R> {
     /// Reads and checks the header line.
     pub fn open(reader: R) -> Result<Self, TransferError> {
-        let mut file = Self {
-            reader,
-            line: 0,
-            header: Header {
-                format: String::new(),
-                version: 0,
-                source_backend: String::new(),
-                exported_at: String::new(),
-                master_key_id: String::new(),
-            },
-        };
-        let header = match file.next_line()? {
+        let mut lines = Lines { reader, number: 0 };
+        let header = match lines.next()? {
             None => return Err(TransferError::Empty),
             Some(Line::Header(header)) => header,
-            Some(_) => return Err(file.bad("the first line must be the header")),
+            Some(_) => return Err(lines.bad("the first line must be the header")),
         };
         if header.format != FORMAT {
-            return Err(file.bad(format!("not a Tessera export (format must be \"{FORMAT}\")")));
+            return Err(lines.bad(format!("not a Tessera export (format must be \"{FORMAT}\")")));
         }
         if header.version != VERSION {
-            return Err(file.bad(format!(
+            return Err(lines.bad(format!(
                 "export format version {} is not supported (this build reads version {VERSION})",
                 header.version
             )));
         }
-        file.header = header;
-        Ok(file)
+        Ok(Self { lines, header })
     }
 
     pub fn header(&self) -> &Header {
@@ -479,34 +506,7 @@ impl<R: BufRead> ExportFile<R> {
     }
 
     fn bad(&self, message: impl Into<String>) -> TransferError {
-        TransferError::BadLine {
-            line: self.line,
-            message: message.into(),
-        }
-    }
-
-    /// The next line, parsed; `None` at the end of the input.
-    fn next_line(&mut self) -> Result<Option<Line>, TransferError> {
-        let mut bytes = Vec::new();
-        let read = (&mut self.reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut bytes)
-            .map_err(TransferError::Read)?;
-        if read == 0 {
-            return Ok(None);
-        }
-        self.line += 1;
-        if bytes.len() > MAX_LINE_BYTES {
-            return Err(self.bad("longer than 1 MiB"));
-        }
-        // Every line the export writes ends with a newline: one without was cut off.
-        if bytes.pop() != Some(b'\n') {
-            return Err(TransferError::CutOff { line: self.line });
-        }
-        let text = std::str::from_utf8(&bytes).map_err(|_| self.bad("not UTF-8"))?;
-        serde_json::from_str(text)
-            .map(Some)
-            .map_err(|err| self.bad(format!("not a valid record: {err}")))
+        self.lines.bad(message)
     }
 
     /// Imports every record into `store`, which must hold no user and no event, in one
@@ -528,8 +528,10 @@ impl<R: BufRead> ExportFile<R> {
         let mut seen = Seen::default();
         let mut counts = Counts::default();
         let expected = loop {
-            let Some(line) = self.next_line()? else {
-                return Err(TransferError::Truncated { line: self.line });
+            let Some(line) = self.lines.next()? else {
+                return Err(TransferError::Truncated {
+                    line: self.lines.number,
+                });
             };
             match line {
                 Line::Header(_) => return Err(self.bad("a second header")),
@@ -597,9 +599,9 @@ impl<R: BufRead> ExportFile<R> {
                     });
                 }
             }
-            batch.first_line.get_or_insert(self.line);
+            batch.first_line.get_or_insert(self.lines.number);
             if batch.len() >= FLUSH_ROWS {
-                batch.write(tx.as_mut(), self.line).await?;
+                batch.write(tx.as_mut(), self.lines.number).await?;
                 progress(&counts);
             }
         };
@@ -609,10 +611,10 @@ impl<R: BufRead> ExportFile<R> {
                 found: counts,
             });
         }
-        if self.next_line()?.is_some() {
+        if self.lines.next()?.is_some() {
             return Err(self.bad("nothing may follow the end line"));
         }
-        batch.write(tx.as_mut(), self.line).await?;
+        batch.write(tx.as_mut(), self.lines.number).await?;
         progress(&counts);
         tx.commit().await?;
         Ok(counts)
@@ -771,12 +773,12 @@ mod tests {
              {{\"type\":\"challenge\"}}\n"
         );
         let mut file = open(&text).expect("opens");
-        let err = file.next_line().expect_err("extra member");
+        let err = file.lines.next().expect_err("extra member");
         assert!(
             err.to_string().starts_with("line 2: ") && err.to_string().contains("unknown field"),
             "{err}"
         );
-        let err = file.next_line().expect_err("unknown type");
+        let err = file.lines.next().expect_err("unknown type");
         assert!(err.to_string().starts_with("line 3: "), "{err}");
     }
 
@@ -784,10 +786,10 @@ mod tests {
     fn a_cut_off_or_overlong_line_is_refused() {
         let cut = format!("{HEADER}\n{{\"type\":\"end\"");
         let mut file = open(&cut).expect("opens");
-        assert!(matches!(file.next_line(), Err(TransferError::CutOff { line: 2 })));
+        assert!(matches!(file.lines.next(), Err(TransferError::CutOff { line: 2 })));
         let long = format!("{HEADER}\n{}\n", "x".repeat(MAX_LINE_BYTES + 1));
         let mut file = open(&long).expect("opens");
-        let err = file.next_line().expect_err("too long");
+        let err = file.lines.next().expect_err("too long");
         assert_eq!(err.to_string(), "line 2: longer than 1 MiB");
     }
 
