@@ -1,9 +1,9 @@
 //! `tessera export` / `tessera import`: an installation built through the HTTP API moves to the
 //! other backend (SQLite -> PostgreSQL and back) and a server started on the copy proves nothing
 //! was lost: passwords, TOTP factors with their replay step, used and unused backup codes,
-//! pending setups, sessions, throttle counters and security events. The refusals (non-empty
-//! target, another master key, truncated or damaged file) change nothing, and the real binary
-//! streams through `-` (stdout into stdin).
+//! pending setups, sessions, throttle counters and security events. An export beside a busy
+//! writer reads one snapshot. The refusals (non-empty target, another master key, truncated or
+//! damaged file) change nothing, and the real binary streams through `-` (stdout into stdin).
 //!
 //! The PostgreSQL halves need `TESSERA_TEST_DATABASE_URL`; without it they are skipped with a
 //! note, unless `TESSERA_REQUIRE_POSTGRES=1` (CI), which makes them fail.
@@ -357,6 +357,90 @@ async fn postgres_to_sqlite_loses_no_user_factor_code_session_or_event() {
         return;
     };
     moves_without_loss(Place::new(Some(database)), Place::new(None)).await;
+}
+
+// ---- a snapshot while writers go on ----
+
+/// One account and its `user_registered` event, written in one transaction as registration does.
+async fn register_directly(store: &dyn tessera::store::Store, n: usize, at: i64) {
+    let id = uuid::Uuid::now_v7().to_string();
+    let user = tessera::store::NewUser {
+        id: id.clone(),
+        email: format!("user{n}@example.com"),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned(),
+        created_at: at,
+    };
+    let event = tessera::store::NewEvent {
+        user_id: Some(id),
+        kind: "user_registered",
+        at,
+        ip: None,
+        user_agent: None,
+        request_id: None,
+    };
+    store.insert_user(&user, &event).await.expect("user inserted");
+}
+
+/// Export runs beside a writer that keeps registering accounts. Users are read first and events
+/// last, many pages apart: only if every page reads the same snapshot does the file hold exactly
+/// one event per user and no event of a user it lacks (which import would refuse).
+async fn export_reads_one_snapshot_while_writers_go_on(database: Option<Arc<TestDatabase>>) {
+    let place = Place::new(database);
+    let store = server::open_store(&place.config()).await.expect("opens");
+    let now = 1_764_500_000;
+    for n in 0..1_200 {
+        register_directly(store.as_ref(), n, now).await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let store = store.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 1_200;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                register_directly(store.as_ref(), n, now).await;
+                n += 1;
+            }
+            n
+        })
+    };
+    let key = MasterKey::generate();
+    let mut file = Vec::new();
+    let counts = transfer::export(store.as_ref(), &key, now, &mut file, &mut |_| {})
+        .await
+        .expect("export");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.expect("writer");
+    store.close().await;
+
+    assert!(counts.users >= 1_200, "{counts}");
+    assert!(
+        (written as u64) > counts.users,
+        "the writer wrote nothing after the snapshot"
+    );
+    assert_eq!(counts.events, counts.users, "{counts}");
+    let target = Place::new(None);
+    let target_store = server::open_store(&target.config()).await.expect("target opens");
+    let imported = ExportFile::open(&file[..])
+        .expect("header")
+        .import_into(target_store.as_ref(), &key, &mut |_| {})
+        .await
+        .expect("the snapshot is consistent");
+    target_store.close().await;
+    assert_eq!(imported, counts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_export_reads_one_snapshot_while_writers_go_on() {
+    export_reads_one_snapshot_while_writers_go_on(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_export_reads_one_snapshot_while_writers_go_on() {
+    let Some(database) = postgres_database().await else {
+        return;
+    };
+    export_reads_one_snapshot_while_writers_go_on(Some(database)).await;
 }
 
 // ---- refusals ----
