@@ -370,6 +370,11 @@ async fn import(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
     };
     // Header and master key first: a wrong file or key must not create or migrate anything.
     let export = crate::transfer::ExportFile::open(input).map_err(one_line)?;
+    let origin = format!(
+        "a {} export of {}",
+        export.header().source_backend,
+        export.header().exported_at
+    );
     let key = server::load_key(&config).map_err(one_line)?.with_context(|| {
         format!(
             "no master key is configured: set TESSERA_SECRET_KEY or copy the exporting installation's key file to {}",
@@ -390,6 +395,9 @@ async fn import(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
     } else {
         file.display().to_string()
     };
-    eprintln!("imported {counts} from {source} into the {} database", store.backend());
+    eprintln!(
+        "imported {counts} from {source} ({origin}) into the {} database",
+        store.backend()
+    );
     Ok(())
 }
