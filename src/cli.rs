@@ -1,13 +1,15 @@
-//! The `tessera` command line: `serve`, `migrate`, and the operator's `user` commands.
-//! `main.rs` only calls [`main`].
+//! The `tessera` command line: `serve`, `migrate`, the operator's `user` commands, and `export` /
+//! `import` to move an installation between databases. `main.rs` only calls [`main`].
 
 use crate::clock::{SystemClock, rfc3339};
 use crate::config::{Config, ServeArgs, StorageArgs};
 use crate::server;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::io::IsTerminal;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +35,30 @@ pub enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Write the whole installation to FILE as JSON lines (to move it to another database).
+    ///
+    /// Users, MFA factors, backup-code hashes, pending setups, live sessions and security events,
+    /// from one consistent snapshot: safe while `serve` runs. Secrets stay sealed under the master
+    /// key, hashes stay hashes; the file is created with mode 0600 and must not exist yet.
+    Export {
+        /// The file to create, or `-` for standard output.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Load an export into a new, empty database (SQLite or PostgreSQL, as configured).
+    ///
+    /// Runs the migrations, then writes everything in one transaction: all or nothing. The
+    /// configured master key must be the exporting installation's (TESSERA_SECRET_KEY, or its key
+    /// file copied to DATA_DIR/secret.key); a database holding any user or event is refused.
+    Import {
+        /// The export to read, or `-` for standard input.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        storage: StorageArgs,
     },
 }
 
@@ -101,6 +127,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User { command } => user(command).await,
+        Command::Export { file, storage } => export(&file, &storage).await,
+        Command::Import { file, storage } => import(&file, &storage).await,
     }
 }
 
@@ -200,5 +228,176 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
         }
     }
     opened.store.close().await;
+    Ok(())
+}
+
+/// True when FILE is `-`: standard input or output.
+fn is_standard_stream(file: &Path) -> bool {
+    file.as_os_str() == "-"
+}
+
+fn describe_file(file: &Path) -> String {
+    if is_standard_stream(file) {
+        "standard output".to_owned()
+    } else {
+        file.display().to_string()
+    }
+}
+
+/// The progress line of a long export or import: records done so far, redrawn in place at most a
+/// few times a second, and only when stderr is a terminal (a log file gets the summary alone).
+struct Progress {
+    verb: &'static str,
+    terminal: bool,
+    last: Option<Instant>,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new(verb: &'static str) -> Self {
+        Self {
+            verb,
+            terminal: std::io::stderr().is_terminal(),
+            last: None,
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, counts: &crate::transfer::Counts) {
+        if !self.terminal
+            || self
+                .last
+                .is_some_and(|last| last.elapsed() < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        self.drawn = true;
+        eprint!(
+            "\r{} {} records ({} users)...",
+            self.verb,
+            counts.records(),
+            counts.users
+        );
+    }
+
+    /// Erases the progress line before the summary or an error is printed.
+    fn clear(&mut self) {
+        if self.drawn {
+            eprint!("\r\x1b[2K");
+            self.drawn = false;
+        }
+    }
+}
+
+/// Creates the export file: never over an existing file, readable by the owner only (it holds
+/// password hashes and sealed secrets).
+fn create_export_file(file: &Path) -> anyhow::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(file).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot create {}: {err} (an export never overwrites a file)",
+            file.display()
+        )
+    })
+}
+
+/// Our errors already carry their cause in their message: one line for the operator, without
+/// anyhow's "Caused by" repeating it.
+fn one_line(err: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{err}")
+}
+
+async fn export(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
+    let config = Config::for_storage(storage).map_err(one_line)?;
+    // Opened like the `user` commands: an existing database whose secrets the key opens.
+    let opened = server::open_existing(&config, Arc::new(SystemClock))
+        .await
+        .map_err(one_line)?;
+    let key = server::load_key(&config)
+        .map_err(one_line)?
+        .context("no master key is configured")?;
+    let now = opened.service.now();
+    let (mut out, created): (Box<dyn Write>, Option<std::fs::File>) = if is_standard_stream(file) {
+        (Box::new(std::io::BufWriter::new(std::io::stdout().lock())), None)
+    } else {
+        let created = create_export_file(file)?;
+        (Box::new(std::io::BufWriter::new(created.try_clone()?)), Some(created))
+    };
+    let mut progress = Progress::new("exported");
+    let result = crate::transfer::export(opened.store.as_ref(), &key, now, &mut out, &mut |counts| {
+        progress.show(counts)
+    })
+    .await;
+    progress.clear();
+    opened.store.close().await;
+    drop(out);
+    let synced = match &created {
+        Some(created) => created
+            .sync_all()
+            .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", file.display())),
+        None => Ok(()),
+    };
+    let counts = match result.map_err(one_line).and_then(|counts| synced.map(|()| counts)) {
+        Ok(counts) => counts,
+        Err(err) => {
+            // A partial file would only be refused by `import` (no end line); don't leave it.
+            if created.is_some() {
+                let _ = std::fs::remove_file(file);
+            }
+            return Err(err);
+        }
+    };
+    eprintln!(
+        "exported {counts} from the {} database to {}",
+        opened.store.backend(),
+        describe_file(file)
+    );
+    Ok(())
+}
+
+async fn import(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
+    let config = Config::for_storage(storage).map_err(one_line)?;
+    let input: Box<dyn BufRead> = if is_standard_stream(file) {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let opened =
+            std::fs::File::open(file).map_err(|err| anyhow::anyhow!("cannot open {}: {err}", file.display()))?;
+        Box::new(std::io::BufReader::new(opened))
+    };
+    // Header and master key first: a wrong file or key must not create or migrate anything.
+    let export = crate::transfer::ExportFile::open(input).map_err(one_line)?;
+    let origin = format!(
+        "a {} export of {}",
+        export.header().source_backend,
+        export.header().exported_at
+    );
+    let key = server::load_key(&config).map_err(one_line)?.with_context(|| {
+        format!(
+            "no master key is configured: set TESSERA_SECRET_KEY or copy the exporting installation's key file to {}",
+            config.data_dir.join(server::KEY_FILE).display()
+        )
+    })?;
+    export.check_key(&key).map_err(one_line)?;
+    let store = server::open_store(&config).await.map_err(one_line)?;
+    let mut progress = Progress::new("imported");
+    let result = export
+        .import_into(store.as_ref(), &key, &mut |counts| progress.show(counts))
+        .await;
+    progress.clear();
+    store.close().await;
+    let counts = result.map_err(one_line)?;
+    let source = if is_standard_stream(file) {
+        "standard input".to_owned()
+    } else {
+        file.display().to_string()
+    };
+    eprintln!(
+        "imported {counts} from {source} ({origin}) into the {} database",
+        store.backend()
+    );
     Ok(())
 }

@@ -7,9 +7,10 @@
 //! - [`domain`]: pure rules (TOTP, backup codes, passwords, tokens, sealing); no IO, no clock reads.
 //! - [`store`]: the persistence boundary: the [`store::Store`] trait and its SQLite implementation.
 //! - [`config`]: configuration (defaults <- TOML file <- `TESSERA_*` env vars <- flags).
-//! - [`cli`]: the `tessera` command line: `serve`, `migrate`, `user ...`.
+//! - [`cli`]: the `tessera` command line: `serve`, `migrate`, `user ...`, `export`, `import`.
 //! - [`clock`]: the one seam through which the current time enters the program.
 //! - [`server`]: `run(listener, app, limits, shutdown)`, shared by the binary and the tests.
+//! - [`transfer`]: `tessera export` / `tessera import`: the JSON-lines format that moves an installation.
 //! - [`webhook`]: delivery of security events to a configured URL, signed, from an outbox.
 
 pub mod cli;
@@ -20,4 +21,5 @@ pub mod http;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod transfer;
 pub mod webhook;

@@ -381,4 +381,114 @@ pub trait Store: Send + Sync + 'static {
         session: &SessionRecord,
         event: &NewEvent,
     ) -> StoreResult<Consumed>;
+
+    // --- moving an installation (`tessera export` / `tessera import`) ---
+    /// Opens a read-only transaction over one consistent snapshot of the whole database, for
+    /// `tessera export`. Writers are not blocked (SQLite WAL reader; PostgreSQL REPEATABLE READ).
+    async fn begin_export(&self) -> StoreResult<Box<dyn ExportSnapshot>>;
+    /// Opens the one write transaction of `tessera import`. Concurrent writers wait until it
+    /// ends (SQLite `BEGIN IMMEDIATE`; PostgreSQL locks `users` and `security_events` against
+    /// writes), so the emptiness check it offers stays true until commit. Dropping it without
+    /// [`ImportTransaction::commit`] rolls everything back.
+    async fn begin_import(&self) -> StoreResult<Box<dyn ImportTransaction>>;
+}
+
+// --- rows of `tessera export` / `tessera import` ---
+//
+// These mirror the tables column for column, so an installation moves without interpreting
+// (or losing) anything; the file format around them lives in `crate::transfer`.
+
+/// Every column of a `users` row, as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
+    pub created_at: i64,
+    pub disabled_at: Option<i64>,
+    /// Sealed TOTP secret (user id as associated data); `None` while MFA is off.
+    pub mfa_secret: Option<Vec<u8>>,
+    pub mfa_enabled_at: Option<i64>,
+    pub mfa_last_step: Option<i64>,
+    pub backup_salt: Option<Vec<u8>>,
+    pub mfa_failures: i64,
+    pub mfa_locked_until: Option<i64>,
+}
+
+impl std::fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRow")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("mfa_enabled_at", &self.mfa_enabled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One unused backup code: `backup_codes` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupCodeRow {
+    pub user_id: String,
+    pub code_hash: Vec<u8>,
+}
+
+/// An `mfa_pending` row.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingSetupRow {
+    pub user_id: String,
+    pub sealed_secret: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for PendingSetupRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSetupRow")
+            .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `security_events` row. `id` only orders the export; an import numbers events anew, in the
+/// order it receives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub id: i64,
+    pub user_id: Option<String>,
+    pub record: EventRecord,
+}
+
+/// Reads of [`Store::begin_export`]: pages in primary-key order (keyset paging: each call
+/// continues after the last key of the previous page), all inside one snapshot.
+#[async_trait]
+pub trait ExportSnapshot: Send {
+    /// Users with an id after `after`, by id.
+    async fn users(&mut self, after: Option<&str>, limit: u32) -> StoreResult<Vec<UserRow>>;
+    /// Backup codes after `after`, by (user id, code hash).
+    async fn backup_codes(&mut self, after: Option<&BackupCodeRow>, limit: u32) -> StoreResult<Vec<BackupCodeRow>>;
+    /// Pending setups still valid at `now`, after the user id `after`, by user id.
+    async fn pending_setups(&mut self, after: Option<&str>, now: i64, limit: u32) -> StoreResult<Vec<PendingSetupRow>>;
+    /// Sessions whose absolute lifetime has not ended at `now`, after `after`, by token hash.
+    async fn sessions(&mut self, after: Option<&TokenHash>, now: i64, limit: u32) -> StoreResult<Vec<SessionRecord>>;
+    /// Security events after the id `after`, by id (the order each user saw them in).
+    async fn events(&mut self, after: Option<i64>, limit: u32) -> StoreResult<Vec<EventRow>>;
+    /// Ends the read transaction.
+    async fn finish(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// Writes of [`Store::begin_import`], all in one transaction.
+#[async_trait]
+pub trait ImportTransaction: Send {
+    /// How many users and security events the database holds (an import needs both at zero).
+    async fn existing(&mut self) -> StoreResult<(i64, i64)>;
+    async fn insert_users(&mut self, rows: &[UserRow]) -> StoreResult<()>;
+    async fn insert_backup_codes(&mut self, rows: &[BackupCodeRow]) -> StoreResult<()>;
+    async fn insert_pending_setups(&mut self, rows: &[PendingSetupRow]) -> StoreResult<()>;
+    async fn insert_sessions(&mut self, rows: &[SessionRecord]) -> StoreResult<()>;
+    /// Inserts events in the order given; they get new ids in that order.
+    async fn insert_events(&mut self, rows: &[EventRow]) -> StoreResult<()>;
+    /// Moves an existing webhook cursor past the imported events (they are history, not news:
+    /// the webhook must not deliver them again), then commits.
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
 }

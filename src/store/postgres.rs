@@ -1126,4 +1126,299 @@ impl Store for PgStore {
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
     }
+
+    async fn begin_export(&self) -> StoreResult<Box<dyn ExportSnapshot>> {
+        // REPEATABLE READ: every page reads the snapshot taken by the first statement, however
+        // many instances write meanwhile; READ ONLY, so it can never fail with a serialisation
+        // error and blocks no writer.
+        let tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(map_err)?;
+        Ok(Box::new(PgExport { tx }))
+    }
+
+    async fn begin_import(&self) -> StoreResult<Box<dyn ImportTransaction>> {
+        let mut tx = self.begin().await?;
+        // SHARE ROW EXCLUSIVE lets readers in and keeps every writer out until commit, so the
+        // database found empty stays empty but for this import. (Waiting is bounded by the
+        // statement timeout.)
+        sqlx::query("LOCK TABLE users, security_events IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        Ok(Box::new(PgImport { tx }))
+    }
+}
+
+// --- `tessera export` / `tessera import` ---
+
+const SELECT_USER_ROW: &str = "SELECT id, email, password_hash, created_at, disabled_at, mfa_secret, mfa_enabled_at, \
+     mfa_last_step, backup_salt, mfa_failures, mfa_locked_until FROM users";
+
+fn user_row_from(row: &PgRow) -> Result<UserRow, sqlx::Error> {
+    Ok(UserRow {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        password_hash: row.try_get("password_hash")?,
+        created_at: row.try_get("created_at")?,
+        disabled_at: row.try_get("disabled_at")?,
+        mfa_secret: row.try_get("mfa_secret")?,
+        mfa_enabled_at: row.try_get("mfa_enabled_at")?,
+        mfa_last_step: row.try_get("mfa_last_step")?,
+        backup_salt: row.try_get("backup_salt")?,
+        mfa_failures: row.try_get("mfa_failures")?,
+        mfa_locked_until: row.try_get("mfa_locked_until")?,
+    })
+}
+
+fn decode_all<T>(rows: &[PgRow], decode: fn(&PgRow) -> Result<T, sqlx::Error>) -> StoreResult<Vec<T>> {
+    rows.iter().map(decode).collect::<Result<_, _>>().map_err(map_err)
+}
+
+struct PgExport {
+    tx: Tx,
+}
+
+// Keyset paging starts from a key below every real one ('' and the empty byte string sort
+// first), so each page is one index range scan in the table's own collation.
+#[async_trait]
+impl ExportSnapshot for PgExport {
+    async fn users(&mut self, after: Option<&str>, limit: u32) -> StoreResult<Vec<UserRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_USER_ROW} WHERE id > $1 ORDER BY id LIMIT $2"
+        )))
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        decode_all(&rows, user_row_from)
+    }
+
+    async fn backup_codes(&mut self, after: Option<&BackupCodeRow>, limit: u32) -> StoreResult<Vec<BackupCodeRow>> {
+        let (user_id, code_hash) = after.map_or(("", &[][..]), |row| (row.user_id.as_str(), &row.code_hash[..]));
+        let rows = sqlx::query(
+            "SELECT user_id, code_hash FROM backup_codes WHERE (user_id, code_hash) > ($1, $2) \
+             ORDER BY user_id, code_hash LIMIT $3",
+        )
+        .bind(user_id)
+        .bind(code_hash)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        decode_all(&rows, |row| {
+            Ok(BackupCodeRow {
+                user_id: row.try_get("user_id")?,
+                code_hash: row.try_get("code_hash")?,
+            })
+        })
+    }
+
+    async fn pending_setups(&mut self, after: Option<&str>, now: i64, limit: u32) -> StoreResult<Vec<PendingSetupRow>> {
+        let rows = sqlx::query(
+            "SELECT user_id, secret, created_at, expires_at FROM mfa_pending \
+             WHERE user_id > $1 AND expires_at > $2 ORDER BY user_id LIMIT $3",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        decode_all(&rows, |row| {
+            Ok(PendingSetupRow {
+                user_id: row.try_get("user_id")?,
+                sealed_secret: row.try_get("secret")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+    }
+
+    async fn sessions(&mut self, after: Option<&TokenHash>, now: i64, limit: u32) -> StoreResult<Vec<SessionRecord>> {
+        let rows = sqlx::query(
+            "SELECT token_hash, user_id, created_at AS s_created_at, last_seen_at, expires_at, mfa FROM sessions \
+             WHERE token_hash > $1 AND expires_at > $2 ORDER BY token_hash LIMIT $3",
+        )
+        .bind(after.map_or(&[][..], TokenHash::as_bytes))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        decode_all(&rows, session_from_row)
+    }
+
+    async fn events(&mut self, after: Option<i64>, limit: u32) -> StoreResult<Vec<EventRow>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, kind, at, ip, user_agent, request_id FROM security_events \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after.unwrap_or(i64::MIN))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        decode_all(&rows, |row| {
+            Ok(EventRow {
+                id: row.try_get("id")?,
+                user_id: row.try_get("user_id")?,
+                record: event_from_row(row)?,
+            })
+        })
+    }
+
+    async fn finish(self: Box<Self>) -> StoreResult<()> {
+        self.tx.commit().await.map_err(map_err)
+    }
+}
+
+struct PgImport {
+    tx: Tx,
+}
+
+#[async_trait]
+impl ImportTransaction for PgImport {
+    async fn existing(&mut self) -> StoreResult<(i64, i64)> {
+        let users = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        let events = sqlx::query_scalar("SELECT COUNT(*) FROM security_events")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok((users, events))
+    }
+
+    // Each batch is one statement over arrays (`UNNEST`): PostgreSQL parses and plans it once,
+    // and the bind-parameter count does not grow with the batch.
+    async fn insert_users(&mut self, rows: &[UserRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_at, disabled_at, mfa_secret, mfa_enabled_at, \
+             mfa_last_step, backup_salt, mfa_failures, mfa_locked_until) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[], \
+             $7::bigint[], $8::bigint[], $9::bytea[], $10::bigint[], $11::bigint[])",
+        )
+        .bind(rows.iter().map(|user| user.id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.email.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.password_hash.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.disabled_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.mfa_secret.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.mfa_enabled_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.mfa_last_step).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.backup_salt.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.mfa_failures).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.mfa_locked_until).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn insert_backup_codes(&mut self, rows: &[BackupCodeRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("INSERT INTO backup_codes (user_id, code_hash) SELECT * FROM UNNEST($1::text[], $2::bytea[])")
+            .bind(rows.iter().map(|code| code.user_id.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|code| code.code_hash.clone()).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn insert_pending_setups(&mut self, rows: &[PendingSetupRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO mfa_pending (user_id, secret, created_at, expires_at) \
+             SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bigint[], $4::bigint[])",
+        )
+        .bind(rows.iter().map(|setup| setup.user_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|setup| setup.sealed_secret.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|setup| setup.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|setup| setup.expires_at).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn insert_sessions(&mut self, rows: &[SessionRecord]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
+             SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::boolean[])",
+        )
+        .bind(
+            rows.iter()
+                .map(|session| session.token_hash.as_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|session| session.user_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|session| session.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|session| session.last_seen_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|session| session.expires_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|session| session.mfa).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn insert_events(&mut self, rows: &[EventRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // `WITH ORDINALITY` + `ORDER BY` makes the identity values follow the file's order.
+        sqlx::query(
+            "INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) \
+             SELECT user_id, kind, at, ip, user_agent, request_id FROM UNNEST($1::text[], $2::text[], \
+             $3::bigint[], $4::text[], $5::text[], $6::text[]) \
+             WITH ORDINALITY AS e (user_id, kind, at, ip, user_agent, request_id, position) ORDER BY position",
+        )
+        .bind(rows.iter().map(|event| event.user_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|event| event.record.kind.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|event| event.record.at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|event| event.record.ip.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|event| event.record.user_agent.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|event| event.record.request_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE webhook_cursor SET last_txid = newest.txid, last_event_id = newest.id \
+             FROM (SELECT txid, id FROM security_events ORDER BY txid DESC, id DESC LIMIT 1) AS newest \
+             WHERE webhook_cursor.id = 1 \
+             AND (webhook_cursor.last_txid, webhook_cursor.last_event_id) < (newest.txid, newest.id)",
+        )
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        self.tx.commit().await.map_err(map_err)
+    }
 }

@@ -944,6 +944,19 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
     }
+
+    async fn begin_export(&self) -> StoreResult<Box<dyn ExportSnapshot>> {
+        // A deferred transaction: its first read pins a WAL snapshot that every later page
+        // reads too, while writers go on appending to the WAL.
+        let tx = self.pool.begin().await.map_err(map_err)?;
+        Ok(Box::new(SqliteExport { tx }))
+    }
+
+    async fn begin_import(&self) -> StoreResult<Box<dyn ImportTransaction>> {
+        Ok(Box::new(SqliteImport {
+            tx: self.immediate().await?,
+        }))
+    }
 }
 
 async fn insert_session_in(tx: &mut Transaction<'static, Sqlite>, session: &SessionRecord) -> Result<(), sqlx::Error> {
@@ -1028,4 +1041,267 @@ async fn clear_mfa_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> R
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+// --- `tessera export` / `tessera import` ---
+
+/// Rows per multi-row `INSERT` of an import: 500 x 11 columns stays well below SQLite's limit
+/// of 32766 bind parameters.
+const IMPORT_BATCH_ROWS: usize = 500;
+
+const SELECT_USER_ROW: &str = "SELECT id, email, password_hash, created_at, disabled_at, mfa_secret, mfa_enabled_at, \
+     mfa_last_step, backup_salt, mfa_failures, mfa_locked_until FROM users";
+
+fn user_row_from(row: &SqliteRow) -> Result<UserRow, sqlx::Error> {
+    Ok(UserRow {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        password_hash: row.try_get("password_hash")?,
+        created_at: row.try_get("created_at")?,
+        disabled_at: row.try_get("disabled_at")?,
+        mfa_secret: row.try_get("mfa_secret")?,
+        mfa_enabled_at: row.try_get("mfa_enabled_at")?,
+        mfa_last_step: row.try_get("mfa_last_step")?,
+        backup_salt: row.try_get("backup_salt")?,
+        mfa_failures: row.try_get("mfa_failures")?,
+        mfa_locked_until: row.try_get("mfa_locked_until")?,
+    })
+}
+
+fn decode_all<T>(rows: &[SqliteRow], decode: fn(&SqliteRow) -> Result<T, sqlx::Error>) -> StoreResult<Vec<T>> {
+    rows.iter().map(decode).collect::<Result<_, _>>().map_err(map_err)
+}
+
+struct SqliteExport {
+    tx: Transaction<'static, Sqlite>,
+}
+
+#[async_trait]
+impl ExportSnapshot for SqliteExport {
+    async fn users(&mut self, after: Option<&str>, limit: u32) -> StoreResult<Vec<UserRow>> {
+        // Keyset paging from a key below every real one ('' sorts first), so each page is one
+        // index range scan.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_USER_ROW} WHERE id > ? ORDER BY id LIMIT ?"
+        )))
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        decode_all(&rows, user_row_from)
+    }
+
+    async fn backup_codes(&mut self, after: Option<&BackupCodeRow>, limit: u32) -> StoreResult<Vec<BackupCodeRow>> {
+        let (user_id, code_hash) = after.map_or(("", &[][..]), |row| (row.user_id.as_str(), &row.code_hash[..]));
+        let rows = sqlx::query(
+            "SELECT user_id, code_hash FROM backup_codes WHERE (user_id, code_hash) > (?, ?) \
+             ORDER BY user_id, code_hash LIMIT ?",
+        )
+        .bind(user_id)
+        .bind(code_hash)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        decode_all(&rows, |row| {
+            Ok(BackupCodeRow {
+                user_id: row.try_get("user_id")?,
+                code_hash: row.try_get("code_hash")?,
+            })
+        })
+    }
+
+    async fn pending_setups(&mut self, after: Option<&str>, now: i64, limit: u32) -> StoreResult<Vec<PendingSetupRow>> {
+        let rows = sqlx::query(
+            "SELECT user_id, secret, created_at, expires_at FROM mfa_pending \
+             WHERE user_id > ? AND expires_at > ? ORDER BY user_id LIMIT ?",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        decode_all(&rows, |row| {
+            Ok(PendingSetupRow {
+                user_id: row.try_get("user_id")?,
+                sealed_secret: row.try_get("secret")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+    }
+
+    async fn sessions(&mut self, after: Option<&TokenHash>, now: i64, limit: u32) -> StoreResult<Vec<SessionRecord>> {
+        let rows = sqlx::query(
+            "SELECT token_hash, user_id, created_at AS s_created_at, last_seen_at, expires_at, mfa FROM sessions \
+             WHERE token_hash > ? AND expires_at > ? ORDER BY token_hash LIMIT ?",
+        )
+        .bind(after.map_or(&[][..], TokenHash::as_bytes))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        decode_all(&rows, session_from_row)
+    }
+
+    async fn events(&mut self, after: Option<i64>, limit: u32) -> StoreResult<Vec<EventRow>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, kind, at, ip, user_agent, request_id FROM security_events \
+             WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after.unwrap_or(i64::MIN))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        decode_all(&rows, |row| {
+            Ok(EventRow {
+                id: row.try_get("id")?,
+                user_id: row.try_get("user_id")?,
+                record: event_from_row(row)?,
+            })
+        })
+    }
+
+    async fn finish(self: Box<Self>) -> StoreResult<()> {
+        self.tx.commit().await.map_err(map_err)
+    }
+}
+
+struct SqliteImport {
+    tx: Transaction<'static, Sqlite>,
+}
+
+#[async_trait]
+impl ImportTransaction for SqliteImport {
+    async fn existing(&mut self) -> StoreResult<(i64, i64)> {
+        let users = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        let events = sqlx::query_scalar("SELECT COUNT(*) FROM security_events")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok((users, events))
+    }
+
+    async fn insert_users(&mut self, rows: &[UserRow]) -> StoreResult<()> {
+        for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
+            sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO users (id, email, password_hash, created_at, disabled_at, mfa_secret, mfa_enabled_at, \
+                 mfa_last_step, backup_salt, mfa_failures, mfa_locked_until) ",
+            )
+            .push_values(chunk, |mut values, user| {
+                values
+                    .push_bind(user.id.clone())
+                    .push_bind(user.email.clone())
+                    .push_bind(user.password_hash.clone())
+                    .push_bind(user.created_at)
+                    .push_bind(user.disabled_at)
+                    .push_bind(user.mfa_secret.clone())
+                    .push_bind(user.mfa_enabled_at)
+                    .push_bind(user.mfa_last_step)
+                    .push_bind(user.backup_salt.clone())
+                    .push_bind(user.mfa_failures)
+                    .push_bind(user.mfa_locked_until);
+            })
+            .build()
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn insert_backup_codes(&mut self, rows: &[BackupCodeRow]) -> StoreResult<()> {
+        for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
+            sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO backup_codes (user_id, code_hash) ")
+                .push_values(chunk, |mut values, code| {
+                    values.push_bind(code.user_id.clone()).push_bind(code.code_hash.clone());
+                })
+                .build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn insert_pending_setups(&mut self, rows: &[PendingSetupRow]) -> StoreResult<()> {
+        for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
+            sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO mfa_pending (user_id, secret, created_at, expires_at) ")
+                .push_values(chunk, |mut values, setup| {
+                    values
+                        .push_bind(setup.user_id.clone())
+                        .push_bind(setup.sealed_secret.clone())
+                        .push_bind(setup.created_at)
+                        .push_bind(setup.expires_at);
+                })
+                .build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn insert_sessions(&mut self, rows: &[SessionRecord]) -> StoreResult<()> {
+        for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
+            sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) ",
+            )
+            .push_values(chunk, |mut values, session| {
+                values
+                    .push_bind(session.token_hash.as_bytes().to_vec())
+                    .push_bind(session.user_id.clone())
+                    .push_bind(session.created_at)
+                    .push_bind(session.last_seen_at)
+                    .push_bind(session.expires_at)
+                    .push_bind(i64::from(session.mfa));
+            })
+            .build()
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn insert_events(&mut self, rows: &[EventRow]) -> StoreResult<()> {
+        for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
+            // A multi-row VALUES inserts in list order, so ids follow the file's order.
+            sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) ",
+            )
+            .push_values(chunk, |mut values, event| {
+                values
+                    .push_bind(event.user_id.clone())
+                    .push_bind(event.record.kind.clone())
+                    .push_bind(event.record.at)
+                    .push_bind(event.record.ip.clone())
+                    .push_bind(event.record.user_agent.clone())
+                    .push_bind(event.record.request_id.clone());
+            })
+            .build()
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE webhook_cursor SET last_event_id = \
+             MAX(last_event_id, (SELECT COALESCE(MAX(id), 0) FROM security_events)) WHERE id = 1",
+        )
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        self.tx.commit().await.map_err(map_err)
+    }
 }
