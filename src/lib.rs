@@ -5,7 +5,7 @@
 //! - [`http`]: the axum edge: routes, extractors, RFC 7807 problems, request ids, cookies, OpenAPI.
 //! - [`service`]: the use cases (register, login, sessions, MFA); owns transactions and the throttle.
 //! - [`domain`]: pure rules (TOTP, backup codes, passwords, tokens, sealing); no IO, no clock reads.
-//! - [`store`]: the persistence boundary: the [`store::Store`] trait and its SQLite implementation.
+//! - [`store`]: the persistence boundary: the [`store::Store`] trait, its SQLite and PostgreSQL implementations.
 //! - [`config`]: configuration (defaults <- TOML file <- `TESSERA_*` env vars <- flags).
 //! - [`cli`]: the `tessera` command line: `serve`, `migrate`, `user ...`, `export`, `import`.
 //! - [`clock`]: the one seam through which the current time enters the program.

@@ -17,7 +17,9 @@
 //! 2. `user`: every column of the row: `id`, `email`, `password_hash` (PHC string),
 //!    `created_at`, `disabled_at`, `mfa_secret` (sealed, base64), `mfa_enabled_at`,
 //!    `mfa_last_step` (replay protection), `backup_salt` (base64), `mfa_failures`,
-//!    `mfa_locked_until`.
+//!    `mfa_locked_until`, `password_failures`, `password_locked_until`, `last_login_network`,
+//!    `mfa_totp_suspended_at` (the throttles and the code cap move with the account; the
+//!    one-minute re-authentication window does not).
 //! 3. `backup_code`: `user_id`, `code_hash` (base64 of the 32-byte argon2id hash) of each unused
 //!    code.
 //! 4. `pending_setup`: `user_id`, `secret` (sealed, base64), `created_at`, `expires_at`, for
@@ -170,6 +172,10 @@ struct UserLine {
     backup_salt: Option<Vec<u8>>,
     mfa_failures: i64,
     mfa_locked_until: Option<i64>,
+    password_failures: i64,
+    password_locked_until: Option<i64>,
+    last_login_network: Option<String>,
+    mfa_totp_suspended_at: Option<i64>,
 }
 
 impl fmt::Debug for UserLine {
@@ -415,6 +421,10 @@ impl From<UserRow> for UserLine {
             backup_salt: user.backup_salt,
             mfa_failures: user.mfa_failures,
             mfa_locked_until: user.mfa_locked_until,
+            password_failures: user.password_failures,
+            password_locked_until: user.password_locked_until,
+            last_login_network: user.last_login_network,
+            mfa_totp_suspended_at: user.mfa_totp_suspended_at,
         }
     }
 }
@@ -637,8 +647,8 @@ impl<R: BufRead> ExportFile<R> {
         if let Some(secret) = &user.mfa_secret {
             self.check_sealed(secret, &user.id, key)?;
         }
-        if user.mfa_failures < 0 {
-            return Err(self.bad("mfa_failures must not be negative"));
+        if user.mfa_failures < 0 || user.password_failures < 0 {
+            return Err(self.bad("failure counts must not be negative"));
         }
         if !seen.users.insert(user.id.clone()) {
             return Err(self.bad("a second user with this id"));
@@ -658,6 +668,10 @@ impl<R: BufRead> ExportFile<R> {
             backup_salt: user.backup_salt,
             mfa_failures: user.mfa_failures,
             mfa_locked_until: user.mfa_locked_until,
+            password_failures: user.password_failures,
+            password_locked_until: user.password_locked_until,
+            last_login_network: user.last_login_network,
+            mfa_totp_suspended_at: user.mfa_totp_suspended_at,
         })
     }
 

@@ -413,6 +413,11 @@ pub struct UserRow {
     pub backup_salt: Option<Vec<u8>>,
     pub mfa_failures: i64,
     pub mfa_locked_until: Option<i64>,
+    pub password_failures: i64,
+    pub password_locked_until: Option<i64>,
+    /// The network of the last successful password login (the password lock spares it).
+    pub last_login_network: Option<String>,
+    pub mfa_totp_suspended_at: Option<i64>,
 }
 
 impl std::fmt::Debug for UserRow {

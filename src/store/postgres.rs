@@ -1155,7 +1155,8 @@ impl Store for PgStore {
 // --- `tessera export` / `tessera import` ---
 
 const SELECT_USER_ROW: &str = "SELECT id, email, password_hash, created_at, disabled_at, mfa_secret, mfa_enabled_at, \
-     mfa_last_step, backup_salt, mfa_failures, mfa_locked_until FROM users";
+     mfa_last_step, backup_salt, mfa_failures, mfa_locked_until, password_failures, password_locked_until, \
+     last_login_network, mfa_totp_suspended_at FROM users";
 
 fn user_row_from(row: &PgRow) -> Result<UserRow, sqlx::Error> {
     Ok(UserRow {
@@ -1170,6 +1171,10 @@ fn user_row_from(row: &PgRow) -> Result<UserRow, sqlx::Error> {
         backup_salt: row.try_get("backup_salt")?,
         mfa_failures: row.try_get("mfa_failures")?,
         mfa_locked_until: row.try_get("mfa_locked_until")?,
+        password_failures: row.try_get("password_failures")?,
+        password_locked_until: row.try_get("password_locked_until")?,
+        last_login_network: row.try_get("last_login_network")?,
+        mfa_totp_suspended_at: row.try_get("mfa_totp_suspended_at")?,
     })
 }
 
@@ -1302,9 +1307,11 @@ impl ImportTransaction for PgImport {
         }
         sqlx::query(
             "INSERT INTO users (id, email, password_hash, created_at, disabled_at, mfa_secret, mfa_enabled_at, \
-             mfa_last_step, backup_salt, mfa_failures, mfa_locked_until) \
+             mfa_last_step, backup_salt, mfa_failures, mfa_locked_until, password_failures, password_locked_until, \
+             last_login_network, mfa_totp_suspended_at) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[], \
-             $7::bigint[], $8::bigint[], $9::bytea[], $10::bigint[], $11::bigint[])",
+             $7::bigint[], $8::bigint[], $9::bytea[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], \
+             $14::text[], $15::bigint[])",
         )
         .bind(rows.iter().map(|user| user.id.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|user| user.email.clone()).collect::<Vec<_>>())
@@ -1317,6 +1324,14 @@ impl ImportTransaction for PgImport {
         .bind(rows.iter().map(|user| user.backup_salt.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|user| user.mfa_failures).collect::<Vec<_>>())
         .bind(rows.iter().map(|user| user.mfa_locked_until).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.password_failures).collect::<Vec<_>>())
+        .bind(rows.iter().map(|user| user.password_locked_until).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|user| user.last_login_network.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|user| user.mfa_totp_suspended_at).collect::<Vec<_>>())
         .execute(&mut *self.tx)
         .await
         .map_err(map_err)?;

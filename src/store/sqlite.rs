@@ -1050,7 +1050,8 @@ async fn clear_mfa_in(tx: &mut Transaction<'static, Sqlite>, user_id: &str) -> R
 const IMPORT_BATCH_ROWS: usize = 500;
 
 const SELECT_USER_ROW: &str = "SELECT id, email, password_hash, created_at, disabled_at, mfa_secret, mfa_enabled_at, \
-     mfa_last_step, backup_salt, mfa_failures, mfa_locked_until FROM users";
+     mfa_last_step, backup_salt, mfa_failures, mfa_locked_until, password_failures, password_locked_until, \
+     last_login_network, mfa_totp_suspended_at FROM users";
 
 fn user_row_from(row: &SqliteRow) -> Result<UserRow, sqlx::Error> {
     Ok(UserRow {
@@ -1065,6 +1066,10 @@ fn user_row_from(row: &SqliteRow) -> Result<UserRow, sqlx::Error> {
         backup_salt: row.try_get("backup_salt")?,
         mfa_failures: row.try_get("mfa_failures")?,
         mfa_locked_until: row.try_get("mfa_locked_until")?,
+        password_failures: row.try_get("password_failures")?,
+        password_locked_until: row.try_get("password_locked_until")?,
+        last_login_network: row.try_get("last_login_network")?,
+        mfa_totp_suspended_at: row.try_get("mfa_totp_suspended_at")?,
     })
 }
 
@@ -1193,7 +1198,8 @@ impl ImportTransaction for SqliteImport {
         for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
             sqlx::QueryBuilder::<Sqlite>::new(
                 "INSERT INTO users (id, email, password_hash, created_at, disabled_at, mfa_secret, mfa_enabled_at, \
-                 mfa_last_step, backup_salt, mfa_failures, mfa_locked_until) ",
+                 mfa_last_step, backup_salt, mfa_failures, mfa_locked_until, password_failures, \
+                 password_locked_until, last_login_network, mfa_totp_suspended_at) ",
             )
             .push_values(chunk, |mut values, user| {
                 values
@@ -1207,7 +1213,11 @@ impl ImportTransaction for SqliteImport {
                     .push_bind(user.mfa_last_step)
                     .push_bind(user.backup_salt.clone())
                     .push_bind(user.mfa_failures)
-                    .push_bind(user.mfa_locked_until);
+                    .push_bind(user.mfa_locked_until)
+                    .push_bind(user.password_failures)
+                    .push_bind(user.password_locked_until)
+                    .push_bind(user.last_login_network.clone())
+                    .push_bind(user.mfa_totp_suspended_at);
             })
             .build()
             .execute(&mut *self.tx)
