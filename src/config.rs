@@ -8,11 +8,12 @@
 use crate::domain::sealing::{KeyError, MasterKey};
 use crate::domain::totp::TotpPolicy;
 use crate::http::HttpSettings;
+use crate::http::client_addr::IpRange;
 use crate::server::ConnectionLimits;
 use crate::service::ServiceConfig;
 use crate::webhook::WebhookConfig;
 use serde::Deserialize;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -51,9 +52,10 @@ pub struct ServeArgs {
     /// Requests per minute per client address on register/login endpoints; 0 disables [default: 30].
     #[arg(long, env = "TESSERA_IP_RATE_LIMIT_PER_MINUTE", value_name = "N")]
     pub ip_rate_limit_per_minute: Option<u32>,
-    /// Proxies whose X-Forwarded-For is believed (comma-separated IPs) [default: none].
-    #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_name = "IPS", value_delimiter = ',')]
-    pub trusted_proxies: Option<Vec<IpAddr>>,
+    /// Proxies whose X-Forwarded-For is believed: comma-separated addresses or CIDR ranges
+    /// (10.0.0.0/8, 2001:db8::/32) [default: none].
+    #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_name = "RANGES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<IpRange>>,
     /// Whether POST /api/auth/register accepts new accounts [default: true].
     #[arg(long, env = "TESSERA_REGISTRATION_OPEN", value_name = "BOOL")]
     pub registration_open: Option<bool>,
@@ -69,6 +71,13 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request head; also the keep-alive idle limit [default: 10].
     #[arg(long, env = "TESSERA_HEADER_READ_TIMEOUT_SECS", value_name = "SECS")]
     pub header_read_timeout_secs: Option<u64>,
+    /// Connections one client (an IPv4 address or IPv6 /64) may hold open; more are closed at
+    /// once [default: 64].
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds a client has to send a whole request body, then 408 [default: 10].
+    #[arg(long, env = "TESSERA_BODY_READ_TIMEOUT_SECS", value_name = "SECS")]
+    pub body_read_timeout_secs: Option<u64>,
     /// URL that receives every security event as signed JSON (HMAC-SHA256) [default: none].
     #[arg(long, env = "TESSERA_EVENTS_WEBHOOK_URL", value_name = "URL")]
     pub events_webhook_url: Option<String>,
@@ -85,12 +94,14 @@ struct FileConfig {
     session_idle_timeout_secs: Option<i64>,
     session_lifetime_secs: Option<i64>,
     ip_rate_limit_per_minute: Option<u32>,
-    trusted_proxies: Option<Vec<IpAddr>>,
+    trusted_proxies: Option<Vec<IpRange>>,
     registration_open: Option<bool>,
     mfa_issuer: Option<String>,
     totp_skew_steps: Option<u32>,
     max_connections: Option<usize>,
     header_read_timeout_secs: Option<u64>,
+    max_connections_per_ip: Option<usize>,
+    body_read_timeout_secs: Option<u64>,
     events_webhook_url: Option<String>,
 }
 
@@ -116,9 +127,10 @@ pub struct Config {
     /// From `TESSERA_SECRET_KEY`; `None` means the key file in the data directory.
     pub secret_key: Option<MasterKey>,
     pub request_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub service: ServiceConfig,
     pub ip_rate_limit_per_minute: u32,
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<IpRange>,
     pub connections: ConnectionLimits,
     /// Where security events are delivered, if anywhere.
     pub webhook: Option<WebhookConfig>,
@@ -132,6 +144,7 @@ impl Default for Config {
             database_url: None,
             secret_key: None,
             request_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(10),
             service: ServiceConfig::default(),
             ip_rate_limit_per_minute: 30,
             trusted_proxies: Vec::new(),
@@ -224,6 +237,24 @@ impl Config {
             "header_read_timeout_secs",
             i64::try_from(header_read_timeout_secs).unwrap_or(i64::MAX),
         )?;
+        let max_connections_per_ip = args
+            .max_connections_per_ip
+            .or(file.max_connections_per_ip)
+            .unwrap_or(limits.max_connections_per_ip);
+        if max_connections_per_ip == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max_connections_per_ip",
+                message: "must be positive".into(),
+            });
+        }
+        let body_read_timeout_secs = args
+            .body_read_timeout_secs
+            .or(file.body_read_timeout_secs)
+            .unwrap_or(defaults.body_read_timeout.as_secs());
+        positive(
+            "body_read_timeout_secs",
+            i64::try_from(body_read_timeout_secs).unwrap_or(i64::MAX),
+        )?;
         let webhook = match args.events_webhook_url.clone().or(file.events_webhook_url) {
             Some(url) => Some(
                 WebhookConfig::new(&url, std::env::var("TESSERA_EVENTS_WEBHOOK_SECRET").ok()).map_err(|message| {
@@ -250,6 +281,7 @@ impl Config {
             database_url: args.storage.database_url.clone().or(file.database_url),
             secret_key,
             request_timeout: Duration::from_secs(request_timeout_secs),
+            body_read_timeout: Duration::from_secs(body_read_timeout_secs),
             service: ServiceConfig {
                 session_idle_secs: positive(
                     "session_idle_timeout_secs",
@@ -282,6 +314,7 @@ impl Config {
                 .unwrap_or_default(),
             connections: ConnectionLimits {
                 max_connections,
+                max_connections_per_ip,
                 header_read_timeout: Duration::from_secs(header_read_timeout_secs),
             },
             webhook,
@@ -292,6 +325,7 @@ impl Config {
     pub fn http(&self) -> HttpSettings {
         HttpSettings {
             request_timeout: self.request_timeout,
+            body_read_timeout: self.body_read_timeout,
             trusted_proxies: self.trusted_proxies.clone(),
             ip_rate_limit_per_minute: self.ip_rate_limit_per_minute,
         }

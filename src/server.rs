@@ -4,6 +4,7 @@
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::sealing::{KeyError, MasterKey};
+use crate::http::client_addr::budget_key;
 use crate::http::{self, AppState};
 use crate::service::{Service, ServiceError};
 use crate::store::sqlite::SqliteStore;
@@ -15,10 +16,12 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -184,6 +187,10 @@ pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 pub struct ConnectionLimits {
     /// Connections served at once; further clients wait in the listen backlog until a slot frees.
     pub max_connections: usize,
+    /// Connections one client (an IPv4 address or IPv6 /64, see [`budget_key`]) may hold open;
+    /// a further one is closed as soon as it is accepted. Without it one address could hold
+    /// every slot with slow or idle requests.
+    pub max_connections_per_ip: usize,
     /// Time a client gets to send a complete request head, and the longest an idle keep-alive
     /// connection is kept (hyper starts this timer whenever it waits for a head). Defends against
     /// slow-header clients and hordes of idle connections.
@@ -194,6 +201,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_connections: 512,
+            max_connections_per_ip: 64,
             header_read_timeout: Duration::from_secs(10),
         }
     }
@@ -203,7 +211,8 @@ impl Default for ConnectionLimits {
 /// in-flight requests finish (graceful shutdown) before returning.
 ///
 /// A small accept loop of our own rather than `axum::serve`: it bounds the number of open
-/// connections and sets hyper's header-read timeout, neither of which `axum::serve` exposes.
+/// connections, in all and per client, and sets hyper's header-read timeout, none of which
+/// `axum::serve` exposes.
 pub async fn run(
     listener: TcpListener,
     router: Router,
@@ -211,6 +220,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_client = Arc::new(OpenPerClient::default());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -233,6 +243,13 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
+        // Over its cap, a client's new connection is dropped unanswered (its slot goes to the
+        // next accept): answering would mean reading its request, the work the cap refuses.
+        let Some(client_slot) = per_client.open(peer.ip(), limits.max_connections_per_ip.max(1)) else {
+            tracing::debug!(peer = %peer.ip(), "connection refused: too many open from this client");
+            drop(stream);
+            continue;
+        };
         let service = router
             .clone()
             .map_request(move |mut request: axum::extract::Request<Incoming>| {
@@ -248,12 +265,52 @@ pub async fn run(
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
+            drop(client_slot);
             drop(permit);
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Open connections per client key; an entry exists only while its client has a connection,
+/// so the map never holds more entries than there are open connections.
+#[derive(Debug, Default)]
+struct OpenPerClient(Mutex<HashMap<IpAddr, usize>>);
+
+/// One open connection of a client; dropping it frees the client's slot.
+struct ClientSlot {
+    key: IpAddr,
+    open: Arc<OpenPerClient>,
+}
+
+impl OpenPerClient {
+    fn open(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<ClientSlot> {
+        let key = budget_key(ip);
+        let mut open = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            key,
+            open: self.clone(),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// The whole application router for an opened service.

@@ -116,7 +116,10 @@ fn protect(response: &mut Response, path: &str) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     if documents {
-        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(RESTRICTIVE_CSP));
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(RESTRICTIVE_CSP),
+        );
     }
 }
 

@@ -35,6 +35,7 @@ pub enum ProblemKind {
     NoPendingSetup,
     TooManyAttempts,
     RateLimited,
+    BodyReadTimeout,
     RequestTimeout,
     ServiceUnavailable,
     Internal,
@@ -43,7 +44,7 @@ pub enum ProblemKind {
 }
 
 /// Every typed kind, for the `/problems/<slug>` pages and the tests.
-pub const TYPED_KINDS: [ProblemKind; 20] = [
+pub const TYPED_KINDS: [ProblemKind; 21] = [
     ProblemKind::Validation,
     ProblemKind::MalformedBody,
     ProblemKind::InvalidMfaCode,
@@ -61,6 +62,7 @@ pub const TYPED_KINDS: [ProblemKind; 20] = [
     ProblemKind::NoPendingSetup,
     ProblemKind::TooManyAttempts,
     ProblemKind::RateLimited,
+    ProblemKind::BodyReadTimeout,
     ProblemKind::RequestTimeout,
     ProblemKind::ServiceUnavailable,
     ProblemKind::Internal,
@@ -172,6 +174,12 @@ impl ProblemKind {
                 "rate-limited",
                 "Too many requests",
                 "Too many requests from this address; wait `retry_after` seconds.",
+            ),
+            BodyReadTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body-read-timeout",
+                "Request body too slow",
+                "The request body did not arrive within the body-read timeout; nothing was changed. Send it again, at once.",
             ),
             RequestTimeout => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -69,7 +69,7 @@ pub async fn profile(Auth(auth): Auth) -> Json<UserDto> {
         (status = 200, description = "The password is changed.", body = SuccessMessage),
         (status = 400, description = "Invalid request, or the current password or code is wrong.", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Cookie-authenticated request from another origin.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed codes for this account.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed password or code attempts for this account, or too many requests from this address (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn change_password(
     State(state): State<AppState>,
