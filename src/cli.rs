@@ -15,7 +15,8 @@ use std::sync::Arc;
     version,
     about = "Accounts, sessions and TOTP multi-factor authentication with one-time backup codes.",
     after_help = "Environment: TESSERA_SECRET_KEY (base64 of 32 bytes) supplies the master key that seals \
-TOTP secrets; without it the key file DATA_DIR/secret.key is used, created on first start. \
+TOTP secrets; without it the key file (--secret-key-file, default DATA_DIR/secret.key) is used, created \
+on first start; it must not be readable by group or others. \
 TESSERA_LOG sets the log filter (default: info), TESSERA_LOG_FORMAT=json switches to JSON logs."
 )]
 pub struct Cli {

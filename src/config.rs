@@ -3,7 +3,8 @@
 //! its variable).
 //!
 //! The master key is never a flag or a file setting (both end up in shell histories and
-//! backups): it comes from `TESSERA_SECRET_KEY` or from the key file in the data directory.
+//! backups): it comes from `TESSERA_SECRET_KEY` or from the key file (`--secret-key-file`, by
+//! default in the data directory); only the file's path may be configured.
 
 use crate::domain::sealing::{KeyError, MasterKey};
 use crate::domain::totp::TotpPolicy;
@@ -30,6 +31,10 @@ pub struct StorageArgs {
     /// by this build.
     #[arg(long, env = "TESSERA_DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The master key file, created (mode 0600) on first start if missing; keep it outside the
+    /// data directory so a copy of the data is not a copy of the key [default: DATA_DIR/secret.key].
+    #[arg(long, env = "TESSERA_SECRET_KEY_FILE", value_name = "FILE")]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 /// Settings of `tessera serve`.
@@ -88,6 +93,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    secret_key_file: Option<PathBuf>,
     database_url: Option<String>,
     listen: Option<SocketAddr>,
     request_timeout_secs: Option<u64>,
@@ -124,8 +130,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
-    /// From `TESSERA_SECRET_KEY`; `None` means the key file in the data directory.
+    /// From `TESSERA_SECRET_KEY`; `None` means the key file.
     pub secret_key: Option<MasterKey>,
+    /// The key file when it is not `secret.key` in the data directory.
+    pub secret_key_file: Option<PathBuf>,
     pub request_timeout: Duration,
     pub body_read_timeout: Duration,
     pub service: ServiceConfig,
@@ -143,6 +151,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./tessera-data"),
             database_url: None,
             secret_key: None,
+            secret_key_file: None,
             request_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(10),
             service: ServiceConfig::default(),
@@ -280,6 +289,7 @@ impl Config {
                 .unwrap_or(defaults.data_dir),
             database_url: args.storage.database_url.clone().or(file.database_url),
             secret_key,
+            secret_key_file: args.storage.secret_key_file.clone().or(file.secret_key_file),
             request_timeout: Duration::from_secs(request_timeout_secs),
             body_read_timeout: Duration::from_secs(body_read_timeout_secs),
             service: ServiceConfig {

@@ -40,6 +40,10 @@ pub enum StartupError {
     #[error("cannot read or write key file {path}: {source}")]
     KeyFile { path: PathBuf, source: std::io::Error },
     #[error(
+        "key file {path} is accessible to group or others (mode {mode:03o}); make it private with `chmod 600 {path}` and start again"
+    )]
+    KeyFileExposed { path: PathBuf, mode: u32 },
+    #[error(
         "key file {path} is unusable: {error}; restore the original key file or remove it only if the database is new"
     )]
     BadKeyFile { path: PathBuf, error: KeyError },
@@ -76,13 +80,60 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
     builder.create(path)
 }
 
+/// Where the key file is: `--secret-key-file`, else `secret.key` in the data directory.
+pub fn key_file(config: &Config) -> PathBuf {
+    config
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join(KEY_FILE))
+}
+
+/// Creates an empty file of mode 0600 unless it exists. The database is created this way
+/// before SQLite opens it, because SQLite creates a file with the process umask (often
+/// world-readable) and gives its `-wal` and `-shm` files the database file's mode.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Warns when a data directory made by someone else (we create it 0700) lets other users in:
+/// they could copy the database, and the key file too while it lives there.
+fn warn_if_exposed(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(metadata) = std::fs::metadata(dir) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %dir.display(),
+                mode = format!("{mode:03o}"),
+                "the data directory is accessible to group or others; make it private with chmod 700"
+            );
+        }
+    }
+}
+
 /// The master key from `TESSERA_SECRET_KEY` or the key file; `None` when neither exists yet.
-/// A key of the wrong size is refused, never replaced.
+/// A key of the wrong size is refused, never replaced; so is a key file that other users may
+/// read (whoever can read it can open every TOTP secret), with the command that fixes it.
 pub fn load_key(config: &Config) -> Result<Option<MasterKey>, StartupError> {
     if let Some(key) = &config.secret_key {
         return Ok(Some(key.clone()));
     }
-    let path = config.data_dir.join(KEY_FILE);
+    let path = key_file(config);
+    #[cfg(unix)]
+    if let Ok(metadata) = std::fs::metadata(&path) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(StartupError::KeyFileExposed { path, mode });
+        }
+    }
     match std::fs::read_to_string(&path) {
         Ok(text) => MasterKey::from_base64(&text)
             .map(Some)
@@ -94,7 +145,7 @@ pub fn load_key(config: &Config) -> Result<Option<MasterKey>, StartupError> {
 
 /// Creates the key file (mode 0600) with a fresh key; never overwrites one.
 fn create_key_file(config: &Config) -> Result<MasterKey, StartupError> {
-    let path = config.data_dir.join(KEY_FILE);
+    let path = key_file(config);
     let key = MasterKey::generate();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -125,9 +176,7 @@ async fn key_for(config: &Config, store: &SqliteStore) -> Result<MasterKey, Star
     match (key, sample) {
         (Some(key), Some(sealed)) if !key.sealed_this(&sealed) => Err(StartupError::WrongKey),
         (Some(key), _) => Ok(key),
-        (None, Some(_)) => Err(StartupError::MissingKey {
-            path: config.data_dir.join(KEY_FILE),
-        }),
+        (None, Some(_)) => Err(StartupError::MissingKey { path: key_file(config) }),
         (None, None) => create_key_file(config),
     }
 }
@@ -138,8 +187,16 @@ pub async fn open_store(config: &Config) -> Result<SqliteStore, StartupError> {
         path: config.data_dir.clone(),
         source,
     })?;
+    warn_if_exposed(&config.data_dir);
     let store = match config.database_url.as_deref() {
-        None => SqliteStore::open_file(&config.data_dir.join(DATABASE_FILE)).await?,
+        None => {
+            let path = config.data_dir.join(DATABASE_FILE);
+            create_private_file(&path).map_err(|source| StartupError::DataDir {
+                path: path.clone(),
+                source,
+            })?;
+            SqliteStore::open_file(&path).await?
+        }
         Some(url) if url.starts_with("sqlite:") => SqliteStore::connect(url).await?,
         Some(_) => return Err(StartupError::UnsupportedDatabase),
     };
