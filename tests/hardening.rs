@@ -289,3 +289,64 @@ async fn a_body_that_trickles_in_is_cut_off_after_the_body_read_timeout() {
     assert!(answer.contains("/problems/body-read-timeout"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+// ---------------------------------------------------------------- passwords and emails
+
+#[tokio::test]
+async fn known_bad_passwords_are_refused_wherever_a_password_is_chosen() {
+    let app = spawn_app().await;
+    let register = |email: &'static str, password: &'static str| {
+        app.post(
+            "/api/auth/register",
+            None,
+            json!({"email": email, "password": password}),
+        )
+    };
+    let common = register("carla@example.com", "IloveYou").await;
+    common.assert_problem(400, "/problems/validation-error");
+    assert!(
+        common.body["details"]["password"]
+            .as_str()
+            .unwrap()
+            .contains("too common"),
+        "{}",
+        common.text
+    );
+    let named = register("carla@example.com", "Carla-from-accounting").await;
+    named.assert_problem(400, "/problems/validation-error");
+    assert!(
+        named.body["details"]["password"].as_str().unwrap().contains("email"),
+        "{}",
+        named.text
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 0);
+
+    let token = app.user_with_session("carla@example.com").await;
+    for (new_password, reason) in [("baseball1", "too common"), ("my carla password", "email")] {
+        let change = app
+            .post(
+                "/api/user/profile/password",
+                Some(&token),
+                json!({"current_password": PASSWORD, "new_password": new_password}),
+            )
+            .await;
+        change.assert_problem(400, "/problems/validation-error");
+        let detail = change.body["details"]["new_password"].as_str().unwrap_or_default();
+        assert!(detail.contains(reason), "{}", change.text);
+    }
+    assert_eq!(app.login("carla@example.com", PASSWORD).await.status, 200, "unchanged");
+}
+
+#[tokio::test]
+async fn emails_are_nfc_normalised_before_they_are_compared() {
+    let app = spawn_app().await;
+    let decomposed = "Jose\u{301}@Example.com";
+    let precomposed = "jos\u{e9}@example.com";
+    let registered = app.register(decomposed).await;
+    assert_eq!(registered.status, 201, "{}", registered.text);
+    assert_eq!(registered.body["user"]["email"], precomposed);
+    assert_eq!(app.login(precomposed, PASSWORD).await.status, 200);
+    app.register(precomposed)
+        .await
+        .assert_problem(409, "/problems/email-taken");
+}

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 pub struct UserDto {
     /// The account id (UUIDv7).
     pub id: String,
-    /// The normalised (trimmed, lower-cased) email.
+    /// The normalised (trimmed, NFC, lower-cased) email.
     pub email: String,
     pub mfa_enabled: bool,
     #[schema(format = DateTime)]

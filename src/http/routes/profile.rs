@@ -16,7 +16,8 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Deserialize, ToSchema)]
 pub struct ChangePasswordRequest {
     pub current_password: String,
-    /// 8 to 256 characters.
+    /// 8 to 256 characters; not a commonly used or breached password (checked without regard
+    /// to case against the 30,000 most common), not containing the local part of the email.
     #[schema(min_length = 8, max_length = 256)]
     pub new_password: String,
     /// Required while MFA is enabled: a TOTP code or an unused backup code (consumed).
