@@ -54,7 +54,8 @@ pub struct ServeArgs {
     /// Absolute session lifetime in seconds [default: 43200].
     #[arg(long, env = "TESSERA_SESSION_LIFETIME_SECS", value_name = "SECS")]
     pub session_lifetime_secs: Option<i64>,
-    /// Requests per minute per client address on register/login endpoints; 0 disables [default: 30].
+    /// Requests per minute per client (IPv4 address or IPv6 /64) on the unauthenticated endpoints
+    /// and authenticated writes; 0 disables [default: 30].
     #[arg(long, env = "TESSERA_IP_RATE_LIMIT_PER_MINUTE", value_name = "N")]
     pub ip_rate_limit_per_minute: Option<u32>,
     /// Proxies whose X-Forwarded-For is believed: comma-separated addresses or CIDR ranges

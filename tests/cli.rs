@@ -389,6 +389,10 @@ async fn help_explains_every_option() {
         "--request-timeout-secs",
         "--ip-rate-limit-per-minute",
         "--trusted-proxies",
+        "--max-connections-per-ip",
+        "--body-read-timeout-secs",
+        "--secret-key-file",
+        "TESSERA_SECRET_KEY_FILE",
     ] {
         assert!(serve.contains(option), "{option} missing from:\n{serve}");
     }
