@@ -373,6 +373,38 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_are_cidr_ranges_in_the_file_and_the_new_limits_have_defaults() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.1\"]\nbody_read_timeout_secs = 5"
+        )
+        .unwrap();
+        let args = ServeArgs {
+            storage: StorageArgs {
+                config: Some(file.path().into()),
+                ..StorageArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(&args).unwrap();
+        let proxies: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1/32"]);
+        assert_eq!(config.body_read_timeout, Duration::from_secs(5));
+        assert_eq!(config.connections.max_connections_per_ip, 64);
+        let mut bad = tempfile::NamedTempFile::new().unwrap();
+        writeln!(bad, "trusted_proxies = [\"10.0.0.0/40\"]").unwrap();
+        let args = ServeArgs {
+            storage: StorageArgs {
+                config: Some(bad.path().into()),
+                ..StorageArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        assert!(matches!(Config::resolve(&args), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "lisen = \"127.0.0.1:9000\"").unwrap();
