@@ -560,3 +560,30 @@ async fn a_key_file_readable_by_others_is_refused_with_the_fix() {
         finished.stderr
     );
 }
+
+#[tokio::test]
+async fn a_plain_http_webhook_to_another_host_is_warned_about_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir_in(&dir);
+    // `.invalid` never resolves, and nothing is posted: no event exists before the first request.
+    let mut command = serve_on(&data);
+    command
+        .env("TESSERA_EVENTS_WEBHOOK_URL", "http://hooks.invalid/events")
+        .env("TESSERA_EVENTS_WEBHOOK_SECRET", "webhook-secret-0123456789");
+    let server = Server::start(command);
+    assert!(
+        server.log.lines().any(|line| line.contains("WARN")
+            && line.contains("plain http")
+            && line.contains("host=\"hooks.invalid\"")),
+        "{}",
+        server.log
+    );
+    server.stop("-TERM");
+    let mut command = serve_on(&data);
+    command
+        .env("TESSERA_EVENTS_WEBHOOK_URL", "http://127.0.0.1:9/events")
+        .env("TESSERA_EVENTS_WEBHOOK_SECRET", "webhook-secret-0123456789");
+    let server = Server::start(command);
+    assert!(!server.log.contains("plain http"), "{}", server.log);
+    server.stop("-TERM");
+}
