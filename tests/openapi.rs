@@ -138,8 +138,8 @@ fn every_operation_that_can_answer_429_documents_it_with_retry_after() {
             checked += 1;
         }
     }
-    assert_eq!(
-        checked, 11,
+    assert!(
+        checked >= 11,
         "register, login, login/mfa, the spec, problem pages, 6 writes"
     );
     let setup = &doc["paths"]["/api/user/profile/mfa/setup"]["post"]["responses"]["429"]["description"];
