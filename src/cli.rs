@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
     version,
     about = "Accounts, sessions and TOTP multi-factor authentication with one-time backup codes.",
     after_help = "Environment: TESSERA_SECRET_KEY (base64 of 32 bytes) supplies the master key that seals \
-TOTP secrets; without it the key file DATA_DIR/secret.key is used, created on first start. \
+TOTP secrets; without it the key file (--secret-key-file, default DATA_DIR/secret.key) is used, created \
+on first start; it must not be readable by group or others. \
 TESSERA_LOG sets the log filter (default: info), TESSERA_LOG_FORMAT=json switches to JSON logs."
 )]
 pub struct Cli {
@@ -25,6 +26,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process; boxing the large `serve` variant would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service (applies pending migrations first).

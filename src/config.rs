@@ -3,17 +3,19 @@
 //! its variable).
 //!
 //! The master key is never a flag or a file setting (both end up in shell histories and
-//! backups): it comes from `TESSERA_SECRET_KEY` or from the key file in the data directory.
+//! backups): it comes from `TESSERA_SECRET_KEY` or from the key file (`--secret-key-file`, by
+//! default in the data directory); only the file's path may be configured.
 
 use crate::domain::sealing::{KeyError, MasterKey};
 use crate::domain::totp::TotpPolicy;
 use crate::http::HttpSettings;
+use crate::http::client_addr::IpRange;
 use crate::server::ConnectionLimits;
 use crate::service::ServiceConfig;
 use crate::store::postgres::PgSettings;
 use crate::webhook::WebhookConfig;
 use serde::Deserialize;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,6 +40,10 @@ pub struct StorageArgs {
     /// milliseconds; past it the request answers 503 [default: 5000].
     #[arg(long, env = "TESSERA_DATABASE_STATEMENT_TIMEOUT_MS", value_name = "MS")]
     pub database_statement_timeout_ms: Option<u64>,
+    /// The master key file, created (mode 0600) on first start if missing; keep it outside the
+    /// data directory so a copy of the data is not a copy of the key [default: DATA_DIR/secret.key].
+    #[arg(long, env = "TESSERA_SECRET_KEY_FILE", value_name = "FILE")]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 /// Settings of `tessera serve`.
@@ -57,12 +63,14 @@ pub struct ServeArgs {
     /// Absolute session lifetime in seconds [default: 43200].
     #[arg(long, env = "TESSERA_SESSION_LIFETIME_SECS", value_name = "SECS")]
     pub session_lifetime_secs: Option<i64>,
-    /// Requests per minute per client address on register/login endpoints; 0 disables [default: 30].
+    /// Requests per minute per client (IPv4 address or IPv6 /64) on the unauthenticated endpoints
+    /// and authenticated writes; 0 disables [default: 30].
     #[arg(long, env = "TESSERA_IP_RATE_LIMIT_PER_MINUTE", value_name = "N")]
     pub ip_rate_limit_per_minute: Option<u32>,
-    /// Proxies whose X-Forwarded-For is believed (comma-separated IPs) [default: none].
-    #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_name = "IPS", value_delimiter = ',')]
-    pub trusted_proxies: Option<Vec<IpAddr>>,
+    /// Proxies whose X-Forwarded-For is believed: comma-separated addresses or CIDR ranges
+    /// (10.0.0.0/8, 2001:db8::/32) [default: none].
+    #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_name = "RANGES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<IpRange>>,
     /// Whether POST /api/auth/register accepts new accounts [default: true].
     #[arg(long, env = "TESSERA_REGISTRATION_OPEN", value_name = "BOOL")]
     pub registration_open: Option<bool>,
@@ -82,6 +90,13 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request head; also the keep-alive idle limit [default: 10].
     #[arg(long, env = "TESSERA_HEADER_READ_TIMEOUT_SECS", value_name = "SECS")]
     pub header_read_timeout_secs: Option<u64>,
+    /// Connections one client (an IPv4 address or IPv6 /64) may hold open; more are closed at
+    /// once [default: 64].
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds a client has to send a whole request body, then 408 [default: 10].
+    #[arg(long, env = "TESSERA_BODY_READ_TIMEOUT_SECS", value_name = "SECS")]
+    pub body_read_timeout_secs: Option<u64>,
     /// URL that receives every security event as signed JSON (HMAC-SHA256) [default: none].
     #[arg(long, env = "TESSERA_EVENTS_WEBHOOK_URL", value_name = "URL")]
     pub events_webhook_url: Option<String>,
@@ -96,6 +111,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    secret_key_file: Option<PathBuf>,
     database_url: Option<String>,
     database_pool_size: Option<u32>,
     database_statement_timeout_ms: Option<u64>,
@@ -104,13 +120,15 @@ struct FileConfig {
     session_idle_timeout_secs: Option<i64>,
     session_lifetime_secs: Option<i64>,
     ip_rate_limit_per_minute: Option<u32>,
-    trusted_proxies: Option<Vec<IpAddr>>,
+    trusted_proxies: Option<Vec<IpRange>>,
     registration_open: Option<bool>,
     mfa_issuer: Option<String>,
     totp_skew_steps: Option<u32>,
     reauth_per_minute: Option<u32>,
     max_connections: Option<usize>,
     header_read_timeout_secs: Option<u64>,
+    max_connections_per_ip: Option<usize>,
+    body_read_timeout_secs: Option<u64>,
     events_webhook_url: Option<String>,
     events_webhook_lease_secs: Option<u64>,
 }
@@ -138,10 +156,13 @@ pub struct Config {
     pub postgres: PgSettings,
     /// From `TESSERA_SECRET_KEY`; `None` means the key file in the data directory.
     pub secret_key: Option<MasterKey>,
+    /// The key file when it is not `secret.key` in the data directory.
+    pub secret_key_file: Option<PathBuf>,
     pub request_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub service: ServiceConfig,
     pub ip_rate_limit_per_minute: u32,
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<IpRange>,
     pub connections: ConnectionLimits,
     /// Where security events are delivered, if anywhere.
     pub webhook: Option<WebhookConfig>,
@@ -155,7 +176,9 @@ impl Default for Config {
             database_url: None,
             postgres: PgSettings::default(),
             secret_key: None,
+            secret_key_file: None,
             request_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(10),
             service: ServiceConfig::default(),
             ip_rate_limit_per_minute: 30,
             trusted_proxies: Vec::new(),
@@ -252,6 +275,24 @@ impl Config {
         if let Some(secs) = lease_secs {
             positive("events_webhook_lease_secs", i64::try_from(secs).unwrap_or(i64::MAX))?;
         }
+        let max_connections_per_ip = args
+            .max_connections_per_ip
+            .or(file.max_connections_per_ip)
+            .unwrap_or(limits.max_connections_per_ip);
+        if max_connections_per_ip == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max_connections_per_ip",
+                message: "must be positive".into(),
+            });
+        }
+        let body_read_timeout_secs = args
+            .body_read_timeout_secs
+            .or(file.body_read_timeout_secs)
+            .unwrap_or(defaults.body_read_timeout.as_secs());
+        positive(
+            "body_read_timeout_secs",
+            i64::try_from(body_read_timeout_secs).unwrap_or(i64::MAX),
+        )?;
         let webhook = match args.events_webhook_url.clone().or(file.events_webhook_url) {
             Some(url) => {
                 let mut webhook = WebhookConfig::new(&url, std::env::var("TESSERA_EVENTS_WEBHOOK_SECRET").ok())
@@ -300,7 +341,9 @@ impl Config {
                 statement_timeout: statement_timeout_ms,
             },
             secret_key,
+            secret_key_file: args.storage.secret_key_file.clone().or(file.secret_key_file),
             request_timeout: Duration::from_secs(request_timeout_secs),
+            body_read_timeout: Duration::from_secs(body_read_timeout_secs),
             service: ServiceConfig {
                 session_idle_secs: positive(
                     "session_idle_timeout_secs",
@@ -337,6 +380,7 @@ impl Config {
                 .unwrap_or_default(),
             connections: ConnectionLimits {
                 max_connections,
+                max_connections_per_ip,
                 header_read_timeout: Duration::from_secs(header_read_timeout_secs),
             },
             webhook,
@@ -347,6 +391,7 @@ impl Config {
     pub fn http(&self) -> HttpSettings {
         HttpSettings {
             request_timeout: self.request_timeout,
+            body_read_timeout: self.body_read_timeout,
             trusted_proxies: self.trusted_proxies.clone(),
             ip_rate_limit_per_minute: self.ip_rate_limit_per_minute,
         }
@@ -380,6 +425,38 @@ mod tests {
         assert_eq!(config.ip_rate_limit_per_minute, 7);
         assert_eq!(config.data_dir, PathBuf::from("./tessera-data"));
         assert_eq!(config.request_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidr_ranges_in_the_file_and_the_new_limits_have_defaults() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.1\"]\nbody_read_timeout_secs = 5"
+        )
+        .unwrap();
+        let args = ServeArgs {
+            storage: StorageArgs {
+                config: Some(file.path().into()),
+                ..StorageArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(&args).unwrap();
+        let proxies: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1/32"]);
+        assert_eq!(config.body_read_timeout, Duration::from_secs(5));
+        assert_eq!(config.connections.max_connections_per_ip, 64);
+        let mut bad = tempfile::NamedTempFile::new().unwrap();
+        writeln!(bad, "trusted_proxies = [\"10.0.0.0/40\"]").unwrap();
+        let args = ServeArgs {
+            storage: StorageArgs {
+                config: Some(bad.path().into()),
+                ..StorageArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        assert!(matches!(Config::resolve(&args), Err(ConfigError::Parse { .. })));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::sealing::{KeyError, MasterKey};
+use crate::http::client_addr::budget_key;
 use crate::http::{self, AppState};
 use crate::service::{Service, ServiceError};
 use crate::store::postgres::PgStore;
@@ -16,10 +17,12 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -37,6 +40,10 @@ pub enum StartupError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot read or write key file {path}: {source}")]
     KeyFile { path: PathBuf, source: std::io::Error },
+    #[error(
+        "key file {path} is accessible to group or others (mode {mode:03o}); make it private with `chmod 600 {path}` and start again"
+    )]
+    KeyFileExposed { path: PathBuf, mode: u32 },
     #[error(
         "key file {path} is unusable: {error}; restore the original key file or remove it only if the database is new"
     )]
@@ -74,13 +81,60 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
     builder.create(path)
 }
 
+/// Where the key file is: `--secret-key-file`, else `secret.key` in the data directory.
+pub fn key_file(config: &Config) -> PathBuf {
+    config
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join(KEY_FILE))
+}
+
+/// Creates an empty file of mode 0600 unless it exists. The database is created this way
+/// before SQLite opens it, because SQLite creates a file with the process umask (often
+/// world-readable) and gives its `-wal` and `-shm` files the database file's mode.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Warns when a data directory made by someone else (we create it 0700) lets other users in:
+/// they could copy the database, and the key file too while it lives there.
+fn warn_if_exposed(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(metadata) = std::fs::metadata(dir) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %dir.display(),
+                mode = format!("{mode:03o}"),
+                "the data directory is accessible to group or others; make it private with chmod 700"
+            );
+        }
+    }
+}
+
 /// The master key from `TESSERA_SECRET_KEY` or the key file; `None` when neither exists yet.
-/// A key of the wrong size is refused, never replaced.
+/// A key of the wrong size is refused, never replaced; so is a key file that other users may
+/// read (whoever can read it can open every TOTP secret), with the command that fixes it.
 pub fn load_key(config: &Config) -> Result<Option<MasterKey>, StartupError> {
     if let Some(key) = &config.secret_key {
         return Ok(Some(key.clone()));
     }
-    let path = config.data_dir.join(KEY_FILE);
+    let path = key_file(config);
+    #[cfg(unix)]
+    if let Ok(metadata) = std::fs::metadata(&path) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(StartupError::KeyFileExposed { path, mode });
+        }
+    }
     match std::fs::read_to_string(&path) {
         Ok(text) => MasterKey::from_base64(&text)
             .map(Some)
@@ -92,7 +146,7 @@ pub fn load_key(config: &Config) -> Result<Option<MasterKey>, StartupError> {
 
 /// Creates the key file (mode 0600) with a fresh key; never overwrites one.
 fn create_key_file(config: &Config) -> Result<MasterKey, StartupError> {
-    let path = config.data_dir.join(KEY_FILE);
+    let path = key_file(config);
     let key = MasterKey::generate();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -123,9 +177,7 @@ async fn key_for(config: &Config, store: &dyn Store) -> Result<MasterKey, Startu
     match (key, sample) {
         (Some(key), Some(sealed)) if !key.sealed_this(&sealed) => Err(StartupError::WrongKey),
         (Some(key), _) => Ok(key),
-        (None, Some(_)) => Err(StartupError::MissingKey {
-            path: config.data_dir.join(KEY_FILE),
-        }),
+        (None, Some(_)) => Err(StartupError::MissingKey { path: key_file(config) }),
         (None, None) => create_key_file(config),
     }
 }
@@ -138,8 +190,16 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError>
         path: config.data_dir.clone(),
         source,
     })?;
+    warn_if_exposed(&config.data_dir);
     let store: Arc<dyn Store> = match config.database_url.as_deref() {
-        None => Arc::new(SqliteStore::open_file(&config.data_dir.join(DATABASE_FILE)).await?),
+        None => {
+            let path = config.data_dir.join(DATABASE_FILE);
+            create_private_file(&path).map_err(|source| StartupError::DataDir {
+                path: path.clone(),
+                source,
+            })?;
+            Arc::new(SqliteStore::open_file(&path).await?)
+        }
         Some(url) if url.starts_with("sqlite:") => Arc::new(SqliteStore::connect(url).await?),
         Some(url) if url.starts_with("postgres:") || url.starts_with("postgresql:") => {
             Arc::new(PgStore::connect(url, config.postgres).await?)
@@ -189,6 +249,10 @@ pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 pub struct ConnectionLimits {
     /// Connections served at once; further clients wait in the listen backlog until a slot frees.
     pub max_connections: usize,
+    /// Connections one client (an IPv4 address or IPv6 /64, see [`budget_key`]) may hold open;
+    /// a further one is closed as soon as it is accepted. Without it one address could hold
+    /// every slot with slow or idle requests.
+    pub max_connections_per_ip: usize,
     /// Time a client gets to send a complete request head, and the longest an idle keep-alive
     /// connection is kept (hyper starts this timer whenever it waits for a head). Defends against
     /// slow-header clients and hordes of idle connections.
@@ -199,6 +263,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_connections: 512,
+            max_connections_per_ip: 64,
             header_read_timeout: Duration::from_secs(10),
         }
     }
@@ -208,7 +273,8 @@ impl Default for ConnectionLimits {
 /// in-flight requests finish (graceful shutdown) before returning.
 ///
 /// A small accept loop of our own rather than `axum::serve`: it bounds the number of open
-/// connections and sets hyper's header-read timeout, neither of which `axum::serve` exposes.
+/// connections, in all and per client, and sets hyper's header-read timeout, none of which
+/// `axum::serve` exposes.
 pub async fn run(
     listener: TcpListener,
     router: Router,
@@ -216,6 +282,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_client = Arc::new(OpenPerClient::default());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -238,6 +305,13 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
+        // Over its cap, a client's new connection is dropped unanswered (its slot goes to the
+        // next accept): answering would mean reading its request, the work the cap refuses.
+        let Some(client_slot) = per_client.open(peer.ip(), limits.max_connections_per_ip.max(1)) else {
+            tracing::debug!(peer = %peer.ip(), "connection refused: too many open from this client");
+            drop(stream);
+            continue;
+        };
         let service = router
             .clone()
             .map_request(move |mut request: axum::extract::Request<Incoming>| {
@@ -253,12 +327,52 @@ pub async fn run(
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
+            drop(client_slot);
             drop(permit);
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Open connections per client key; an entry exists only while its client has a connection,
+/// so the map never holds more entries than there are open connections.
+#[derive(Debug, Default)]
+struct OpenPerClient(Mutex<HashMap<IpAddr, usize>>);
+
+/// One open connection of a client; dropping it frees the client's slot.
+struct ClientSlot {
+    key: IpAddr,
+    open: Arc<OpenPerClient>,
+}
+
+impl OpenPerClient {
+    fn open(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<ClientSlot> {
+        let key = budget_key(ip);
+        let mut open = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            key,
+            open: self.clone(),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// The whole application router for an opened service.

@@ -65,6 +65,20 @@ impl WebhookConfig {
             lease_ttl: Duration::from_secs(30),
         })
     }
+
+    /// True when events would cross a network in clear text: plain `http` to anything but a
+    /// loopback host. Allowed (a receiver on a private network may have no certificate), but
+    /// warned about at start, because every event then travels readable and unprotected.
+    pub fn is_cleartext_off_host(&self) -> bool {
+        let host = self.url.host_str().unwrap_or_default();
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        self.url.scheme() == "http" && !loopback
+    }
 }
 
 /// The body of one delivery.
@@ -105,8 +119,20 @@ pub fn install_crypto_provider() {
 /// delivered by one instance at a time, in order, and at least once.
 pub fn spawn(store: Arc<dyn Store>, config: WebhookConfig, clock: Arc<dyn Clock>) -> JoinHandle<()> {
     install_crypto_provider();
+    if config.is_cleartext_off_host() {
+        // Only the host: the URL may carry credentials or a secret path.
+        tracing::warn!(
+            host = config.url.host_str().unwrap_or_default(),
+            "the events webhook URL is plain http to a host that is not loopback: events travel unencrypted; use https"
+        );
+    }
     tokio::spawn(async move {
-        let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+        // No redirects: a signed event goes to the configured URL or nowhere, never to a
+        // location a compromised or misconfigured receiver names.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none());
+        let client = match client.build() {
             Ok(client) => client,
             Err(err) => {
                 tracing::error!(error = %err, "webhook client could not be built; events will not be delivered");
@@ -266,5 +292,17 @@ mod tests {
         assert!(WebhookConfig::new("http://127.0.0.1:9/hook", None).is_err());
         let config = WebhookConfig::new("http://127.0.0.1:9/hook", Some("0123456789abcdef".into())).unwrap();
         assert!(!format!("{config:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn plain_http_is_flagged_unless_it_stays_on_this_host() {
+        let secret = || Some("0123456789abcdef".to_owned());
+        let flagged = |url: &str| WebhookConfig::new(url, secret()).unwrap().is_cleartext_off_host();
+        assert!(flagged("http://hooks.example.com/events"));
+        assert!(flagged("http://192.0.2.10:8080/events"));
+        assert!(!flagged("https://hooks.example.com/events"));
+        assert!(!flagged("http://127.0.0.1:9000/events"));
+        assert!(!flagged("http://[::1]:9000/events"));
+        assert!(!flagged("http://LocalHost/events"));
     }
 }

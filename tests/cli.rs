@@ -101,6 +101,7 @@ async fn a_secret_key_of_the_wrong_size_is_refused_with_a_clear_message() {
     let key_file = data.join("secret.key");
     let file_key = format!("{}\n", BASE64.encode(&[0xa5; 20]));
     std::fs::write(&key_file, &file_key).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let refused = run(serve_on(&data));
     assert!(!refused.status.success(), "{}", refused.stderr);
     assert!(refused.stderr.contains(text(&key_file)), "{}", refused.stderr);
@@ -134,6 +135,10 @@ async fn help_explains_every_option() {
         "--request-timeout-secs",
         "--ip-rate-limit-per-minute",
         "--trusted-proxies",
+        "--max-connections-per-ip",
+        "--body-read-timeout-secs",
+        "--secret-key-file",
+        "TESSERA_SECRET_KEY_FILE",
     ] {
         assert!(serve.contains(option), "{option} missing from:\n{serve}");
     }
@@ -248,4 +253,83 @@ async fn a_config_file_is_read_and_flags_override_it() {
     assert!(!refused.status.success(), "{}", refused.stderr);
     assert!(refused.stderr.contains(text(&typo)), "{}", refused.stderr);
     assert!(refused.stderr.contains("lisen"), "{}", refused.stderr);
+}
+
+#[tokio::test]
+async fn the_database_files_are_private_and_an_open_data_dir_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir_in(&dir);
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let outside = dir.path().join("keys");
+    std::fs::create_dir(&outside).unwrap();
+    let key_file = outside.join("tessera.key");
+    let mut command = serve_on(&data);
+    command.args(["--secret-key-file", text(&key_file)]);
+    let server = Server::start(command);
+    let warning = server
+        .log
+        .lines()
+        .find(|line| line.contains("data directory is accessible to group or others"))
+        .unwrap_or_else(|| panic!("no warning in {}", server.log));
+    assert!(
+        warning.contains("chmod 700") && warning.contains("mode=\"755\""),
+        "{warning}"
+    );
+    assert_eq!(server.register("private@example.com").await.status, 201);
+    for file in ["tessera.db", "tessera.db-wal", "tessera.db-shm"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file} is private");
+    }
+    assert_eq!(mode(&key_file), 0o600, "the key file is created where it was asked for");
+    assert!(!data.join("secret.key").exists(), "and not in the data directory");
+    server.stop("-TERM");
+}
+
+#[tokio::test]
+async fn a_key_file_readable_by_others_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir_in(&dir);
+    let server = Server::start(serve_on(&data));
+    server.stop("-TERM");
+    let key_file = data.join("secret.key");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let finished = run(serve_on(&data));
+    assert!(!finished.status.success());
+    let line = format!(
+        "key file {} is accessible to group or others (mode 640)",
+        key_file.display()
+    );
+    assert!(finished.stderr.contains(&line), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains(&format!("chmod 600 {}", key_file.display())),
+        "{}",
+        finished.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_plain_http_webhook_to_another_host_is_warned_about_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir_in(&dir);
+    // `.invalid` never resolves, and nothing is posted: no event exists before the first request.
+    let mut command = serve_on(&data);
+    command
+        .env("TESSERA_EVENTS_WEBHOOK_URL", "http://hooks.invalid/events")
+        .env("TESSERA_EVENTS_WEBHOOK_SECRET", "webhook-secret-0123456789");
+    let server = Server::start(command);
+    assert!(
+        server.log.lines().any(|line| line.contains("WARN")
+            && line.contains("plain http")
+            && line.contains("host=\"hooks.invalid\"")),
+        "{}",
+        server.log
+    );
+    server.stop("-TERM");
+    let mut command = serve_on(&data);
+    command
+        .env("TESSERA_EVENTS_WEBHOOK_URL", "http://127.0.0.1:9/events")
+        .env("TESSERA_EVENTS_WEBHOOK_SECRET", "webhook-secret-0123456789");
+    let server = Server::start(command);
+    assert!(!server.log.contains("plain http"), "{}", server.log);
+    server.stop("-TERM");
 }

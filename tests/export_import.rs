@@ -77,7 +77,10 @@ impl Place {
 
     /// Copies the master key file of `from`, as an operator moving an installation would.
     fn copy_key_from(&self, from: &Place) {
-        std::fs::create_dir_all(self.data_dir()).expect("data dir");
+        // Private, as `serve` makes its own (an open data directory is warned about).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(self.data_dir())
+            .expect("data dir");
         std::fs::copy(
             from.data_dir().join(server::KEY_FILE),
             self.data_dir().join(server::KEY_FILE),

@@ -697,6 +697,9 @@ async fn a_missing_or_different_master_key_stops_the_start_once_secrets_are_seal
         .expect("refused");
     assert!(matches!(wrong, tessera::server::StartupError::WrongKey), "{wrong}");
     std::fs::write(dir.join("secret.key"), original).unwrap();
+    // Restored privately: a key file others may read is refused.
+    let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+    std::fs::set_permissions(dir.join("secret.key"), private).unwrap();
     assert!(tessera::server::open(&config, clock).await.is_ok());
     drop(stopped);
 }

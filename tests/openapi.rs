@@ -105,3 +105,43 @@ fn the_seed_endpoints_carry_the_seed_schemas() {
     );
     assert_eq!(regen["responses"]["200"]["description"], "Backup codes regenerated");
 }
+
+#[test]
+fn every_operation_that_can_answer_429_documents_it_with_retry_after() {
+    let doc = document();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let secured = operation.get("security").is_some();
+            // The per-address budget covers every unauthenticated route but the health checks,
+            // and every authenticated write; the account throttle answers within those.
+            let limited = if secured {
+                method != "get"
+            } else {
+                path != "/healthz" && path != "/readyz"
+            };
+            let responses = operation["responses"].as_object().unwrap();
+            if !limited {
+                assert!(!responses.contains_key("429"), "{method} {path} is not limited");
+                continue;
+            }
+            let throttled = &responses
+                .get("429")
+                .unwrap_or_else(|| panic!("{method} {path} lacks 429"));
+            assert_eq!(
+                throttled["headers"]["Retry-After"]["schema"]["type"], "integer",
+                "{method} {path}"
+            );
+            if operation.get("requestBody").is_some() {
+                assert!(responses.contains_key("408"), "{method} {path} lacks 408");
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 11,
+        "register, login, login/mfa, the spec, problem pages, 6 writes"
+    );
+    let setup = &doc["paths"]["/api/user/profile/mfa/setup"]["post"]["responses"]["429"]["description"];
+    assert!(setup.as_str().unwrap().contains("for this account"), "{setup}");
+}

@@ -1,9 +1,12 @@
-//! Email addresses as the service keys accounts by: trimmed, lower-cased, plausibly shaped.
+//! Email addresses as the service keys accounts by: trimmed, Unicode-NFC-normalised, then
+//! lower-cased, plausibly shaped. NFC first, so that an address typed with a precomposed `é` and
+//! one with `e` + combining accent are one account.
 //!
 //! This is not an RFC 5322 validator; it refuses what is certainly not an address and keeps the
 //! rest, because the only proof an address works is a message that arrives.
 
 use std::fmt;
+use unicode_normalization::UnicodeNormalization;
 
 /// A normalised email address.
 #[derive(Clone, PartialEq, Eq)]
@@ -22,7 +25,8 @@ pub enum EmailError {
 
 impl Email {
     pub fn parse(input: &str) -> Result<Self, EmailError> {
-        let trimmed = input.trim();
+        let normalised: String = input.trim().nfc().collect();
+        let trimmed = normalised.as_str();
         if trimmed.is_empty() {
             return Err(EmailError::Empty);
         }
@@ -74,6 +78,17 @@ mod tests {
     fn email_is_trimmed_and_lower_cased() {
         let email = Email::parse("  Alice@Example.COM ").unwrap();
         assert_eq!(email.as_str(), "alice@example.com");
+    }
+
+    #[test]
+    fn email_is_nfc_normalised_before_it_is_lower_cased() {
+        let decomposed = Email::parse("Jose\u{301}@Example.com").unwrap();
+        let precomposed = Email::parse("jos\u{e9}@example.com").unwrap();
+        assert_eq!(decomposed, precomposed);
+        assert_eq!(decomposed.as_str(), "jos\u{e9}@example.com");
+        // The 64-character limit of the local part counts normalised characters.
+        let local = "e\u{301}".repeat(64);
+        assert!(Email::parse(&format!("{local}@example.com")).is_ok());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Pure rules of the system: no IO, no clock reads (time is always a parameter), no async.
 //!
 //! - [`email`]: parsing and normalising an email address.
-//! - [`password`]: the password policy and argon2id hashing (PHC strings).
+//! - [`password`]: the password policy (length, common passwords, the email's name) and argon2id
+//!   hashing (PHC strings).
 //! - [`token`]: session and MFA-challenge tokens (`tsr_...`, `tsm_...`) and their SHA-256 hashes.
 //! - [`sealing`]: the master key and XChaCha20-Poly1305 sealing of TOTP secrets.
 //! - [`totp`]: RFC 4226 / RFC 6238 one-time passwords with replay-aware verification.

@@ -6,6 +6,11 @@
 //! timeout, then render: a [`Problem`] left in the response extensions becomes the envelope, and
 //! any other error status (404, 405, 413 from the body limit, the 500 of a caught panic) becomes
 //! the generic problem for that status. Every response carries `X-Request-Id`.
+//!
+//! It also sets what a client or intermediary may keep and how it may read a response
+//! ([`protect`]): `/api` answers are never cached (they carry tokens, TOTP secrets and backup
+//! codes), nothing is content-sniffed, and the documents a browser might open (problem bodies
+//! and pages, the OpenAPI document) may load nothing and be framed by no one.
 
 use super::problem::{Problem, ProblemKind};
 use axum::body::Body;
@@ -77,6 +82,7 @@ pub async fn edge(State(config): State<EdgeConfig>, mut request: Request, next: 
             }
         };
         render_problem(&mut response, &path, &request_id);
+        protect(&mut response, &path);
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
@@ -96,6 +102,25 @@ fn is_problem_json(response: &Response) -> bool {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"))
+}
+
+/// `Content-Security-Policy` of documents that need nothing beyond their own text.
+pub const RESTRICTIVE_CSP: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// Caching, sniffing and content-security headers, by path and content type.
+fn protect(response: &mut Response, path: &str) {
+    let documents = is_problem_json(response) || path.starts_with("/problems/") || path == "/api/openapi.json";
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if path == "/api" || path.starts_with("/api/") {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if documents {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(RESTRICTIVE_CSP),
+        );
+    }
 }
 
 fn render_problem(response: &mut Response, instance: &str, request_id: &str) {

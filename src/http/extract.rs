@@ -2,6 +2,7 @@
 //! the client's address and the audit metadata of a request.
 
 use super::AppState;
+use super::client_addr::client_ip;
 use super::edge::RequestId;
 use super::problem::{Problem, ProblemKind};
 use crate::service::RequestMeta;
@@ -75,27 +76,41 @@ fn join_path(path: &str, name: &str) -> String {
     }
 }
 
-impl<S, T> FromRequest<S> for ApiJson<T>
+impl<T> FromRequest<AppState> for ApiJson<T>
 where
-    S: Send + Sync,
     T: DeserializeOwned,
 {
     type Rejection = Problem;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         if !is_json_content_type(request.headers()) {
             return Err(Problem::new(
                 ProblemKind::Http(axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE),
                 "The request body must be JSON with Content-Type: application/json.",
             ));
         }
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::for_status(rejection.status())
-            } else {
-                Problem::new(ProblemKind::MalformedBody, "The request body could not be read.")
-            }
-        })?;
+        // The whole body must arrive within the body-read timeout, however it trickles in: a
+        // client that sends a byte now and then must not hold a connection slot for the
+        // length of the request timeout. The unread rest makes hyper close the connection.
+        let timeout = state.http.body_read_timeout;
+        let bytes = tokio::time::timeout(timeout, Bytes::from_request(request, state))
+            .await
+            .map_err(|_| {
+                Problem::new(
+                    ProblemKind::BodyReadTimeout,
+                    format!(
+                        "The request body did not arrive within {} seconds.",
+                        timeout.as_secs_f64()
+                    ),
+                )
+            })?
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    Problem::for_status(rejection.status())
+                } else {
+                    Problem::new(ProblemKind::MalformedBody, "The request body could not be read.")
+                }
+            })?;
         match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
             None => return Err(Problem::new(ProblemKind::MalformedBody, "A JSON body is required.")),
             // Serde would accept an array for a struct (as a tuple); the API takes objects only.
@@ -164,6 +179,14 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        // Authenticated writes (password re-authentication, code checks, logout) share the
+        // client's per-address budget with the unauthenticated routes: a stolen or scripted
+        // session must not be an unmetered way to make the server hash. Reads stay unmetered,
+        // they are the host application's hot path.
+        if !safe {
+            super::rate_limit::take_token(parts, state)?;
+        }
         let (token, source) = match bearer_token(&parts.headers) {
             Some(Ok(token)) => (token, TokenSource::Bearer),
             Some(Err(())) => return Err(crate::service::ServiceError::Unauthenticated.into()),
@@ -173,7 +196,6 @@ impl FromRequestParts<AppState> for Auth {
             },
         };
         let authenticated = state.service.authenticate(&token).await?;
-        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         if source == TokenSource::Cookie && !safe && !same_origin(&parts.headers) {
             return Err(Problem::new(
                 ProblemKind::CrossSiteRequest,
@@ -182,31 +204,6 @@ impl FromRequestParts<AppState> for Auth {
         }
         Ok(Auth(authenticated))
     }
-}
-
-/// The client's address: the socket peer, or, when the peer is a configured trusted proxy, the
-/// right-most address of `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_ip(parts_headers: &HeaderMap, peer: Option<IpAddr>, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
-    let peer = peer?;
-    if !trusted_proxies.contains(&peer) {
-        return Some(peer);
-    }
-    let forwarded: Vec<IpAddr> = parts_headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .map(|item| item.parse::<IpAddr>().ok())
-        .collect::<Option<Vec<_>>>()
-        .unwrap_or_default();
-    Some(
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|ip| !trusted_proxies.contains(ip))
-            .unwrap_or(peer),
-    )
 }
 
 pub fn peer_ip(parts: &Parts) -> Option<IpAddr> {
@@ -249,27 +246,6 @@ mod tests {
             map.append(*name, HeaderValue::from_str(value).unwrap());
         }
         map
-    }
-
-    #[test]
-    fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
-        let peer: IpAddr = "10.0.0.5".parse().unwrap();
-        let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
-        assert_eq!(client_ip(&h, Some(peer), &[]), Some(peer));
-        assert_eq!(client_ip(&h, Some(peer), &[peer]), Some("203.0.113.9".parse().unwrap()));
-    }
-
-    #[test]
-    fn the_rightmost_untrusted_forwarded_address_wins() {
-        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
-        let inner: IpAddr = "10.0.0.6".parse().unwrap();
-        let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.6")]);
-        assert_eq!(
-            client_ip(&h, Some(proxy), &[proxy, inner]),
-            Some("203.0.113.9".parse().unwrap())
-        );
-        let garbage = headers(&[("x-forwarded-for", "not-an-ip")]);
-        assert_eq!(client_ip(&garbage, Some(proxy), &[proxy]), Some(proxy));
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! - [`edge`]: request ids, timeout, access log, problem rendering, panic response.
 //! - [`problem`]: the RFC 7807 envelope and the one mapping from service errors.
 //! - [`extract`]: JSON bodies, authentication (bearer or cookie), client address, audit metadata.
-//! - [`rate_limit`]: per-address token buckets for unauthenticated endpoints.
+//! - [`client_addr`]: the client's address behind trusted proxies, and the key it is counted under.
+//! - [`rate_limit`]: per-address token buckets for unauthenticated endpoints and authenticated writes.
 //! - [`routes`]: the handlers with their OpenAPI annotations.
 //! - [`openapi`]: the generated document and what is added to every operation.
 //! - [`page`]: the end-user web page (embedded static files over the JSON API).
 
+pub mod client_addr;
 pub mod edge;
 pub mod extract;
 pub mod openapi;
@@ -22,7 +24,7 @@ pub mod routes;
 use crate::service::Service;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use std::net::IpAddr;
+use client_addr::IpRange;
 use std::sync::Arc;
 use std::time::Duration;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -34,7 +36,9 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub request_timeout: Duration,
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Time a client has to send a whole request body (408 after it).
+    pub body_read_timeout: Duration,
+    pub trusted_proxies: Vec<IpRange>,
     pub ip_rate_limit_per_minute: u32,
 }
 
@@ -42,6 +46,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             ip_rate_limit_per_minute: 30,
         }

@@ -1,15 +1,17 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 //!
 //! Handlers declare their own success and specific problem responses; `complete` adds what
-//! every operation shares (500, 503, and for JSON bodies 400/413/415, for authenticated routes
-//! 401), so no route can forget them. The document is snapshot-tested.
+//! every operation shares (500, 503, and for JSON bodies 400/408/413/415, for authenticated
+//! routes 401, for authenticated writes the per-address 429) and the `Retry-After` header of
+//! every 429, so no route can forget them. The document is snapshot-tested.
 
 use super::AppState;
 use super::problem::ProblemBody;
 use super::routes::{auth, mfa, ops, profile};
 use std::sync::LazyLock;
+use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{Content, OpenApi as Document, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::openapi::{Content, Object, OpenApi as Document, Ref, RefOr, Response, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -92,10 +94,22 @@ fn problem_response(description: &str) -> RefOr<Response> {
     )
 }
 
+/// The `Retry-After` header of a 429.
+fn retry_after_header() -> Header {
+    HeaderBuilder::new()
+        .schema(Some(Object::with_type(Type::Integer)))
+        .description(Some(
+            "Seconds to wait before retrying; the same number as `retry_after` in the body.",
+        ))
+        .build()
+}
+
 /// Adds the problem responses every operation shares.
 fn complete(mut doc: Document) -> Document {
     for item in doc.paths.paths.values_mut() {
-        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+        let writes = [&mut item.post, &mut item.delete].into_iter().flatten();
+        let operations = [&mut item.get].into_iter().flatten().map(|op| (op, false));
+        for (operation, write) in operations.chain(writes.map(|op| (op, true))) {
             let has_body = operation.request_body.is_some();
             let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
             let responses = &mut operation.responses.responses;
@@ -109,14 +123,27 @@ fn complete(mut doc: Document) -> Document {
                     "400",
                     "The body is not JSON of the documented shape, or a member is invalid (`details` names it).",
                 );
+                add(
+                    "408",
+                    "The body did not arrive within the body-read timeout (10 s by default).",
+                );
                 add("413", "The body is larger than 16 KiB.");
                 add("415", "The body is not `application/json`.");
             }
             if secured {
                 add("401", "Authentication is required or the supplied token is invalid.");
             }
+            if secured && write {
+                add("429", "Too many requests from this address (`Retry-After`).");
+            }
             add("500", "Internal server error");
             add("503", "The database is unavailable or the request timed out.");
+            if let Some(RefOr::T(throttled)) = responses.get_mut("429") {
+                throttled
+                    .headers
+                    .entry("Retry-After".to_owned())
+                    .or_insert_with(|| RefOr::T(retry_after_header()));
+            }
         }
     }
     doc

@@ -37,6 +37,7 @@ pub enum ProblemKind {
     StateChanged,
     TooManyAttempts,
     RateLimited,
+    BodyReadTimeout,
     RequestTimeout,
     ServiceUnavailable,
     Internal,
@@ -45,7 +46,7 @@ pub enum ProblemKind {
 }
 
 /// Every typed kind, for the `/problems/<slug>` pages and the tests.
-pub const TYPED_KINDS: [ProblemKind; 22] = [
+pub const TYPED_KINDS: [ProblemKind; 23] = [
     ProblemKind::Validation,
     ProblemKind::MalformedBody,
     ProblemKind::InvalidMfaCode,
@@ -65,6 +66,7 @@ pub const TYPED_KINDS: [ProblemKind; 22] = [
     ProblemKind::StateChanged,
     ProblemKind::TooManyAttempts,
     ProblemKind::RateLimited,
+    ProblemKind::BodyReadTimeout,
     ProblemKind::RequestTimeout,
     ProblemKind::ServiceUnavailable,
     ProblemKind::Internal,
@@ -191,6 +193,12 @@ impl ProblemKind {
                 "rate-limited",
                 "Too many requests",
                 "Too many requests from this address; wait `retry_after` seconds.",
+            ),
+            BodyReadTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body-read-timeout",
+                "Request body too slow",
+                "The request body did not arrive within the body-read timeout; nothing was changed. Send it again, at once.",
             ),
             RequestTimeout => (
                 StatusCode::SERVICE_UNAVAILABLE,

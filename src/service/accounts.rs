@@ -85,15 +85,16 @@ pub struct Authenticated {
     pub session: SessionRecord,
 }
 
-fn parse_new_password(member: &'static str, input: String) -> ServiceResult<Password> {
-    Password::new(input).map_err(|err| ServiceError::invalid(member, err.to_string()))
+fn parse_new_password(member: &'static str, input: String, email: &str) -> ServiceResult<Password> {
+    Password::new(input, email).map_err(|err| ServiceError::invalid(member, err.to_string()))
 }
 
 impl Service {
     /// `POST /api/auth/register`.
     pub async fn register(&self, email: &str, password: String, meta: &RequestMeta) -> ServiceResult<UserView> {
         let email = Email::parse(email);
-        let password = Password::new(password);
+        // With a malformed email only the rules that need no email apply.
+        let password = Password::new(password, email.as_ref().map_or("", Email::as_str));
         let mut problems = Vec::new();
         if let Err(err) = &email {
             problems.push(("email", err.to_string()));
@@ -319,7 +320,7 @@ impl Service {
         code: Option<String>,
         meta: &RequestMeta,
     ) -> ServiceResult<()> {
-        let new_password = parse_new_password("new_password", new_password)?;
+        let new_password = parse_new_password("new_password", new_password, &auth.user.email)?;
         let user = &auth.user;
         let factor = match (&user.mfa, code) {
             (Some(_), Some(code)) => Some(super::mfa::SecondFactorInput::parse("code", &code)?),

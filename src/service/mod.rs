@@ -177,14 +177,21 @@ impl HashingPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| ServiceError::Internal("hashing pool closed".into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|err| ServiceError::Internal(format!("hashing task failed: {err}")))
+        // The permit moves into the blocking task: a request that times out (or whose client
+        // leaves) drops this future, but its hash still runs to the end on its thread, and it
+        // must keep its slot until then, or abandoned hashes would pile up beyond the pool size.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|err| ServiceError::Internal(format!("hashing task failed: {err}")))
     }
 }
 
@@ -331,5 +338,46 @@ impl Service {
 
     async fn verify_password(&self, password: Password, stored: PasswordHashString) -> ServiceResult<bool> {
         self.hashing.run(move || password::verify(&password, &stored)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn an_abandoned_hash_keeps_its_slot_until_it_finishes() {
+        let pool = HashingPool::new(1);
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let first = pool.run(move || {
+            let _ = started_tx.send(());
+            let _ = release_rx.recv();
+        });
+        // The caller gives up (a request timeout) once the hash is running on its thread.
+        tokio::select! {
+            _ = first => panic!("the first hash cannot finish before it is released"),
+            _ = started_rx => {}
+        }
+        let second_ran = Arc::new(AtomicBool::new(false));
+        let flag = second_ran.clone();
+        let second = pool.run(move || flag.store(true, Ordering::SeqCst));
+        tokio::pin!(second);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut second)
+                .await
+                .is_err(),
+            "the abandoned hash still holds the only slot"
+        );
+        assert!(!second_ran.load(Ordering::SeqCst));
+        release_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the slot is free once the abandoned hash ends")
+            .unwrap();
+        assert!(second_ran.load(Ordering::SeqCst));
     }
 }

@@ -534,6 +534,14 @@ impl TestDb {
         .unwrap_or_else(|err| panic!("{sql}: {err}"))
     }
 
+    pub async fn texts(&self, sql: &'static str) -> Vec<String> {
+        match self {
+            TestDb::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+            TestDb::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+        }
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
+    }
+
     pub async fn bytes(&self, sql: &'static str) -> Vec<Vec<u8>> {
         match self {
             TestDb::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,

@@ -15,14 +15,16 @@ use utoipa::ToSchema;
 
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    /// Trimmed and lower-cased before use; at most 254 characters, local part at most 64.
+    /// Trimmed, Unicode-NFC-normalised and lower-cased before use; at most 254 characters, local
+    /// part at most 64.
     #[schema(
         example = "alice@example.com",
         max_length = 254,
         pattern = "^[^@\\s<>\\x00-\\x1f\\x7f-\\x9f]{1,64}@[^@\\s<>.\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@\\s<>.\\x00-\\x1f\\x7f-\\x9f]+)*$"
     )]
     pub email: String,
-    /// 8 to 256 characters.
+    /// 8 to 256 characters; not a commonly used or breached password (checked without regard
+    /// to case against the 30,000 most common), not containing the local part of the email.
     #[schema(min_length = 8, max_length = 256)]
     pub password: String,
 }

@@ -109,7 +109,7 @@ pub async fn status(State(state): State<AppState>, Auth(auth): Auth) -> Result<J
         (status = 400, description = "Invalid request or wrong password.", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Cookie-authenticated request from another origin.", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "MFA is already enabled.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed attempts or re-authentications for this account (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed password or code attempts, or re-authentications, for this account (the password counts like a code), or too many requests from this address (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn setup(
     State(state): State<AppState>,
@@ -143,7 +143,7 @@ pub async fn setup(
         (status = 400, description = "The request body or parameters failed validation, or the code is wrong (MFA stays off).", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Cookie-authenticated request from another origin.", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "No setup is pending, or MFA is already enabled.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed codes for this account.", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed password or code attempts for this account, or too many requests from this address (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn verify(
     State(state): State<AppState>,
@@ -170,7 +170,7 @@ pub async fn verify(
         (status = 400, description = "The request body or parameters failed validation, or the password or code is wrong.", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Cookie-authenticated request from another origin, or authenticator codes are suspended after 50 consecutive failures (a backup code still works).", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "MFA is not enabled, or the account changed while the request ran (nothing changed).", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed codes or re-authentications for this account (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed password or code attempts, or re-authentications, for this account, or too many requests from this address (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn regenerate_backup_codes(
     State(state): State<AppState>,
@@ -193,7 +193,7 @@ pub async fn regenerate_backup_codes(
         (status = 400, description = "Invalid request, or the password or code is wrong.", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Cookie-authenticated request from another origin, or authenticator codes are suspended after 50 consecutive failures (a backup code still works).", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "MFA is not enabled, or the account changed while the request ran (nothing changed).", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed codes or re-authentications for this account (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed password or code attempts, or re-authentications, for this account, or too many requests from this address (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn disable(
     State(state): State<AppState>,

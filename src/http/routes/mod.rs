@@ -5,13 +5,9 @@ pub mod mfa;
 pub mod ops;
 pub mod profile;
 
-use super::AppState;
-use super::extract::{client_ip, peer_ip};
-use super::problem::{Problem, ProblemKind};
+pub use super::rate_limit::IpRateLimit;
 use crate::clock::rfc3339;
 use crate::service::accounts::UserView;
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -21,7 +17,7 @@ use utoipa::ToSchema;
 pub struct UserDto {
     /// The account id (UUIDv7).
     pub id: String,
-    /// The normalised (trimmed, lower-cased) email.
+    /// The normalised (trimmed, NFC, lower-cased) email.
     pub email: String,
     pub mfa_enabled: bool,
     #[schema(format = DateTime)]
@@ -51,31 +47,6 @@ impl SuccessMessage {
         Self {
             success: true,
             message: message.to_owned(),
-        }
-    }
-}
-
-/// Guard of the unauthenticated endpoints: one token of the client address's bucket, or 429.
-/// Declared first among a handler's extractors, so a refused request costs no body parsing.
-pub struct IpRateLimit;
-
-impl FromRequestParts<AppState> for IpRateLimit {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(ip) = client_ip(&parts.headers, peer_ip(parts), &state.http.trusted_proxies) else {
-            return Ok(IpRateLimit);
-        };
-        let now = state.service.clock().now().unix_timestamp_nanos() as f64 / 1e9;
-        match state.limiter.check(ip, now) {
-            Ok(()) => Ok(IpRateLimit),
-            Err(retry_after) => Err(Problem {
-                retry_after: Some(retry_after),
-                ..Problem::new(
-                    ProblemKind::RateLimited,
-                    format!("Too many requests from this address; try again in {retry_after} seconds."),
-                )
-            }),
         }
     }
 }

@@ -16,7 +16,8 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Deserialize, ToSchema)]
 pub struct ChangePasswordRequest {
     pub current_password: String,
-    /// 8 to 256 characters.
+    /// 8 to 256 characters; not a commonly used or breached password (checked without regard
+    /// to case against the 30,000 most common), not containing the local part of the email.
     #[schema(min_length = 8, max_length = 256)]
     pub new_password: String,
     /// Required while MFA is enabled: a TOTP code or an unused backup code (consumed).
@@ -70,7 +71,7 @@ pub async fn profile(Auth(auth): Auth) -> Json<UserDto> {
         (status = 400, description = "Invalid request, or the current password or code is wrong.", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Cookie-authenticated request from another origin, or authenticator codes are suspended after 50 consecutive failures (a backup code still works).", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The password was changed by another request meanwhile; nothing changed.", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed attempts or re-authentications for this account (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed password or code attempts, or re-authentications, for this account, or too many requests from this address (`Retry-After`).", body = ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn change_password(
     State(state): State<AppState>,
