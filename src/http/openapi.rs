@@ -6,7 +6,7 @@
 
 use super::AppState;
 use super::problem::ProblemBody;
-use super::routes::{auth, mfa, ops, profile};
+use super::routes::{auth, mfa, ops, profile, sessions};
 use std::sync::LazyLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, OpenApi as Document, Ref, RefOr, Response, ResponseBuilder};
@@ -69,6 +69,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(profile::profile))
         .routes(routes!(profile::change_password))
         .routes(routes!(profile::security_events))
+        .routes(routes!(sessions::list_sessions))
+        .routes(routes!(sessions::end_session))
+        .routes(routes!(sessions::revoke_other_sessions))
         .routes(routes!(mfa::status))
         .routes(routes!(mfa::setup))
         .routes(routes!(mfa::verify))
@@ -95,7 +98,7 @@ fn problem_response(description: &str) -> RefOr<Response> {
 /// Adds the problem responses every operation shares.
 fn complete(mut doc: Document) -> Document {
     for item in doc.paths.paths.values_mut() {
-        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+        for operation in [&mut item.get, &mut item.post, &mut item.delete].into_iter().flatten() {
             let has_body = operation.request_body.is_some();
             let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
             let responses = &mut operation.responses.responses;

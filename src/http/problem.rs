@@ -33,6 +33,7 @@ pub enum ProblemKind {
     MfaAlreadyEnabled,
     MfaNotEnabled,
     NoPendingSetup,
+    SessionNotFound,
     TooManyAttempts,
     RateLimited,
     RequestTimeout,
@@ -43,7 +44,7 @@ pub enum ProblemKind {
 }
 
 /// Every typed kind, for the `/problems/<slug>` pages and the tests.
-pub const TYPED_KINDS: [ProblemKind; 20] = [
+pub const TYPED_KINDS: [ProblemKind; 21] = [
     ProblemKind::Validation,
     ProblemKind::MalformedBody,
     ProblemKind::InvalidMfaCode,
@@ -59,6 +60,7 @@ pub const TYPED_KINDS: [ProblemKind; 20] = [
     ProblemKind::MfaAlreadyEnabled,
     ProblemKind::MfaNotEnabled,
     ProblemKind::NoPendingSetup,
+    ProblemKind::SessionNotFound,
     ProblemKind::TooManyAttempts,
     ProblemKind::RateLimited,
     ProblemKind::RequestTimeout,
@@ -160,6 +162,12 @@ impl ProblemKind {
                 "no-pending-setup",
                 "No MFA setup in progress",
                 "There is no pending MFA setup (none started, expired after 10 minutes, or already completed).",
+            ),
+            SessionNotFound => (
+                StatusCode::NOT_FOUND,
+                "session-not-found",
+                "Session not found",
+                "The id names none of your live sessions: it is malformed, the session has ended, or it belongs to another account.",
             ),
             TooManyAttempts => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -382,6 +390,9 @@ impl From<ServiceError> for Problem {
                 K::NoPendingSetup,
                 "No MFA setup is in progress; start one with POST /api/user/profile/mfa/setup.",
             ),
+            ServiceError::SessionNotFound => {
+                Problem::new(K::SessionNotFound, "No live session of this account has this id.")
+            }
             ServiceError::Throttled { retry_after_secs } => Problem {
                 retry_after: Some(retry_after_secs),
                 ..Problem::new(

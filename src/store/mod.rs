@@ -77,12 +77,21 @@ pub struct NewUser {
 #[derive(Debug, Clone)]
 pub struct SessionRecord {
     pub token_hash: TokenHash,
+    /// The session's name in the API (a random UUID): neither the token nor its hash.
+    pub public_id: String,
     pub user_id: String,
     pub created_at: i64,
     pub last_seen_at: i64,
     pub expires_at: i64,
     pub mfa: bool,
+    /// Client address and user agent of the login that opened the session.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
 }
+
+/// Sessions kept per account. Inserting a session (a login) first evicts the oldest ones beyond
+/// `MAX_SESSIONS_PER_USER - 1`, in the same transaction, each with a `session_evicted` event.
+pub const MAX_SESSIONS_PER_USER: i64 = 100;
 
 /// A pending (not yet verified) MFA setup.
 #[derive(Clone)]
@@ -218,6 +227,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Consumed>;
 
     // --- sessions ---
+    /// Inserts the session; drops the user's expired sessions and evicts the oldest beyond
+    /// [`MAX_SESSIONS_PER_USER`] (recording `session_evicted` for each) in the same transaction.
     async fn insert_session(&self, session: &SessionRecord, event: &NewEvent) -> StoreResult<()>;
     /// The session and its user if the session is neither expired nor idle past `idle_secs`;
     /// refreshes `last_seen_at` (at most once a minute, to keep the hot path read-mostly).
@@ -297,7 +308,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// The user id of a challenge that is still valid at `now`.
     async fn challenge_user(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<String>>;
-    /// Consumes the challenge and the proof, resets the throttle and creates the session.
+    /// Consumes the challenge and the proof, resets the throttle and creates the session (with
+    /// the eviction of [`Store::insert_session`]).
     async fn complete_challenge(
         &self,
         token_hash: &TokenHash,
@@ -305,4 +317,28 @@ pub trait Store: Send + Sync + 'static {
         session: &SessionRecord,
         event: &NewEvent,
     ) -> StoreResult<Consumed>;
+
+    // --- sessions the user sees and ends ---
+    /// The user's live sessions (not expired, not idle past `idle_secs` at `now`), newest first.
+    async fn list_sessions(&self, user_id: &str, now: i64, idle_secs: i64) -> StoreResult<Vec<SessionRecord>>;
+    /// Deletes the live session `public_id` if it belongs to `user_id`, with the event; false
+    /// (and nothing written) when the user has no such live session.
+    async fn delete_user_session(
+        &self,
+        user_id: &str,
+        public_id: &str,
+        now: i64,
+        idle_secs: i64,
+        event: &NewEvent,
+    ) -> StoreResult<bool>;
+    /// Deletes every session of the user but `keep`, and the pending `mfa_token`s, with the
+    /// event; returns how many of the deleted sessions were live.
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: &TokenHash,
+        now: i64,
+        idle_secs: i64,
+        event: &NewEvent,
+    ) -> StoreResult<u64>;
 }

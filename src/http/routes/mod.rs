@@ -4,6 +4,7 @@ pub mod auth;
 pub mod mfa;
 pub mod ops;
 pub mod profile;
+pub mod sessions;
 
 use super::AppState;
 use super::extract::{client_ip, peer_ip};
