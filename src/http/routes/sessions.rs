@@ -18,13 +18,12 @@ use utoipa::{IntoParams, ToSchema};
 /// One live session of the signed-in user.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct ListedSession {
-    /// Names the session for `DELETE /api/user/profile/sessions/{id}`. A random UUID: neither
-    /// the token nor derived from it.
+    /// Names the session to end it: a random UUID, neither the token nor derived from it.
     #[schema(format = "uuid")]
     pub id: String,
     #[schema(format = DateTime)]
     pub created_at: String,
-    /// Last use, updated at most once a minute; the session ends 30 minutes after it.
+    /// Last use (updated at most once a minute); the idle timeout (30 minutes) runs from here.
     #[schema(format = DateTime)]
     pub last_seen_at: String,
     /// Absolute end of the session.
@@ -86,8 +85,9 @@ pub async fn list_sessions(State(state): State<AppState>, Auth(auth): Auth) -> R
     }))
 }
 
-/// End one of the signed-in user's sessions. Ending the calling session is a logout (the
-/// cookie is cleared too).
+/// End one of the signed-in user's sessions.
+///
+/// Ending the calling session is a logout (the session cookie is cleared too).
 #[utoipa::path(delete, path = "/api/user/profile/sessions/{id}", tag = "profile", params(SessionPath),
     security(("session_token" = []), ("session_cookie" = [])),
     responses(
