@@ -1097,3 +1097,125 @@ async fn revoking_the_other_sessions_keeps_the_callers_and_counts_the_live_ones(
         assert!(store.active_session(&token(1), NOW, 1800).await.unwrap().is_some());
     }
 }
+
+/// Sessions that exist when migration 0005 runs get a distinct random UUID each and a creation
+/// order, keep working, and later logins number on from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_opened_before_the_session_details_migration_get_ids_and_keep_working() {
+    let _shared = CLUSTER.read().await;
+    let before: &[(&str, u8, i64)] = &[
+        ("old", 1, NOW - 20),
+        ("old", 2, NOW - 30),
+        ("old", 3, NOW - 10),
+        ("eve", 4, NOW),
+    ];
+    let mut stores: Vec<(&str, Arc<dyn Store>, Option<TestDatabase>, Option<tempfile::TempDir>)> = Vec::new();
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.db");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        tessera::store::sqlite::MIGRATOR.run_to(4, &pool).await.unwrap();
+        for user in ["old", "eve"] {
+            sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, 'x', 0)")
+                .bind(user)
+                .bind(format!("{user}@example.com"))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        for (user, n, created_at) in before {
+            sqlx::query(
+                "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
+                 VALUES (?, ?, ?, ?, ?, 0)",
+            )
+            .bind(&token(*n).0[..])
+            .bind(*user)
+            .bind(created_at)
+            .bind(NOW)
+            .bind(NOW + 3600)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        let store = SqliteStore::open_file(&path).await.unwrap();
+        stores.push(("sqlite", Arc::new(store), None, Some(dir)));
+    }
+    if postgres_url().is_some() {
+        let database = TestDatabase::create().await;
+        let pool = database.pool().await;
+        tessera::store::postgres::MIGRATOR.run_to(4, &pool).await.unwrap();
+        for user in ["old", "eve"] {
+            sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, 'x', 0)")
+                .bind(user)
+                .bind(format!("{user}@example.com"))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        for (user, n, created_at) in before {
+            sqlx::query(
+                "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
+                 VALUES ($1, $2, $3, $4, $5, false)",
+            )
+            .bind(&token(*n).0[..])
+            .bind(*user)
+            .bind(created_at)
+            .bind(NOW)
+            .bind(NOW + 3600)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        let store = PgStore::connect(&database.url, PgSettings::default()).await.unwrap();
+        stores.push(("postgres", Arc::new(store), Some(database), None));
+    }
+    for (name, store, _database, _dir) in stores {
+        store.migrate().await.unwrap();
+        let listed = store.list_sessions("old", NOW, 1800).await.unwrap();
+        let order: Vec<TokenHash> = listed.iter().map(|s| s.token_hash).collect();
+        assert_eq!(
+            order,
+            [token(3), token(1), token(2)],
+            "{name}: newest first by creation"
+        );
+        let mut ids: Vec<String> = listed.iter().map(|s| s.public_id.clone()).collect();
+        ids.push(
+            store.list_sessions("eve", NOW, 1800).await.unwrap()[0]
+                .public_id
+                .clone(),
+        );
+        for id in &ids {
+            let parsed = uuid::Uuid::try_parse(id).unwrap_or_else(|_| panic!("{name}: {id}"));
+            assert_eq!(parsed.get_version_num(), 4, "{name}: {id}");
+            assert_eq!(&parsed.hyphenated().to_string(), id, "{name}: lower-case hyphenated");
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 4, "{name}: distinct ids");
+        assert!(listed.iter().all(|s| s.ip.is_none() && s.user_agent.is_none()));
+        assert!(store.active_session(&token(1), NOW, 1800).await.unwrap().is_some());
+        // A new login is the newest, and ending an old session by its new id works.
+        store
+            .insert_session(&session("old", 5, false), &event("old", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        let listed = store.list_sessions("old", NOW, 1800).await.unwrap();
+        assert_eq!(listed[0].token_hash, token(5), "{name}");
+        let oldest = listed.last().unwrap().public_id.clone();
+        assert!(
+            store
+                .delete_user_session("old", &oldest, NOW, 1800, &event("old", "session_revoked", NOW))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store.active_session(&token(2), NOW, 1800).await.unwrap().is_none(),
+            "{name}"
+        );
+    }
+}
