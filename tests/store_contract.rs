@@ -1109,7 +1109,7 @@ async fn sessions_opened_before_the_session_details_migration_get_ids_and_keep_w
         ("old", 3, NOW - 10),
         ("eve", 4, NOW),
     ];
-    let mut stores: Vec<(&str, Arc<dyn Store>, Option<TestDatabase>, Option<tempfile::TempDir>)> = Vec::new();
+    let mut stores: Vec<Backend> = Vec::new();
     {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tessera.db");
@@ -1141,8 +1141,14 @@ async fn sessions_opened_before_the_session_details_migration_get_ids_and_keep_w
             .unwrap();
         }
         pool.close().await;
-        let store = SqliteStore::open_file(&path).await.unwrap();
-        stores.push(("sqlite", Arc::new(store), None, Some(dir)));
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_file(&path).await.unwrap());
+        stores.push(Backend {
+            name: "sqlite",
+            a: store.clone(),
+            b: store,
+            _dir: Some(dir),
+            _database: None,
+        });
     }
     if postgres_url().is_some() {
         let database = TestDatabase::create().await;
@@ -1171,10 +1177,17 @@ async fn sessions_opened_before_the_session_details_migration_get_ids_and_keep_w
             .unwrap();
         }
         pool.close().await;
-        let store = PgStore::connect(&database.url, PgSettings::default()).await.unwrap();
-        stores.push(("postgres", Arc::new(store), Some(database), None));
+        let store: Arc<dyn Store> = Arc::new(PgStore::connect(&database.url, PgSettings::default()).await.unwrap());
+        stores.push(Backend {
+            name: "postgres",
+            a: store.clone(),
+            b: store,
+            _dir: None,
+            _database: Some(database),
+        });
     }
-    for (name, store, _database, _dir) in stores {
+    for backend in stores {
+        let (name, store) = (backend.name, backend.a.as_ref());
         store.migrate().await.unwrap();
         let listed = store.list_sessions("old", NOW, 1800).await.unwrap();
         let order: Vec<TokenHash> = listed.iter().map(|s| s.token_hash).collect();
