@@ -362,3 +362,26 @@ async fn malformed_ids_wrong_methods_and_missing_sessions_are_clean_problems() {
         .await;
     assert_eq!(same_origin.status, 204, "{}", same_origin.text);
 }
+
+#[tokio::test]
+async fn a_session_opened_with_a_second_factor_is_marked_mfa() {
+    let app = spawn_app().await;
+    let first = app.user_with_session("yara@example.com").await;
+    let (secret, _codes) = app.enable_mfa(&first).await;
+    app.next_step();
+    let mfa_token = app.mfa_token("yara@example.com").await;
+    let reply = app.login_mfa(&mfa_token, &totp_code(&secret, app.now())).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let second = reply.body["token"].as_str().unwrap();
+    let sessions = sessions_of(&app, second).await;
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(
+        (&sessions[0]["current"], &sessions[0]["mfa"]),
+        (&json!(true), &json!(true))
+    );
+    assert_eq!(
+        (&sessions[1]["current"], &sessions[1]["mfa"]),
+        (&json!(false), &json!(false))
+    );
+    assert_eq!(sessions[0]["ip"], "127.0.0.1");
+}
