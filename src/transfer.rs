@@ -24,7 +24,8 @@
 //!    code.
 //! 4. `pending_setup`: `user_id`, `secret` (sealed, base64), `created_at`, `expires_at`, for
 //!    setups not yet expired.
-//! 5. `session`: `token_hash` (base64 of the SHA-256), `user_id`, `created_at`, `last_seen_at`,
+//! 5. `session`: `token_hash` (base64 of the SHA-256), `public_id` (its name in the sessions
+//!    API), `user_id`, `ip`, `user_agent`, `seq` (its place in the user's order), `created_at`, `last_seen_at`,
 //!    `expires_at`, `mfa`, for sessions within their absolute lifetime: users stay signed in.
 //! 6. `event`: `user_id` (null for unknown-account failures), `kind`, `at`, `ip`,
 //!    `user_agent`, `request_id`, oldest first. Ids are not kept; the order is.
@@ -49,8 +50,8 @@ use crate::domain::email::Email;
 use crate::domain::sealing::MasterKey;
 use crate::domain::token::TokenHash;
 use crate::store::{
-    BackupCodeRow, EventRecord, EventRow, ExportSnapshot, ImportTransaction, PendingSetupRow, SessionRecord, Store,
-    StoreError, UserRow,
+    BackupCodeRow, EventRecord, EventRow, ExportSnapshot, ImportTransaction, PendingSetupRow, SessionRecord,
+    SessionRow, Store, StoreError, UserRow,
 };
 use data_encoding::HEXLOWER;
 use serde::{Deserialize, Serialize};
@@ -215,11 +216,15 @@ impl fmt::Debug for PendingSetupLine {
 struct SessionLine {
     #[serde(with = "base64_bytes")]
     token_hash: Vec<u8>,
+    public_id: String,
     user_id: String,
     created_at: i64,
     last_seen_at: i64,
     expires_at: i64,
     mfa: bool,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    seq: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -369,16 +374,20 @@ async fn export_records(
     loop {
         let page = snapshot.sessions(after.as_ref(), now, PAGE_ROWS).await?;
         let Some(last) = page.last() else { break };
-        after = Some(last.token_hash);
-        for session in page {
+        after = Some(last.record.token_hash);
+        for SessionRow { record: session, seq } in page {
             counts.sessions += 1;
             let line = SessionLine {
                 token_hash: session.token_hash.as_bytes().to_vec(),
+                public_id: session.public_id,
                 user_id: session.user_id,
                 created_at: session.created_at,
                 last_seen_at: session.last_seen_at,
                 expires_at: session.expires_at,
                 mfa: session.mfa,
+                ip: session.ip,
+                user_agent: session.user_agent,
+                seq,
             };
             write_line(out, &Line::Session(line))?;
         }
@@ -579,13 +588,22 @@ impl<R: BufRead> ExportFile<R> {
                     let token_hash = TokenHash::from_slice(&session.token_hash)
                         .ok_or_else(|| self.bad("token_hash must be 32 bytes"))?;
                     counts.sessions += 1;
-                    batch.sessions.push(SessionRecord {
-                        token_hash,
-                        user_id: session.user_id,
-                        created_at: session.created_at,
-                        last_seen_at: session.last_seen_at,
-                        expires_at: session.expires_at,
-                        mfa: session.mfa,
+                    if session.public_id.is_empty() {
+                        return Err(self.bad("public_id must not be empty"));
+                    }
+                    batch.sessions.push(SessionRow {
+                        record: SessionRecord {
+                            token_hash,
+                            public_id: session.public_id,
+                            user_id: session.user_id,
+                            created_at: session.created_at,
+                            last_seen_at: session.last_seen_at,
+                            expires_at: session.expires_at,
+                            mfa: session.mfa,
+                            ip: session.ip,
+                            user_agent: session.user_agent,
+                        },
+                        seq: session.seq,
                     });
                 }
                 Line::Event(event) => {
@@ -707,7 +725,7 @@ struct Batch {
     users: Vec<UserRow>,
     backup_codes: Vec<BackupCodeRow>,
     pending_setups: Vec<PendingSetupRow>,
-    sessions: Vec<SessionRecord>,
+    sessions: Vec<SessionRow>,
     events: Vec<EventRow>,
 }
 

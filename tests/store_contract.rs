@@ -109,12 +109,21 @@ fn token(n: u8) -> TokenHash {
 fn session(user_id: &str, n: u8, mfa: bool) -> SessionRecord {
     SessionRecord {
         token_hash: token(n),
+        public_id: public_id(user_id, u32::from(n)),
         user_id: user_id.into(),
         created_at: NOW,
         last_seen_at: NOW,
         expires_at: NOW + 3600,
         mfa,
+        ip: Some(format!("192.0.2.{n}")),
+        user_agent: Some(format!("agent {n}")),
     }
+}
+
+/// A distinct, well-formed public id per (user, n).
+fn public_id(user_id: &str, n: u32) -> String {
+    let user: u32 = user_id.bytes().map(u32::from).sum();
+    format!("{user:08x}-0000-4000-8000-{n:012x}")
 }
 
 /// A user with MFA on (last accepted step 100) and backup codes [1; 32] .. [10; 32].
@@ -670,7 +679,9 @@ async fn a_password_change_revokes_the_other_sessions_and_resets_the_throttle() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_webhook_lease_has_one_holder_and_passes_on_when_it_expires() {
-    let _shared = CLUSTER.read().await;
+    // It reads the outbox, which on PostgreSQL only shows events older than every running
+    // transaction: the racing writers of other tests must not be running meanwhile.
+    let _alone = CLUSTER.write().await;
     for backend in backends().await {
         user(backend.a.as_ref(), "jo").await;
         let start = backend.a.webhook_cursor().await.unwrap();
@@ -1107,6 +1118,458 @@ async fn the_reauthentication_budget_is_per_minute_and_not_refilled_by_success()
         assert_eq!(
             backend.b.take_reauth("quy", NOW - 3600, 60, 10).await.unwrap(),
             AttemptReservation::Granted { failures: 1 }
+        );
+    }
+}
+
+// ---- sessions the user sees and ends ----
+
+async fn kinds_of(store: &dyn Store, user_id: &str, kind: &str) -> usize {
+    let events = store.list_events(user_id, 200).await.unwrap();
+    events.iter().filter(|e| e.kind == kind).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_session_cap_evicts_the_oldest_and_records_each_eviction() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user(store, "cap").await;
+        // An expired session is dropped by the next insert without counting as an eviction.
+        let expired = SessionRecord {
+            created_at: NOW - 7200,
+            last_seen_at: NOW - 7200,
+            expires_at: NOW - 3600,
+            ..session("cap", 250, false)
+        };
+        store
+            .insert_session(&expired, &event("cap", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        // All in the same second: the order of creation still decides which is the oldest.
+        for n in 1..=100u8 {
+            store
+                .insert_session(&session("cap", n, false), &event("cap", "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.list_sessions("cap", NOW, 1800).await.unwrap().len(), 100);
+        assert_eq!(kinds_of(store, "cap", "session_evicted").await, 0, "{}", backend.name);
+        store
+            .insert_session(&session("cap", 101, false), &event("cap", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        let listed = store.list_sessions("cap", NOW, 1800).await.unwrap();
+        assert_eq!(listed.len() as i64, MAX_SESSIONS_PER_USER, "{}", backend.name);
+        assert!(
+            store.active_session(&token(1), NOW, 1800).await.unwrap().is_none(),
+            "{}",
+            backend.name
+        );
+        assert!(store.active_session(&token(2), NOW, 1800).await.unwrap().is_some());
+        assert!(store.active_session(&token(101), NOW, 1800).await.unwrap().is_some());
+        assert_eq!(listed[0].public_id, public_id("cap", 101), "newest first");
+        assert_eq!(listed[99].public_id, public_id("cap", 2));
+        assert_eq!(kinds_of(store, "cap", "session_evicted").await, 1, "{}", backend.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_factor_login_is_capped_like_a_password_login() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        // Session 200 (opened while enabling MFA) is the oldest of 100.
+        user_with_mfa(store, "cam").await;
+        for n in 1..=99u8 {
+            store
+                .insert_session(&session("cam", n, true), &event("cam", "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        store
+            .insert_challenge(&token(250), "cam", NOW, NOW + 300, HASH, None, &event("cam", "x", NOW))
+            .await
+            .unwrap();
+        let completed = store
+            .complete_challenge(
+                &token(250),
+                SecondFactorProof::TotpStep(101),
+                &session("cam", 150, true),
+                &event("cam", "login_succeeded", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(completed, Consumed::Yes, "{}", backend.name);
+        assert_eq!(store.list_sessions("cam", NOW, 1800).await.unwrap().len(), 100);
+        assert!(
+            store.active_session(&token(200), NOW, 1800).await.unwrap().is_none(),
+            "{}",
+            backend.name
+        );
+        assert!(store.active_session(&token(150), NOW, 1800).await.unwrap().is_some());
+        assert_eq!(kinds_of(store, "cam", "session_evicted").await, 1, "{}", backend.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_logins_through_both_instances_never_exceed_the_cap() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user(backend.a.as_ref(), "par").await;
+        for n in 1..=90u8 {
+            backend
+                .a
+                .insert_session(&session("par", n, false), &event("par", "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        let results = race(&backend, 40, |store, i| async move {
+            let n = 100 + u8::try_from(i).unwrap();
+            store
+                .insert_session(&session("par", n, false), &event("par", "login_succeeded", NOW))
+                .await
+        })
+        .await;
+        assert!(results.iter().all(Result::is_ok), "{}: {results:?}", backend.name);
+        let listed = backend.a.list_sessions("par", NOW, 1800).await.unwrap();
+        assert_eq!(listed.len(), 100, "{}", backend.name);
+        // The 30 evicted are the oldest: sessions 1..=30.
+        for n in 1..=30u8 {
+            assert!(backend.b.active_session(&token(n), NOW, 1800).await.unwrap().is_none());
+        }
+        assert!(backend.b.active_session(&token(31), NOW, 1800).await.unwrap().is_some());
+        assert_eq!(
+            kinds_of(backend.a.as_ref(), "par", "session_evicted").await,
+            30,
+            "{}",
+            backend.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_lists_only_their_own_live_sessions_newest_first() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user(store, "lu").await;
+        user(store, "max").await;
+        let idle = SessionRecord {
+            created_at: NOW - 1900,
+            last_seen_at: NOW - 1900,
+            ..session("lu", 3, false)
+        };
+        let expired = SessionRecord {
+            created_at: NOW - 7200,
+            last_seen_at: NOW - 10,
+            expires_at: NOW,
+            ..session("lu", 4, false)
+        };
+        for record in [
+            session("lu", 1, false),
+            idle,
+            session("lu", 2, true),
+            expired,
+            session("max", 9, false),
+        ] {
+            store
+                .insert_session(&record, &event(&record.user_id, "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        let listed = backend.b.list_sessions("lu", NOW, 1800).await.unwrap();
+        let ids: Vec<&str> = listed.iter().map(|s| s.public_id.as_str()).collect();
+        assert_eq!(ids, [public_id("lu", 2), public_id("lu", 1)], "{}", backend.name);
+        let newest = &listed[0];
+        assert_eq!(newest.token_hash, token(2));
+        assert_eq!(newest.user_id, "lu");
+        assert_eq!(newest.ip.as_deref(), Some("192.0.2.2"));
+        assert_eq!(newest.user_agent.as_deref(), Some("agent 2"));
+        assert!(newest.mfa);
+        assert_eq!(
+            (newest.created_at, newest.last_seen_at, newest.expires_at),
+            (NOW, NOW, NOW + 3600)
+        );
+        // The session lookup carries the same details.
+        let (found, _) = store.active_session(&token(1), NOW, 1800).await.unwrap().unwrap();
+        assert_eq!(found.public_id, public_id("lu", 1));
+        assert_eq!(found.ip.as_deref(), Some("192.0.2.1"));
+        assert_eq!(found.user_agent.as_deref(), Some("agent 1"));
+        assert!(store.list_sessions("nobody", NOW, 1800).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_is_ended_by_id_only_by_its_owner_and_only_once() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user(store, "ned").await;
+        user(store, "ola").await;
+        let idle = SessionRecord {
+            created_at: NOW - 1900,
+            last_seen_at: NOW - 1900,
+            ..session("ned", 3, false)
+        };
+        for record in [
+            session("ned", 1, false),
+            session("ned", 2, false),
+            idle,
+            session("ola", 9, false),
+        ] {
+            store
+                .insert_session(&record, &event(&record.user_id, "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        // Another user's id: nothing happens, nothing is recorded.
+        let ended = store
+            .delete_user_session(
+                "ned",
+                &public_id("ola", 9),
+                NOW,
+                1800,
+                &event("ned", "session_revoked", NOW),
+            )
+            .await
+            .unwrap();
+        assert!(!ended, "{}", backend.name);
+        assert!(store.active_session(&token(9), NOW, 1800).await.unwrap().is_some());
+        // An idle (dead) session is not listed, so it cannot be ended either.
+        assert!(
+            !store
+                .delete_user_session(
+                    "ned",
+                    &public_id("ned", 3),
+                    NOW,
+                    1800,
+                    &event("ned", "session_revoked", NOW)
+                )
+                .await
+                .unwrap()
+        );
+        assert_eq!(kinds_of(store, "ned", "session_revoked").await, 0);
+        // Twenty requests through both instances end it once.
+        let results = race(&backend, 20, |store, _| async move {
+            store
+                .delete_user_session(
+                    "ned",
+                    &public_id("ned", 1),
+                    NOW,
+                    1800,
+                    &event("ned", "session_revoked", NOW),
+                )
+                .await
+                .unwrap()
+        })
+        .await;
+        assert_eq!(results.iter().filter(|ended| **ended).count(), 1, "{}", backend.name);
+        assert!(store.active_session(&token(1), NOW, 1800).await.unwrap().is_none());
+        assert!(store.active_session(&token(2), NOW, 1800).await.unwrap().is_some());
+        assert_eq!(kinds_of(store, "ned", "session_revoked").await, 1, "{}", backend.name);
+        assert_eq!(kinds_of(store, "ola", "session_revoked").await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoking_the_other_sessions_keeps_the_callers_and_counts_the_live_ones() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user(store, "pia").await;
+        user(store, "quy").await;
+        let idle = SessionRecord {
+            created_at: NOW - 1900,
+            last_seen_at: NOW - 1900,
+            ..session("pia", 4, false)
+        };
+        for record in [
+            session("pia", 1, false),
+            session("pia", 2, false),
+            session("pia", 3, true),
+            idle,
+            session("quy", 9, false),
+        ] {
+            store
+                .insert_session(&record, &event(&record.user_id, "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        store
+            .insert_challenge(&token(50), "pia", NOW, NOW + 300, HASH, None, &event("pia", "x", NOW))
+            .await
+            .unwrap();
+        let revoked = backend
+            .b
+            .revoke_other_sessions(
+                "pia",
+                &token(1),
+                NOW,
+                1800,
+                &event("pia", "other_sessions_revoked", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(revoked, 2, "{}: the idle one is deleted but not counted", backend.name);
+        let listed = store.list_sessions("pia", NOW, 1800).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].token_hash, token(1));
+        assert!(
+            store.challenge_user(&token(50), NOW).await.unwrap().is_none(),
+            "pending mfa_token ended"
+        );
+        assert!(
+            store.active_session(&token(9), NOW, 1800).await.unwrap().is_some(),
+            "other users untouched"
+        );
+        assert_eq!(kinds_of(store, "pia", "other_sessions_revoked").await, 1);
+        let again = store
+            .revoke_other_sessions(
+                "pia",
+                &token(1),
+                NOW,
+                1800,
+                &event("pia", "other_sessions_revoked", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, 0);
+        assert!(store.active_session(&token(1), NOW, 1800).await.unwrap().is_some());
+    }
+}
+
+/// Sessions that exist when migration 0005 runs get a distinct random UUID each and a creation
+/// order, keep working, and later logins number on from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_opened_before_the_session_details_migration_get_ids_and_keep_working() {
+    let _shared = CLUSTER.read().await;
+    let before: &[(&str, u8, i64)] = &[
+        ("old", 1, NOW - 20),
+        ("old", 2, NOW - 30),
+        ("old", 3, NOW - 10),
+        ("eve", 4, NOW),
+    ];
+    let mut stores: Vec<Backend> = Vec::new();
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.db");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        tessera::store::sqlite::MIGRATOR.run_to(4, &pool).await.unwrap();
+        for user in ["old", "eve"] {
+            sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, 'x', 0)")
+                .bind(user)
+                .bind(format!("{user}@example.com"))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        for (user, n, created_at) in before {
+            sqlx::query(
+                "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
+                 VALUES (?, ?, ?, ?, ?, 0)",
+            )
+            .bind(&token(*n).0[..])
+            .bind(*user)
+            .bind(created_at)
+            .bind(NOW)
+            .bind(NOW + 3600)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_file(&path).await.unwrap());
+        stores.push(Backend {
+            name: "sqlite",
+            a: store.clone(),
+            b: store,
+            _dir: Some(dir),
+            _database: None,
+        });
+    }
+    if postgres_url().is_some() {
+        let database = TestDatabase::create().await;
+        let pool = database.pool().await;
+        tessera::store::postgres::MIGRATOR.run_to(4, &pool).await.unwrap();
+        for user in ["old", "eve"] {
+            sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, 'x', 0)")
+                .bind(user)
+                .bind(format!("{user}@example.com"))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        for (user, n, created_at) in before {
+            sqlx::query(
+                "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
+                 VALUES ($1, $2, $3, $4, $5, false)",
+            )
+            .bind(&token(*n).0[..])
+            .bind(*user)
+            .bind(created_at)
+            .bind(NOW)
+            .bind(NOW + 3600)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        let store: Arc<dyn Store> = Arc::new(PgStore::connect(&database.url, PgSettings::default()).await.unwrap());
+        stores.push(Backend {
+            name: "postgres",
+            a: store.clone(),
+            b: store,
+            _dir: None,
+            _database: Some(database),
+        });
+    }
+    for backend in stores {
+        let (name, store) = (backend.name, backend.a.as_ref());
+        store.migrate().await.unwrap();
+        let listed = store.list_sessions("old", NOW, 1800).await.unwrap();
+        let order: Vec<TokenHash> = listed.iter().map(|s| s.token_hash).collect();
+        assert_eq!(
+            order,
+            [token(3), token(1), token(2)],
+            "{name}: newest first by creation"
+        );
+        let mut ids: Vec<String> = listed.iter().map(|s| s.public_id.clone()).collect();
+        ids.push(
+            store.list_sessions("eve", NOW, 1800).await.unwrap()[0]
+                .public_id
+                .clone(),
+        );
+        for id in &ids {
+            let parsed = uuid::Uuid::try_parse(id).unwrap_or_else(|_| panic!("{name}: {id}"));
+            assert_eq!(parsed.get_version_num(), 4, "{name}: {id}");
+            assert_eq!(&parsed.hyphenated().to_string(), id, "{name}: lower-case hyphenated");
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 4, "{name}: distinct ids");
+        assert!(listed.iter().all(|s| s.ip.is_none() && s.user_agent.is_none()));
+        assert!(store.active_session(&token(1), NOW, 1800).await.unwrap().is_some());
+        // A new login is the newest, and ending an old session by its new id works.
+        store
+            .insert_session(&session("old", 5, false), &event("old", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        let listed = store.list_sessions("old", NOW, 1800).await.unwrap();
+        assert_eq!(listed[0].token_hash, token(5), "{name}");
+        let oldest = listed.last().unwrap().public_id.clone();
+        assert!(
+            store
+                .delete_user_session("old", &oldest, NOW, 1800, &event("old", "session_revoked", NOW))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store.active_session(&token(2), NOW, 1800).await.unwrap().is_none(),
+            "{name}"
         );
     }
 }

@@ -7,7 +7,7 @@
 
 use super::AppState;
 use super::problem::ProblemBody;
-use super::routes::{auth, mfa, ops, profile};
+use super::routes::{auth, mfa, ops, profile, sessions};
 use std::sync::LazyLock;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -71,6 +71,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(profile::profile))
         .routes(routes!(profile::change_password))
         .routes(routes!(profile::security_events))
+        .routes(routes!(sessions::list_sessions))
+        .routes(routes!(sessions::end_session))
+        .routes(routes!(sessions::revoke_other_sessions))
         .routes(routes!(mfa::status))
         .routes(routes!(mfa::setup))
         .routes(routes!(mfa::verify))

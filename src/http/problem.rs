@@ -35,6 +35,7 @@ pub enum ProblemKind {
     NoPendingSetup,
     TotpSuspended,
     StateChanged,
+    SessionNotFound,
     TooManyAttempts,
     RateLimited,
     BodyReadTimeout,
@@ -46,7 +47,7 @@ pub enum ProblemKind {
 }
 
 /// Every typed kind, for the `/problems/<slug>` pages and the tests.
-pub const TYPED_KINDS: [ProblemKind; 23] = [
+pub const TYPED_KINDS: [ProblemKind; 24] = [
     ProblemKind::Validation,
     ProblemKind::MalformedBody,
     ProblemKind::InvalidMfaCode,
@@ -64,6 +65,7 @@ pub const TYPED_KINDS: [ProblemKind; 23] = [
     ProblemKind::NoPendingSetup,
     ProblemKind::TotpSuspended,
     ProblemKind::StateChanged,
+    ProblemKind::SessionNotFound,
     ProblemKind::TooManyAttempts,
     ProblemKind::RateLimited,
     ProblemKind::BodyReadTimeout,
@@ -180,6 +182,12 @@ impl ProblemKind {
                 "Account changed meanwhile",
                 "The account changed while the request was processed (for instance its password was changed by \
                  another request). Nothing was changed; read the current state and retry.",
+            ),
+            SessionNotFound => (
+                StatusCode::NOT_FOUND,
+                "session-not-found",
+                "Session not found",
+                "The id names none of your live sessions: it is malformed, the session has ended, or it belongs to another account.",
             ),
             TooManyAttempts => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -417,6 +425,9 @@ impl From<ServiceError> for Problem {
                 K::StateChanged,
                 "The account changed while this request was processed; nothing was changed.",
             ),
+            ServiceError::SessionNotFound => {
+                Problem::new(K::SessionNotFound, "No live session of this account has this id.")
+            }
             ServiceError::Throttled { retry_after_secs } => Problem {
                 retry_after: Some(retry_after_secs),
                 ..Problem::new(

@@ -240,7 +240,7 @@ impl Service {
                 .await?;
             (stored, LoginOutcome::MfaRequired { mfa_token, expires_at })
         } else {
-            let (session, record) = self.new_session(&user, false, now);
+            let (session, record) = self.new_session(&user, false, now, meta);
             let event = meta.event(&user.id, "login_succeeded", now);
             let stored = self
                 .store
@@ -256,16 +256,30 @@ impl Service {
         }
     }
 
-    pub(super) fn new_session(&self, user: &UserRecord, mfa: bool, now: i64) -> (IssuedSession, SessionRecord) {
+    /// A new session of `user`, opened by the request `meta` describes (its address and user
+    /// agent are shown in the user's session list). Its public id is a random UUID, independent
+    /// of the token.
+    pub(super) fn new_session(
+        &self,
+        user: &UserRecord,
+        mfa: bool,
+        now: i64,
+        meta: &RequestMeta,
+    ) -> (IssuedSession, SessionRecord) {
         let token = PlainToken::generate(TokenKind::Session);
         let expires_at = now + self.config.session_lifetime_secs;
+        let mut random = [0u8; 16];
+        rand::fill(&mut random[..]);
         let record = SessionRecord {
             token_hash: token.hash(),
+            public_id: uuid::Builder::from_random_bytes(random).into_uuid().to_string(),
             user_id: user.id.clone(),
             created_at: now,
             last_seen_at: now,
             expires_at,
             mfa,
+            ip: meta.ip.clone(),
+            user_agent: meta.user_agent.clone(),
         };
         (
             IssuedSession {

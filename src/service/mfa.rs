@@ -516,7 +516,7 @@ impl Service {
                 .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
                 .await);
         };
-        let (session, record) = self.new_session(&user, true, now);
+        let (session, record) = self.new_session(&user, true, now, meta);
         let event = meta.event(&user.id, "login_succeeded", now);
         self.checkpoint("second_factor").await;
         match self

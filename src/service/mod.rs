@@ -5,9 +5,11 @@
 //!
 //! - [`accounts`]: registration, login, sessions, password change.
 //! - [`mfa`]: setup, verify, backup codes, disable, second-factor login, operator reset.
+//! - [`sessions`]: the sessions a user sees and ends (list, end one, end all others).
 
 pub mod accounts;
 pub mod mfa;
+pub mod sessions;
 
 use crate::clock::Clock;
 use crate::domain::password::{self, Password, PasswordHashString};
@@ -61,6 +63,9 @@ pub enum ServiceError {
     /// another request); nothing was written.
     #[error("the account changed while the request was processed")]
     StateChanged,
+    /// The id names none of the user's live sessions (malformed, ended, or another user's).
+    #[error("no such session")]
+    SessionNotFound,
     /// Too many failed second-factor attempts: retry after this many seconds.
     #[error("too many attempts")]
     Throttled { retry_after_secs: i64 },

@@ -83,12 +83,21 @@ pub struct NewUser {
 #[derive(Debug, Clone)]
 pub struct SessionRecord {
     pub token_hash: TokenHash,
+    /// The session's name in the API (a random UUID): neither the token nor its hash.
+    pub public_id: String,
     pub user_id: String,
     pub created_at: i64,
     pub last_seen_at: i64,
     pub expires_at: i64,
     pub mfa: bool,
+    /// Client address and user agent of the login that opened the session.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
 }
+
+/// Sessions kept per account. Inserting a session (a login) first evicts the oldest ones beyond
+/// `MAX_SESSIONS_PER_USER - 1`, in the same transaction, each with a `session_evicted` event.
+pub const MAX_SESSIONS_PER_USER: i64 = 100;
 
 /// A pending (not yet verified) MFA setup.
 #[derive(Clone)]
@@ -251,6 +260,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Consumed>;
 
     // --- sessions ---
+    /// Inserts the session; drops the user's expired sessions and evicts the oldest beyond
+    /// [`MAX_SESSIONS_PER_USER`] (recording `session_evicted` for each) in the same transaction.
     async fn insert_session(&self, session: &SessionRecord, event: &NewEvent) -> StoreResult<()>;
     /// The one-factor session of a password login: created only while `verified_hash` is still
     /// the stored hash, MFA is off and the account is enabled (`Stale` otherwise). Resets the
@@ -373,7 +384,7 @@ pub trait Store: Send + Sync + 'static {
     /// The user id of a challenge that is still valid at `now`.
     async fn challenge_user(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<String>>;
     /// Consumes the challenge and the proof, resets the throttle (and, for a backup code, lifts
-    /// a TOTP suspension) and creates the session.
+    /// a TOTP suspension) and creates the session (with the eviction of [`Store::insert_session`]).
     async fn complete_challenge(
         &self,
         token_hash: &TokenHash,
@@ -381,6 +392,30 @@ pub trait Store: Send + Sync + 'static {
         session: &SessionRecord,
         event: &NewEvent,
     ) -> StoreResult<Consumed>;
+
+    // --- sessions the user sees and ends ---
+    /// The user's live sessions (not expired, not idle past `idle_secs` at `now`), newest first.
+    async fn list_sessions(&self, user_id: &str, now: i64, idle_secs: i64) -> StoreResult<Vec<SessionRecord>>;
+    /// Deletes the live session `public_id` if it belongs to `user_id`, with the event; false
+    /// (and nothing written) when the user has no such live session.
+    async fn delete_user_session(
+        &self,
+        user_id: &str,
+        public_id: &str,
+        now: i64,
+        idle_secs: i64,
+        event: &NewEvent,
+    ) -> StoreResult<bool>;
+    /// Deletes every session of the user but `keep`, and the pending `mfa_token`s, with the
+    /// event; returns how many of the deleted sessions were live.
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: &TokenHash,
+        now: i64,
+        idle_secs: i64,
+        event: &NewEvent,
+    ) -> StoreResult<u64>;
 
     // --- moving an installation (`tessera export` / `tessera import`) ---
     /// Opens a read-only transaction over one consistent snapshot of the whole database, for
@@ -430,6 +465,14 @@ impl std::fmt::Debug for UserRow {
     }
 }
 
+/// A `sessions` row: the session and its place in the user's creation order (what the cap of
+/// [`MAX_SESSIONS_PER_USER`] evicts by).
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub record: SessionRecord,
+    pub seq: i64,
+}
+
 /// One unused backup code: `backup_codes` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupCodeRow {
@@ -475,7 +518,7 @@ pub trait ExportSnapshot: Send {
     /// Pending setups still valid at `now`, after the user id `after`, by user id.
     async fn pending_setups(&mut self, after: Option<&str>, now: i64, limit: u32) -> StoreResult<Vec<PendingSetupRow>>;
     /// Sessions whose absolute lifetime has not ended at `now`, after `after`, by token hash.
-    async fn sessions(&mut self, after: Option<&TokenHash>, now: i64, limit: u32) -> StoreResult<Vec<SessionRecord>>;
+    async fn sessions(&mut self, after: Option<&TokenHash>, now: i64, limit: u32) -> StoreResult<Vec<SessionRow>>;
     /// Security events after the id `after`, by id (the order each user saw them in).
     async fn events(&mut self, after: Option<i64>, limit: u32) -> StoreResult<Vec<EventRow>>;
     /// Ends the read transaction.
@@ -490,7 +533,7 @@ pub trait ImportTransaction: Send {
     async fn insert_users(&mut self, rows: &[UserRow]) -> StoreResult<()>;
     async fn insert_backup_codes(&mut self, rows: &[BackupCodeRow]) -> StoreResult<()>;
     async fn insert_pending_setups(&mut self, rows: &[PendingSetupRow]) -> StoreResult<()>;
-    async fn insert_sessions(&mut self, rows: &[SessionRecord]) -> StoreResult<()>;
+    async fn insert_sessions(&mut self, rows: &[SessionRow]) -> StoreResult<()>;
     /// Inserts events in the order given; they get new ids in that order.
     async fn insert_events(&mut self, rows: &[EventRow]) -> StoreResult<()>;
     /// Moves an existing webhook cursor past the imported events (they are history, not news:

@@ -163,11 +163,14 @@ fn session_from_row(row: &PgRow) -> Result<SessionRecord, sqlx::Error> {
     Ok(SessionRecord {
         token_hash: TokenHash::from_slice(&hash)
             .ok_or_else(|| sqlx::Error::Decode("token hash is not 32 bytes".into()))?,
+        public_id: row.try_get("public_id")?,
         user_id: row.try_get("user_id")?,
         created_at: row.try_get("s_created_at")?,
         last_seen_at: row.try_get("last_seen_at")?,
         expires_at: row.try_get("expires_at")?,
         mfa: row.try_get("mfa")?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
     })
 }
 
@@ -296,17 +299,42 @@ async fn insert_codes_in(tx: &mut Tx, user_id: &str, codes: &BackupCodeHashes) -
     Ok(())
 }
 
-async fn insert_session_in(tx: &mut Tx, session: &SessionRecord) -> Result<(), sqlx::Error> {
+/// Inserts the session after dropping the user's expired sessions and evicting the oldest
+/// beyond [`MAX_SESSIONS_PER_USER`] - 1 (one `session_evicted` event each, with the metadata of
+/// `event`, the login that caused it). The caller holds [`lock_user`]: session inserts of one
+/// user run one after another, so the cap is exact and `seq` (the user's highest + 1) unique.
+async fn insert_session_in(tx: &mut Tx, session: &SessionRecord, event: &NewEvent) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND expires_at <= $2")
+        .bind(&session.user_id)
+        .bind(session.created_at)
+        .execute(&mut **tx)
+        .await?;
+    let evicted = sqlx::query(
+        "DELETE FROM sessions WHERE user_id = $1 AND seq <= \
+         (SELECT seq FROM sessions WHERE user_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+    )
+    .bind(&session.user_id)
+    .bind(MAX_SESSIONS_PER_USER - 1)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    for _ in 0..evicted {
+        insert_event_kind_in(tx, event, "session_evicted").await?;
+    }
     sqlx::query(
-        "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, \
+         ip, user_agent, seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions WHERE user_id = $3))",
     )
     .bind(session.token_hash.as_bytes())
+    .bind(&session.public_id)
     .bind(&session.user_id)
     .bind(session.created_at)
     .bind(session.last_seen_at)
     .bind(session.expires_at)
     .bind(session.mfa)
+    .bind(&session.ip)
+    .bind(&session.user_agent)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -540,7 +568,7 @@ impl Store for PgStore {
         if !current {
             return Ok(Consumed::Stale);
         }
-        insert_session_in(&mut tx, session).await.map_err(map_err)?;
+        insert_session_in(&mut tx, session, event).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
@@ -548,7 +576,9 @@ impl Store for PgStore {
 
     async fn insert_session(&self, session: &SessionRecord, event: &NewEvent) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        insert_session_in(&mut tx, session).await.map_err(map_err)?;
+        // The cap reads and deletes the user's other sessions: one insert of a user at a time.
+        lock_user(&mut tx, &session.user_id).await.map_err(map_err)?;
+        insert_session_in(&mut tx, session, event).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)
     }
@@ -560,7 +590,8 @@ impl Store for PgStore {
         idle_secs: i64,
     ) -> StoreResult<Option<(SessionRecord, UserRecord)>> {
         let row = sqlx::query(select_user!(
-            "s.token_hash, s.user_id, s.created_at AS s_created_at, s.last_seen_at, s.expires_at, s.mfa, ",
+            "s.token_hash, s.public_id, s.user_id, s.created_at AS s_created_at, s.last_seen_at, s.expires_at, s.mfa, \
+             s.ip, s.user_agent, ",
             "JOIN sessions s ON s.user_id = u.id WHERE s.token_hash = $1 AND s.expires_at > $2 AND s.last_seen_at > $3"
         ))
         .bind(token_hash.as_bytes())
@@ -1121,10 +1152,92 @@ impl Store for PgStore {
                 .await
                 .map_err(map_err)?;
         }
-        insert_session_in(&mut tx, session).await.map_err(map_err)?;
+        insert_session_in(&mut tx, session, event).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
+    }
+
+    async fn list_sessions(&self, user_id: &str, now: i64, idle_secs: i64) -> StoreResult<Vec<SessionRecord>> {
+        let rows = sqlx::query(
+            "SELECT token_hash, public_id, user_id, created_at AS s_created_at, last_seen_at, expires_at, mfa, \
+             ip, user_agent FROM sessions \
+             WHERE user_id = $1 AND expires_at > $2 AND last_seen_at > $3 ORDER BY seq DESC",
+        )
+        .bind(user_id)
+        .bind(now)
+        .bind(now.saturating_sub(idle_secs))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(session_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn delete_user_session(
+        &self,
+        user_id: &str,
+        public_id: &str,
+        now: i64,
+        idle_secs: i64,
+        event: &NewEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // One conditional DELETE decides: a concurrent one of the same session waits for this
+        // commit and then finds nothing, so the event is recorded once.
+        let deleted = sqlx::query(
+            "DELETE FROM sessions WHERE public_id = $1 AND user_id = $2 AND expires_at > $3 AND last_seen_at > $4",
+        )
+        .bind(public_id)
+        .bind(user_id)
+        .bind(now)
+        .bind(now.saturating_sub(idle_secs))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1;
+        if !deleted {
+            return Ok(false);
+        }
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: &TokenHash,
+        now: i64,
+        idle_secs: i64,
+        event: &NewEvent,
+    ) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        // The count comes from the rows this DELETE removed, not from an earlier read.
+        let live: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2 \
+             RETURNING expires_at, last_seen_at) \
+             SELECT COUNT(*) FROM gone WHERE expires_at > $3 AND last_seen_at > $4",
+        )
+        .bind(user_id)
+        .bind(keep.as_bytes())
+        .bind(now)
+        .bind(now.saturating_sub(idle_secs))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query("DELETE FROM mfa_challenges WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(u64::try_from(live).unwrap_or_default())
     }
 
     async fn begin_export(&self) -> StoreResult<Box<dyn ExportSnapshot>> {
@@ -1243,9 +1356,10 @@ impl ExportSnapshot for PgExport {
         })
     }
 
-    async fn sessions(&mut self, after: Option<&TokenHash>, now: i64, limit: u32) -> StoreResult<Vec<SessionRecord>> {
+    async fn sessions(&mut self, after: Option<&TokenHash>, now: i64, limit: u32) -> StoreResult<Vec<SessionRow>> {
         let rows = sqlx::query(
-            "SELECT token_hash, user_id, created_at AS s_created_at, last_seen_at, expires_at, mfa FROM sessions \
+            "SELECT token_hash, public_id, user_id, created_at AS s_created_at, last_seen_at, expires_at, mfa, \
+             ip, user_agent, seq FROM sessions \
              WHERE token_hash > $1 AND expires_at > $2 ORDER BY token_hash LIMIT $3",
         )
         .bind(after.map_or(&[][..], TokenHash::as_bytes))
@@ -1254,7 +1368,12 @@ impl ExportSnapshot for PgExport {
         .fetch_all(&mut *self.tx)
         .await
         .map_err(map_err)?;
-        decode_all(&rows, session_from_row)
+        decode_all(&rows, |row| {
+            Ok(SessionRow {
+                record: session_from_row(row)?,
+                seq: row.try_get("seq")?,
+            })
+        })
     }
 
     async fn events(&mut self, after: Option<i64>, limit: u32) -> StoreResult<Vec<EventRow>> {
@@ -1369,24 +1488,30 @@ impl ImportTransaction for PgImport {
         Ok(())
     }
 
-    async fn insert_sessions(&mut self, rows: &[SessionRecord]) -> StoreResult<()> {
+    async fn insert_sessions(&mut self, rows: &[SessionRow]) -> StoreResult<()> {
         if rows.is_empty() {
             return Ok(());
         }
         sqlx::query(
-            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
-             SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::boolean[])",
+            "INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, ip, \
+             user_agent, seq) \
+             SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
+             $7::boolean[], $8::text[], $9::text[], $10::bigint[])",
         )
         .bind(
             rows.iter()
-                .map(|session| session.token_hash.as_bytes().to_vec())
+                .map(|row| row.record.token_hash.as_bytes().to_vec())
                 .collect::<Vec<_>>(),
         )
-        .bind(rows.iter().map(|session| session.user_id.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|session| session.created_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|session| session.last_seen_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|session| session.expires_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|session| session.mfa).collect::<Vec<_>>())
+        .bind(rows.iter().map(|row| row.record.public_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|row| row.record.user_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|row| row.record.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|row| row.record.last_seen_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|row| row.record.expires_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|row| row.record.mfa).collect::<Vec<_>>())
+        .bind(rows.iter().map(|row| row.record.ip.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|row| row.record.user_agent.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|row| row.seq).collect::<Vec<_>>())
         .execute(&mut *self.tx)
         .await
         .map_err(map_err)?;

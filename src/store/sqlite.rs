@@ -240,11 +240,14 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
     Ok(SessionRecord {
         token_hash: TokenHash::from_slice(&hash)
             .ok_or_else(|| sqlx::Error::Decode("token hash is not 32 bytes".into()))?,
+        public_id: row.try_get("public_id")?,
         user_id: row.try_get("user_id")?,
         created_at: row.try_get("s_created_at")?,
         last_seen_at: row.try_get("last_seen_at")?,
         expires_at: row.try_get("expires_at")?,
         mfa: row.try_get::<i64, _>("mfa")? != 0,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
     })
 }
 
@@ -396,7 +399,7 @@ impl Store for SqliteStore {
         if !current {
             return Ok(Consumed::Stale);
         }
-        insert_session_in(&mut tx, session).await.map_err(map_err)?;
+        insert_session_in(&mut tx, session, event).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
@@ -404,7 +407,7 @@ impl Store for SqliteStore {
 
     async fn insert_session(&self, session: &SessionRecord, event: &NewEvent) -> StoreResult<()> {
         let mut tx = self.immediate().await?;
-        insert_session_in(&mut tx, session).await.map_err(map_err)?;
+        insert_session_in(&mut tx, session, event).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)
     }
@@ -416,7 +419,8 @@ impl Store for SqliteStore {
         idle_secs: i64,
     ) -> StoreResult<Option<(SessionRecord, UserRecord)>> {
         let row = sqlx::query(select_user!(
-            "s.token_hash, s.user_id, s.created_at AS s_created_at, s.last_seen_at, s.expires_at, s.mfa, ",
+            "s.token_hash, s.public_id, s.user_id, s.created_at AS s_created_at, s.last_seen_at, s.expires_at, s.mfa, \
+             s.ip, s.user_agent, ",
             "JOIN sessions s ON s.user_id = u.id WHERE s.token_hash = ? AND s.expires_at > ? AND s.last_seen_at > ?"
         ))
         .bind(token_hash.as_bytes())
@@ -939,10 +943,85 @@ impl Store for SqliteStore {
                 .await
                 .map_err(map_err)?;
         }
-        insert_session_in(&mut tx, session).await.map_err(map_err)?;
+        insert_session_in(&mut tx, session, event).await.map_err(map_err)?;
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
+    }
+
+    async fn list_sessions(&self, user_id: &str, now: i64, idle_secs: i64) -> StoreResult<Vec<SessionRecord>> {
+        let rows = sqlx::query(
+            "SELECT token_hash, public_id, user_id, created_at AS s_created_at, last_seen_at, expires_at, mfa, \
+             ip, user_agent FROM sessions \
+             WHERE user_id = ? AND expires_at > ? AND last_seen_at > ? ORDER BY seq DESC",
+        )
+        .bind(user_id)
+        .bind(now)
+        .bind(now.saturating_sub(idle_secs))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(session_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn delete_user_session(
+        &self,
+        user_id: &str,
+        public_id: &str,
+        now: i64,
+        idle_secs: i64,
+        event: &NewEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.immediate().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM sessions WHERE public_id = ? AND user_id = ? AND expires_at > ? AND last_seen_at > ?",
+        )
+        .bind(public_id)
+        .bind(user_id)
+        .bind(now)
+        .bind(now.saturating_sub(idle_secs))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1;
+        if !deleted {
+            return Ok(false);
+        }
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: &TokenHash,
+        now: i64,
+        idle_secs: i64,
+        event: &NewEvent,
+    ) -> StoreResult<u64> {
+        let mut tx = self.immediate().await?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sessions WHERE user_id = ? AND token_hash <> ? \
+             AND expires_at > ? AND last_seen_at > ?",
+        )
+        .bind(user_id)
+        .bind(keep.as_bytes())
+        .bind(now)
+        .bind(now.saturating_sub(idle_secs))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        revoke_other_sessions_in(&mut tx, user_id, keep)
+            .await
+            .map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(u64::try_from(live).unwrap_or_default())
     }
 
     async fn begin_export(&self) -> StoreResult<Box<dyn ExportSnapshot>> {
@@ -959,17 +1038,48 @@ impl Store for SqliteStore {
     }
 }
 
-async fn insert_session_in(tx: &mut Transaction<'static, Sqlite>, session: &SessionRecord) -> Result<(), sqlx::Error> {
+/// Inserts the session after dropping the user's expired sessions and evicting the oldest
+/// beyond [`MAX_SESSIONS_PER_USER`] - 1 (one `session_evicted` event each, with the metadata of
+/// `event`, the login that caused it). `seq` is the user's highest + 1: the transaction holds
+/// the write lock, so no other insert can take the same number.
+async fn insert_session_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    session: &SessionRecord,
+    event: &NewEvent,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sessions WHERE user_id = ? AND expires_at <= ?")
+        .bind(&session.user_id)
+        .bind(session.created_at)
+        .execute(&mut **tx)
+        .await?;
+    let evicted = sqlx::query(
+        "DELETE FROM sessions WHERE user_id = ? AND seq <= \
+         (SELECT seq FROM sessions WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+    )
+    .bind(&session.user_id)
+    .bind(&session.user_id)
+    .bind(MAX_SESSIONS_PER_USER - 1)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    for _ in 0..evicted {
+        insert_event_kind_in(tx, event, "session_evicted").await?;
+    }
     sqlx::query(
-        "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, \
+         ip, user_agent, seq) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions WHERE user_id = ?))",
     )
     .bind(session.token_hash.as_bytes())
+    .bind(&session.public_id)
     .bind(&session.user_id)
     .bind(session.created_at)
     .bind(session.last_seen_at)
     .bind(session.expires_at)
     .bind(i64::from(session.mfa))
+    .bind(&session.ip)
+    .bind(&session.user_agent)
+    .bind(&session.user_id)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -1138,9 +1248,10 @@ impl ExportSnapshot for SqliteExport {
         })
     }
 
-    async fn sessions(&mut self, after: Option<&TokenHash>, now: i64, limit: u32) -> StoreResult<Vec<SessionRecord>> {
+    async fn sessions(&mut self, after: Option<&TokenHash>, now: i64, limit: u32) -> StoreResult<Vec<SessionRow>> {
         let rows = sqlx::query(
-            "SELECT token_hash, user_id, created_at AS s_created_at, last_seen_at, expires_at, mfa FROM sessions \
+            "SELECT token_hash, public_id, user_id, created_at AS s_created_at, last_seen_at, expires_at, mfa, \
+             ip, user_agent, seq FROM sessions \
              WHERE token_hash > ? AND expires_at > ? ORDER BY token_hash LIMIT ?",
         )
         .bind(after.map_or(&[][..], TokenHash::as_bytes))
@@ -1149,7 +1260,12 @@ impl ExportSnapshot for SqliteExport {
         .fetch_all(&mut *self.tx)
         .await
         .map_err(map_err)?;
-        decode_all(&rows, session_from_row)
+        decode_all(&rows, |row| {
+            Ok(SessionRow {
+                record: session_from_row(row)?,
+                seq: row.try_get("seq")?,
+            })
+        })
     }
 
     async fn events(&mut self, after: Option<i64>, limit: u32) -> StoreResult<Vec<EventRow>> {
@@ -1259,19 +1375,25 @@ impl ImportTransaction for SqliteImport {
         Ok(())
     }
 
-    async fn insert_sessions(&mut self, rows: &[SessionRecord]) -> StoreResult<()> {
+    async fn insert_sessions(&mut self, rows: &[SessionRow]) -> StoreResult<()> {
         for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
             sqlx::QueryBuilder::<Sqlite>::new(
-                "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa) ",
+                "INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, \
+                 ip, user_agent, seq) ",
             )
-            .push_values(chunk, |mut values, session| {
+            .push_values(chunk, |mut values, row| {
+                let session = &row.record;
                 values
                     .push_bind(session.token_hash.as_bytes().to_vec())
+                    .push_bind(session.public_id.clone())
                     .push_bind(session.user_id.clone())
                     .push_bind(session.created_at)
                     .push_bind(session.last_seen_at)
                     .push_bind(session.expires_at)
-                    .push_bind(i64::from(session.mfa));
+                    .push_bind(i64::from(session.mfa))
+                    .push_bind(session.ip.clone())
+                    .push_bind(session.user_agent.clone())
+                    .push_bind(row.seq);
             })
             .build()
             .execute(&mut *self.tx)

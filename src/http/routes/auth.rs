@@ -109,7 +109,7 @@ pub struct SessionIntrospection {
     pub session: SessionInfo,
 }
 
-fn session_cookie(token: &str, max_age: i64) -> Option<HeaderValue> {
+pub(super) fn session_cookie(token: &str, max_age: i64) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
     ))

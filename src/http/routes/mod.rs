@@ -4,6 +4,7 @@ pub mod auth;
 pub mod mfa;
 pub mod ops;
 pub mod profile;
+pub mod sessions;
 
 pub use super::rate_limit::IpRateLimit;
 use crate::clock::rfc3339;
