@@ -109,13 +109,9 @@ async fn session_tokens_are_stored_only_as_sha256() {
     let stored = db.bytes("SELECT token_hash FROM sessions").await;
     assert_eq!(stored, vec![Sha256::digest(token.as_bytes()).to_vec()]);
     db.close().await;
-    if !app.database_is_a_file() {
+    let Some(raw) = app.stop_and_read_database_files().await else {
         return;
-    }
-    let stopped = app.stop().await;
-    let dir = &stopped.data_dir;
-    let mut raw = std::fs::read(data_file(dir)).unwrap();
-    raw.extend(std::fs::read(dir.join("tessera.db-wal")).unwrap_or_default());
+    };
     let needle = &token.as_bytes()[4..];
     assert!(
         !raw.windows(needle.len()).any(|w| w == needle),

@@ -356,13 +356,9 @@ async fn backup_codes_are_readable_distinct_and_stored_only_as_hashes() {
     let salt = db.bytes("SELECT backup_salt FROM users").await.remove(0);
     assert_eq!(salt.len(), 16);
     db.close().await;
-    if !app.database_is_a_file() {
+    let Some(raw) = app.stop_and_read_database_files().await else {
         return;
-    }
-    let stopped = app.stop().await;
-    let dir = &stopped.data_dir;
-    let mut raw = std::fs::read(data_file(dir)).unwrap();
-    raw.extend(std::fs::read(dir.join("tessera.db-wal")).unwrap_or_default());
+    };
     for code in &codes {
         let plain = code.replace('-', "");
         assert!(

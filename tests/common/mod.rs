@@ -304,9 +304,16 @@ impl TestApp {
         }
     }
 
-    /// True on SQLite, where the database is a file in the data directory that tests can read.
-    pub fn database_is_a_file(&self) -> bool {
-        self.database.is_none()
+    /// On SQLite, stops the app and returns the bytes of its database file and WAL, for tests
+    /// that check what never reaches the disk; `None` on PostgreSQL (no file to read).
+    pub async fn stop_and_read_database_files(self) -> Option<Vec<u8>> {
+        if self.database.is_some() {
+            return None;
+        }
+        let stopped = self.stop().await;
+        let mut raw = std::fs::read(data_file(&stopped.data_dir)).expect("database file");
+        raw.extend(std::fs::read(stopped.data_dir.join("tessera.db-wal")).unwrap_or_default());
+        Some(raw)
     }
 
     /// Stops the server gracefully and waits for it.
