@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""Seeding helper of bench/scale-out.sh: creates users through Tessera's HTTP API and prepares
+the inputs of the load runs. Standard library only; TOTP codes come from pyotp when it is
+installed, else from Debian's oathtool, never from Tessera.
+
+  helper.py users --base URL --prefix P --count N [--mfa] --out FILE
+      register + login each user; with --mfa also MFA setup + verify (a code computed here).
+      FILE: one JSON object per line {email, password, token, secret?, step?}.
+  helper.py pairs --base URL [--base URL2] --users FILE --out PREFIX [--split 1|2] [--cross]
+      a password login per user (argon2 on the server: not timed) for a fresh mfa_token, then a
+      TOTP code for step S = T+1 (T = the current 30 s step), after waiting until T is at least
+      the last step accepted for any of these users, so S is greater than it (replay rule).
+      Writes PREFIX.0 (and PREFIX.1 with --split 2) with lines "mfa_token code", and records S
+      in FILE so the next call picks a later step. With --cross, the tokens of PREFIX.i are
+      obtained through the other base URL than the one whose wrk process will use them.
+  helper.py replay --base URL --pairs FILE --count K
+      re-sends K already used pairs; prints how many were accepted (must be 0).
+  helper.py pglog FILE...
+      p50/p99 latency (ms) of pgbench per-transaction logs.
+  helper.py report RUNS
+      the table of the run from RUNS: lines "round<TAB>workload<TAB>instances<TAB>out[,out]"
+      naming wrk outputs (RESULT lines printed by bench/common.lua), or
+      "round<TAB>workload<TAB>-<TAB>=rate p50 p99 note" for a baseline measured otherwise.
+"""
+
+import argparse
+import concurrent.futures as cf
+import http.client
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+PASSWORD = "bench-password-0123456789"
+STEP = 30
+
+_local = threading.local()
+
+
+class HttpError(Exception):
+    pass
+
+
+def _conn(base):
+    conns = getattr(_local, "conns", None)
+    if conns is None:
+        conns = _local.conns = {}
+    conn = conns.get(base)
+    if conn is None:
+        u = urllib.parse.urlsplit(base)
+        conn = conns[base] = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    return conn
+
+
+def call(base, method, path, body=None, token=None, expect=(200,)):
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = "Bearer " + token
+    data = json.dumps(body).encode() if body is not None else None
+    for attempt in range(3):
+        conn = _conn(base)
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+            break
+        except (http.client.HTTPException, OSError):
+            # keep-alive connection closed by the server's idle timeout: reconnect once or twice
+            conn.close()
+            _local.conns.pop(base, None)
+            if attempt == 2:
+                raise
+    if resp.status not in expect:
+        raise HttpError(f"{method} {path} -> {resp.status}: {raw[:300].decode(errors='replace')}")
+    return json.loads(raw) if raw else None
+
+
+def totp(secret, step):
+    """RFC 6238 code of `step` for a base32 secret (pyotp, else oathtool)."""
+    try:
+        import pyotp  # noqa: PLC0415
+
+        return pyotp.TOTP(secret).at(step * STEP)
+    except ImportError:
+        pass
+    out = subprocess.run(
+        ["oathtool", "--totp", "--base32", "--digits=6", "--time-step-size=30s",
+         f"--now=@{step * STEP + 1}", secret],
+        check=True, capture_output=True, text=True,
+    )
+    return out.stdout.strip()
+
+
+def current_step():
+    return int(time.time()) // STEP
+
+
+def pool_map(fn, items, workers):
+    with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def cmd_users(args):
+    def one(i):
+        email = f"{args.prefix}-{i}@bench.example"
+        call(args.base, "POST", "/api/auth/register", {"email": email, "password": PASSWORD}, expect=(201,))
+        login = call(args.base, "POST", "/api/auth/login", {"email": email, "password": PASSWORD})
+        rec = {"email": email, "password": PASSWORD, "token": login["token"]}
+        if args.mfa:
+            setup = call(args.base, "POST", "/api/user/profile/mfa/setup", {"password": PASSWORD}, token=login["token"])
+            step = current_step()
+            call(args.base, "POST", "/api/user/profile/mfa/verify", {"code": totp(setup["secret"], step)}, token=login["token"])
+            # the code is that of `step`, so the server stored `step` as the last accepted one
+            rec.update(secret=setup["secret"], step=step)
+        return rec
+
+    t0 = time.time()
+    recs = pool_map(one, range(args.count), args.workers)
+    with open(args.out, "w") as f:
+        for r in recs:
+            f.write(json.dumps(r) + "\n")
+    print(f"seeded {len(recs)} users{' with MFA' if args.mfa else ''} in {time.time() - t0:.0f}s", file=sys.stderr)
+
+
+def cmd_pairs(args):
+    with open(args.users) as f:
+        users = [json.loads(line) for line in f if line.strip()]
+    bases = args.base
+    t0 = time.time()
+
+    def login(item):
+        i, u = item
+        part = i % args.split
+        # --cross: tokens for the wrk process aimed at bases[part] come from the other instance
+        via = bases[(part + 1) % len(bases)] if args.cross else bases[part % len(bases)]
+        r = call(via, "POST", "/api/auth/login", {"email": u["email"], "password": u["password"]})
+        if not r.get("mfa_required"):
+            raise HttpError(f"login of {u['email']} did not ask for MFA")
+        return part, r["mfa_token"]
+
+    tokens = pool_map(login, list(enumerate(users)), args.workers)
+    prepared = time.time() - t0
+    last = max(u["step"] for u in users)
+    while current_step() < last:  # S = T+1 must be greater than the last accepted step
+        time.sleep(0.2)
+    s = current_step() + 1
+    outs = [open(f"{args.out}.{p}", "w") for p in range(args.split)]
+    for (part, token), u in zip(tokens, users):
+        outs[part].write(f"{token} {totp(u['secret'], s)}\n")
+        u["step"] = s
+    for o in outs:
+        o.close()
+    with open(args.users, "w") as f:
+        for u in users:
+            f.write(json.dumps(u) + "\n")
+    valid_for = (s + 2) * STEP - time.time()
+    print(f"prepared {len(tokens)} pairs in {prepared:.0f}s (logins) + {time.time() - t0 - prepared:.0f}s "
+          f"(wait/codes); codes for step {s}, valid for {valid_for:.0f}s more", file=sys.stderr)
+
+
+def cmd_replay(args):
+    with open(args.pairs) as f:
+        pairs = [line.split() for line in f if line.strip()][: args.count]
+    accepted = 0
+    statuses = {}
+    for token, code in pairs:
+        conn = _conn(args.base)
+        conn.request("POST", "/api/auth/login/mfa", body=json.dumps({"mfa_token": token, "code": code}),
+                     headers={"content-type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+        accepted += resp.status == 200
+    print(f"{accepted} {len(pairs)} " + ",".join(f"{k}:{v}" for k, v in sorted(statuses.items())))
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return float("nan")
+    k = max(0, min(len(sorted_values) - 1, int(round(p / 100 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[k]
+
+
+def cmd_pglog(args):
+    lat = []
+    for path in args.files:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    lat.append(int(parts[2]) / 1000)
+    lat.sort()
+    print(f"{percentile(lat, 50):.2f} {percentile(lat, 99):.2f} {len(lat)}")
+
+
+def parse_result(path):
+    res, samples = None, []
+    with open(path) as f:
+        for line in f:
+            if line.startswith("RESULT "):
+                res = dict(kv.split("=", 1) for kv in line.split()[1:])
+            elif line.startswith("SAMPLE "):
+                samples.append(line[7:].strip())
+    if res is None:
+        raise SystemExit(f"no RESULT line in {path} (did wrk fail?)")
+    return res, samples
+
+
+def cmd_report(args):
+    rows, notes, ones = [], [], {}
+    with open(args.runs) as f:
+        entries = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    for rnd, workload, instances, outs in entries:
+        if outs.startswith("="):
+            rate, p50, p99, *note = outs[1:].split()
+            rows.append([rnd, workload, instances, rate, p50, p99, "-", " ".join(note), ""])
+            continue
+        results = [parse_result(p) for p in outs.split(",")]
+        ok = sum(int(r["ok"]) for r, _ in results)
+        total = sum(int(r["total"]) for r, _ in results)
+        first = min(int(r["first_us"]) for r, _ in results if int(r["first_us"]) > 0)
+        last = max(int(r["last_us"]) for r, _ in results)
+        secs = (last - first) / 1e6
+        rate = ok / secs if secs > 0 else 0.0
+        p50 = max(int(r["p50_us"]) for r, _ in results) / 1000
+        p99 = max(int(r["p99_us"]) for r, _ in results) / 1000
+        other = []
+        for r, samples in results:
+            for st in r["statuses"].split(";"):
+                if st and not st.startswith("200:"):
+                    other.append(st)
+            if r["sockerr"] != "0/0/0/0/0":
+                other.append("socket errors connect/read/write/status/timeout " + r["sockerr"])
+            notes.extend(f"{workload}, {instances} instance(s), round {rnd}: {s}" for s in samples)
+        ratio = ""
+        if instances == "1":
+            ones[(rnd, workload)] = rate
+        elif (rnd, workload) in ones and ones[(rnd, workload)] > 0:
+            ratio = f"{rate / ones[(rnd, workload)]:.2f}"
+        rows.append([rnd, workload, instances, f"{rate:.0f}", f"{p50:.2f}", f"{p99:.2f}",
+                     f"{ok}/{total} in {secs:.1f} s", "; ".join(other) or "none", ratio])
+    head = ["round", "workload", "instances", "requests/s (200 only)", "p50 ms", "p99 ms",
+            "200s / answered", "other statuses, errors", "two/one"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    for n in notes:
+        print(f"\nnon-200 sample: {n}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    u = sub.add_parser("users")
+    u.add_argument("--base", required=True)
+    u.add_argument("--prefix", required=True)
+    u.add_argument("--count", type=int, required=True)
+    u.add_argument("--mfa", action="store_true")
+    u.add_argument("--out", required=True)
+    u.add_argument("--workers", type=int, default=8)
+    q = sub.add_parser("pairs")
+    q.add_argument("--base", action="append", required=True)
+    q.add_argument("--users", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--split", type=int, default=1, choices=(1, 2))
+    q.add_argument("--cross", action="store_true")
+    q.add_argument("--workers", type=int, default=8)
+    r = sub.add_parser("replay")
+    r.add_argument("--base", required=True)
+    r.add_argument("--pairs", required=True)
+    r.add_argument("--count", type=int, default=50)
+    g = sub.add_parser("pglog")
+    g.add_argument("files", nargs="+")
+    t = sub.add_parser("report")
+    t.add_argument("runs")
+    args = p.parse_args()
+    if args.cmd in ("users", "pairs"):
+        try:
+            import pyotp  # noqa: F401, PLC0415
+        except ImportError:
+            if not shutil.which("oathtool"):
+                sys.exit("helper.py: neither pyotp nor oathtool is available")
+    {"users": cmd_users, "pairs": cmd_pairs, "replay": cmd_replay, "pglog": cmd_pglog,
+     "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
