@@ -52,8 +52,8 @@ function done(summary, latency, requests)
   table.sort(statuses)
   local e = summary.errors
   io.write(string.format(
-    "RESULT ok=%d total=%d first_us=%d last_us=%d dur_us=%d p50_us=%d p99_us=%d statuses=%s sockerr=%d/%d/%d/%d/%d\n",
+    "RESULT ok=%d total=%d first_us=%d last_us=%d dur_us=%d p50_us=%d p99_us=%d statuses=%s sockerr=%d/%d/%d/%d\n",
     ok, n, first, last, summary.duration, latency:percentile(50), latency:percentile(99),
-    table.concat(statuses, ";"), e.connect, e.read, e.write, e.status, e.timeout))
+    table.concat(statuses, ";"), e.connect, e.read, e.write, e.timeout))
   for _, s in ipairs(samples) do io.write("SAMPLE " .. s .. "\n") end
 end

@@ -7,11 +7,12 @@ installed, else from Debian's oathtool, never from Tessera.
       register + login each user; with --mfa also MFA setup + verify (a code computed here).
       FILE: one JSON object per line {email, password, token, secret?, step?}.
   helper.py pairs --base URL [--base URL2] --users FILE --out PREFIX [--split 1|2] [--cross]
-      a password login per user (argon2 on the server: not timed) for a fresh mfa_token, then a
-      TOTP code for step S = T+1 (T = the current 30 s step), after waiting until T is at least
-      the last step accepted for any of these users, so S is greater than it (replay rule).
-      Writes PREFIX.0 (and PREFIX.1 with --split 2) with lines "mfa_token code", and records S
-      in FILE so the next call picks a later step. With --cross, the tokens of PREFIX.i are
+                  [--per-user K] [--bound SECS] [--prep-seconds SECS]
+      K password logins per user (argon2 on the server: not timed) for fresh mfa_tokens, then
+      TOTP codes for K consecutive steps above the last step accepted for the user (replay
+      rule), all acceptable for the next SECS seconds. Writes PREFIX.0 (and PREFIX.1 with
+      --split 2) with lines "mfa_token code", a user's pairs in step order, and records the last
+      step in FILE so the next call picks later ones. With --cross, the tokens of PREFIX.i are
       obtained through the other base URL than the one whose wrk process will use them.
   helper.py replay --base URL --pairs FILE --count K
       re-sends K already used pairs; prints how many were accepted (must be 0).
@@ -78,20 +79,29 @@ def call(base, method, path, body=None, token=None, expect=(200,)):
     return json.loads(raw) if raw else None
 
 
-def totp(secret, step):
-    """RFC 6238 code of `step` for a base32 secret (pyotp, else oathtool)."""
+def totp_codes(secret, first_step, count=1):
+    """RFC 6238 codes of steps first_step .. first_step+count-1 for a base32 secret, from pyotp
+    when it is installed, else from one oathtool call (its window prints consecutive steps)."""
     try:
         import pyotp  # noqa: PLC0415
 
-        return pyotp.TOTP(secret).at(step * STEP)
+        t = pyotp.TOTP(secret)
+        return [t.at((first_step + k) * STEP) for k in range(count)]
     except ImportError:
         pass
     out = subprocess.run(
         ["oathtool", "--totp", "--base32", "--digits=6", "--time-step-size=30s",
-         f"--now=@{step * STEP + 1}", secret],
+         f"--window={count - 1}", f"--now=@{first_step * STEP + 1}", secret],
         check=True, capture_output=True, text=True,
     )
-    return out.stdout.strip()
+    codes = out.stdout.split()
+    if len(codes) != count:
+        raise RuntimeError(f"oathtool printed {out.stdout!r}")
+    return codes
+
+
+def totp(secret, step):
+    return totp_codes(secret, step)[0]
 
 
 def current_step():
@@ -128,37 +138,54 @@ def cmd_users(args):
 def cmd_pairs(args):
     with open(args.users) as f:
         users = [json.loads(line) for line in f if line.strip()]
-    bases = args.base
+    bases, k = args.base, args.per_user
     t0 = time.time()
+    deadline = t0 + args.prep_seconds
 
+    # One password login per pair, phase by phase (all users' first pair, then all second ...),
+    # so each wrk process meets a user's pairs in the order of their steps, len(users)/split
+    # requests apart. Logins stop at the deadline (mfa_tokens live 5 minutes).
     def login(item):
-        i, u = item
+        phase, i, u = item
+        if time.time() > deadline:
+            return None
         part = i % args.split
         # --cross: tokens for the wrk process aimed at bases[part] come from the other instance
         via = bases[(part + 1) % len(bases)] if args.cross else bases[part % len(bases)]
         r = call(via, "POST", "/api/auth/login", {"email": u["email"], "password": u["password"]})
         if not r.get("mfa_required"):
             raise HttpError(f"login of {u['email']} did not ask for MFA")
-        return part, r["mfa_token"]
+        return phase, i, part, r["mfa_token"]
 
-    tokens = pool_map(login, list(enumerate(users)), args.workers)
+    items = [(phase, i, u) for phase in range(k) for i, u in enumerate(users)]
+    tokens = [t for t in pool_map(login, items, args.workers) if t is not None]
     prepared = time.time() - t0
+
+    # Codes for steps s0 .. s0+k-1 with s0 = T-k+2 (T = the current step), which the server
+    # (skew 1: it accepts T-1..T+1) takes in this order while its step is at most s0+1. So:
+    # s0 must exceed the last accepted step of every user (replay rule), and the step s0+1
+    # must not end before the run's time bound.
     last = max(u["step"] for u in users)
-    while current_step() < last:  # S = T+1 must be greater than the last accepted step
-        time.sleep(0.2)
-    s = current_step() + 1
+    while True:
+        now = time.time()
+        s0 = int(now) // STEP - k + 2
+        if s0 > last and (s0 + 2) * STEP - now >= args.bound + 3:
+            break
+        time.sleep(0.1)
+    codes = pool_map(lambda u: totp_codes(u["secret"], s0, k), users, args.workers)
     outs = [open(f"{args.out}.{p}", "w") for p in range(args.split)]
-    for (part, token), u in zip(tokens, users):
-        outs[part].write(f"{token} {totp(u['secret'], s)}\n")
-        u["step"] = s
+    for phase, i, part, token in tokens:
+        outs[part].write(f"{token} {codes[i][phase]}\n")
     for o in outs:
         o.close()
+    for u in users:
+        u["step"] = s0 + k - 1
     with open(args.users, "w") as f:
         for u in users:
             f.write(json.dumps(u) + "\n")
-    valid_for = (s + 2) * STEP - time.time()
-    print(f"prepared {len(tokens)} pairs in {prepared:.0f}s (logins) + {time.time() - t0 - prepared:.0f}s "
-          f"(wait/codes); codes for step {s}, valid for {valid_for:.0f}s more", file=sys.stderr)
+    print(f"prepared {len(tokens)} pairs ({len(users)} users x {k}{', cut by the time bound' if len(tokens) < len(items) else ''}) "
+          f"in {prepared:.0f}s of logins + {time.time() - t0 - prepared:.0f}s waiting for a usable step; "
+          f"codes valid for {(s0 + 2) * STEP - time.time():.0f}s more", file=sys.stderr)
 
 
 def cmd_replay(args):
@@ -232,8 +259,8 @@ def cmd_report(args):
             for st in r["statuses"].split(";"):
                 if st and not st.startswith("200:"):
                     other.append(st)
-            if r["sockerr"] != "0/0/0/0/0":
-                other.append("socket errors connect/read/write/status/timeout " + r["sockerr"])
+            if r["sockerr"] != "0/0/0/0":
+                other.append("socket errors connect/read/write/timeout " + r["sockerr"])
             notes.extend(f"{workload}, {instances} instance(s), round {rnd}: {s}" for s in samples)
         ratio = ""
         if instances == "1":
@@ -268,6 +295,9 @@ def main():
     q.add_argument("--out", required=True)
     q.add_argument("--split", type=int, default=1, choices=(1, 2))
     q.add_argument("--cross", action="store_true")
+    q.add_argument("--per-user", type=int, default=3, choices=(1, 2, 3))
+    q.add_argument("--bound", type=int, default=25, help="seconds the run may last")
+    q.add_argument("--prep-seconds", type=int, default=240)
     q.add_argument("--workers", type=int, default=8)
     r = sub.add_parser("replay")
     r.add_argument("--base", required=True)

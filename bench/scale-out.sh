@@ -8,11 +8,15 @@
 # Settings (environment):
 #   PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres PGADMINDB=test   where to create the database
 #   DURATION=10        seconds of each session-introspection run (wrk -d)
-#   THREADS=2          wrk threads in total (even; two-instance runs: THREADS/2 per wrk process)
-#   CONNECTIONS=32     wrk connections in total (two-instance runs: CONNECTIONS/2 per process)
+#   CONNECTIONS=32     wrk connections in total: two wrk processes of one thread, half each
 #   SESSION_USERS=32   sessions cycled through by the introspection load
-#   MFA_USERS=2000     users with MFA = {mfa_token, code} pairs per second-step run
-#   MFA_BOUND=30       upper bound (wrk -d) of each second-step run; it ends when the pairs do
+#   MFA_USERS=600      users with MFA
+#   PAIRS_PER_USER=3   {mfa_token, code} pairs per user and second-step run (1 to 3: codes of
+#                      consecutive 30 s steps, sent in step order; each pair costs one password
+#                      login, i.e. one argon2 hash, before the run)
+#   PREP_SECONDS=240   time bound of those logins per run (mfa_tokens live 5 minutes)
+#   MFA_BOUND=25       upper bound (wrk -d) of each second-step run; it ends when the pairs do
+#                      (at most 26 s with 3 pairs per user: all codes must stay acceptable)
 #   POOL_SIZE=10       --database-pool-size of each instance
 #   ROUNDS=1           repetitions of the four runs (one/two instances x two workloads)
 #   KEEP=1             keep the work directory (wrk outputs, instance logs) instead of deleting it
@@ -28,11 +32,12 @@ PGPORT=${PGPORT:-5432}
 PGUSER=${PGUSER:-postgres}
 PGADMINDB=${PGADMINDB:-test}
 DURATION=${DURATION:-10}
-THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 SESSION_USERS=${SESSION_USERS:-32}
-MFA_USERS=${MFA_USERS:-2000}
-MFA_BOUND=${MFA_BOUND:-30}
+MFA_USERS=${MFA_USERS:-600}
+PAIRS_PER_USER=${PAIRS_PER_USER:-3}
+PREP_SECONDS=${PREP_SECONDS:-240}
+MFA_BOUND=${MFA_BOUND:-25}
 POOL_SIZE=${POOL_SIZE:-10}
 ROUNDS=${ROUNDS:-1}
 export PGHOST PGPORT PGUSER
@@ -52,8 +57,10 @@ if ! command -v oathtool >/dev/null 2>&1 && ! python3 -c 'import pyotp' 2>/dev/n
 fi
 psql -X -q -d "$PGADMINDB" -c 'SELECT 1' >/dev/null 2>&1 \
     || die "PostgreSQL not reachable: psql -h $PGHOST -p $PGPORT -U $PGUSER -d $PGADMINDB failed"
-(( THREADS >= 2 && THREADS % 2 == 0 )) || die "THREADS must be even and at least 2"
-(( CONNECTIONS >= THREADS && CONNECTIONS % 2 == 0 )) || die "CONNECTIONS must be even and >= THREADS"
+(( CONNECTIONS >= 2 && CONNECTIONS % 2 == 0 )) || die "CONNECTIONS must be even and at least 2"
+(( PAIRS_PER_USER >= 1 && PAIRS_PER_USER <= 3 )) || die "PAIRS_PER_USER must be 1, 2 or 3"
+(( MFA_BOUND <= 30 * (4 - PAIRS_PER_USER) - 4 )) \
+    || die "MFA_BOUND must be at most $((30 * (4 - PAIRS_PER_USER) - 4)) with PAIRS_PER_USER=$PAIRS_PER_USER"
 
 BIN=${1:-$ROOT/target/release/tessera}
 if [[ ! -x $BIN ]]; then
@@ -144,53 +151,79 @@ jq -r .token "$WORK/session-users.jsonl" >"$WORK/tokens.txt"
 helper users --base "$BASE_A" --prefix m --count "$MFA_USERS" --mfa --out "$WORK/mfa-users.jsonl"
 
 # --- runs ----------------------------------------------------------------------------------
-# session ROUND INSTANCES
-session_run() {
-    local r=$1 n=$2
-    if (( n == 1 )); then
-        log "round $r: session introspection, one instance, ${DURATION}s"
-        wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s -s "$HERE/session.lua" \
-            "$BASE_A" -- "$WORK/tokens.txt" >"$WORK/session-$r-1.out"
-        printf '%s\tsession introspection\t1\t%s\n' "$r" "$WORK/session-$r-1.out" >>"$RUNS"
-    else
-        log "round $r: session introspection, two instances, ${DURATION}s"
-        local pa pb
-        wrk -t$((THREADS / 2)) -c$((CONNECTIONS / 2)) -d"${DURATION}s" --timeout 10s -s "$HERE/session.lua" \
-            "$BASE_A" -- "$WORK/tokens.txt" >"$WORK/session-$r-2a.out" & pa=$!
-        wrk -t$((THREADS / 2)) -c$((CONNECTIONS / 2)) -d"${DURATION}s" --timeout 10s -s "$HERE/session.lua" \
-            "$BASE_B" -- "$WORK/tokens.txt" >"$WORK/session-$r-2b.out" & pb=$!
-        wait "$pa"; wait "$pb"
-        printf '%s\tsession introspection\t2\t%s,%s\n' "$r" "$WORK/session-$r-2a.out" "$WORK/session-$r-2b.out" >>"$RUNS"
-    fi
+# Every run uses two wrk processes of one thread and CONNECTIONS/2 connections each: both aimed
+# at A for one instance, one at A and one at B for two instances. The client is the same in
+# both cases, only the number of instances behind it changes.
+
+# wrk_start OUT URL SECONDS SCRIPT SCRIPT_ARGS...: starts wrk in the background, sets WRK_PID
+wrk_start() {
+    local out=$1 url=$2 secs=$3 script=$4
+    shift 4
+    wrk -t1 -c$((CONNECTIONS / 2)) -d"${secs}s" --timeout 10s --latency -s "$script" "$url" -- "$@" \
+        >"$out" 2>&1 &
+    WRK_PID=$!
+    PIDS+=("$WRK_PID")
 }
 
-# mfa ROUND INSTANCES
+wrk_wait() { # PID OUT
+    wait "$1" || { cat "$2" >&2; die "wrk failed (output above)"; }
+    grep -q '^RESULT ' "$2" || { cat "$2" >&2; die "wrk printed no RESULT line (output above)"; }
+}
+
+# session_run ROUND INSTANCES
+session_run() {
+    local r=$1 n=$2 second pa pb
+    second=$BASE_A
+    (( n == 2 )) && second=$BASE_B
+    log "round $r: session introspection, $n instance(s), ${DURATION}s"
+    wrk_start "$WORK/session-$r-$n-a.out" "$BASE_A" "$DURATION" "$HERE/session.lua" "$WORK/tokens.txt"
+    pa=$WRK_PID
+    wrk_start "$WORK/session-$r-$n-b.out" "$second" "$DURATION" "$HERE/session.lua" "$WORK/tokens.txt"
+    pb=$WRK_PID
+    wrk_wait "$pa" "$WORK/session-$r-$n-a.out"
+    wrk_wait "$pb" "$WORK/session-$r-$n-b.out"
+    printf '%s\tsession introspection\t%s\t%s,%s\n' "$r" "$n" \
+        "$WORK/session-$r-$n-a.out" "$WORK/session-$r-$n-b.out" >>"$RUNS"
+}
+
+# mfa_run ROUND INSTANCES
 mfa_run() {
-    local r=$1 n=$2
+    local r=$1 n=$2 second pa pb pairs
+    pairs=$WORK/pairs-$r-$n
     if (( n == 1 )); then
-        log "round $r: preparing $MFA_USERS {mfa_token, code} pairs (password logins, not timed)"
-        helper pairs --base "$BASE_A" --users "$WORK/mfa-users.jsonl" --out "$WORK/pairs-$r-1"
-        log "round $r: second login step, one instance (until the pairs are used, at most ${MFA_BOUND}s)"
-        wrk -t"$THREADS" -c"$CONNECTIONS" -d"${MFA_BOUND}s" --timeout 10s -s "$HERE/mfa.lua" \
-            "$BASE_A" -- "$WORK/pairs-$r-1.0" "$THREADS" >"$WORK/mfa-$r-1.out"
-        printf '%s\tsecond login step\t1\t%s\n' "$r" "$WORK/mfa-$r-1.out" >>"$RUNS"
+        log "round $r: preparing $MFA_USERS x $PAIRS_PER_USER {mfa_token, code} pairs (password logins, not timed)"
+        helper pairs --base "$BASE_A" --split 2 --users "$WORK/mfa-users.jsonl" --out "$pairs" \
+            --per-user "$PAIRS_PER_USER" --bound "$MFA_BOUND" --prep-seconds "$PREP_SECONDS"
+        second=$BASE_A
     else
-        # the tokens of the pairs each wrk process sends were obtained through the OTHER instance
-        log "round $r: preparing $MFA_USERS pairs, logged in through the other instance than the one that will complete them"
+        # the tokens each wrk process completes were obtained through the OTHER instance
+        log "round $r: preparing $MFA_USERS x $PAIRS_PER_USER pairs through the other instance than the one completing them"
         helper pairs --base "$BASE_A" --base "$BASE_B" --split 2 --cross \
-            --users "$WORK/mfa-users.jsonl" --out "$WORK/pairs-$r-2"
-        log "round $r: second login step, two instances (until the pairs are used, at most ${MFA_BOUND}s)"
-        local pa pb
-        wrk -t$((THREADS / 2)) -c$((CONNECTIONS / 2)) -d"${MFA_BOUND}s" --timeout 10s -s "$HERE/mfa.lua" \
-            "$BASE_A" -- "$WORK/pairs-$r-2.0" $((THREADS / 2)) >"$WORK/mfa-$r-2a.out" & pa=$!
-        wrk -t$((THREADS / 2)) -c$((CONNECTIONS / 2)) -d"${MFA_BOUND}s" --timeout 10s -s "$HERE/mfa.lua" \
-            "$BASE_B" -- "$WORK/pairs-$r-2.1" $((THREADS / 2)) >"$WORK/mfa-$r-2b.out" & pb=$!
-        wait "$pa"; wait "$pb"
-        printf '%s\tsecond login step\t2\t%s,%s\n' "$r" "$WORK/mfa-$r-2a.out" "$WORK/mfa-$r-2b.out" >>"$RUNS"
+            --users "$WORK/mfa-users.jsonl" --out "$pairs" \
+            --per-user "$PAIRS_PER_USER" --bound "$MFA_BOUND" --prep-seconds "$PREP_SECONDS"
+        second=$BASE_B
+    fi
+    log "round $r: second login step, $n instance(s), until the pairs are used (at most ${MFA_BOUND}s)"
+    wrk_start "$WORK/mfa-$r-$n-a.out" "$BASE_A" "$MFA_BOUND" "$HERE/mfa.lua" "$pairs.0" 1 "$WORK/done-$r-$n-a"
+    pa=$WRK_PID
+    wrk_start "$WORK/mfa-$r-$n-b.out" "$second" "$MFA_BOUND" "$HERE/mfa.lua" "$pairs.1" 1 "$WORK/done-$r-$n-b"
+    pb=$WRK_PID
+    # wrk sleeps out its -d even when the Lua script has stopped its thread: end it by SIGINT
+    # (wrk then reports normally) once its thread has marked that all its pairs are answered
+    while kill -0 "$pa" 2>/dev/null || kill -0 "$pb" 2>/dev/null; do
+        [[ -e $WORK/done-$r-$n-a.0 ]] && kill -INT "$pa" 2>/dev/null || true
+        [[ -e $WORK/done-$r-$n-b.0 ]] && kill -INT "$pb" 2>/dev/null || true
+        sleep 0.1
+    done
+    wrk_wait "$pa" "$WORK/mfa-$r-$n-a.out"
+    wrk_wait "$pb" "$WORK/mfa-$r-$n-b.out"
+    printf '%s\tsecond login step\t%s\t%s,%s\n' "$r" "$n" "$WORK/mfa-$r-$n-a.out" "$WORK/mfa-$r-$n-b.out" >>"$RUNS"
+    if (( n == 2 )); then
         # single use across instances: pairs completed on A must fail when replayed on B
-        read -r accepted tried statuses < <(helper replay --base "$BASE_B" --pairs "$WORK/pairs-$r-2.0" --count 50)
-        log "round $r: replayed $tried used pairs on the other instance: $accepted accepted ($statuses)"
-        echo "round $r: $tried pairs completed on A, replayed on B: $accepted accepted (statuses $statuses)" >>"$WORK/checks.txt"
+        read -r accepted tried statuses < <(helper replay --base "$BASE_B" --pairs "$pairs.0" --count 50)
+        log "round $r: replayed $tried pairs completed on A on instance B: $accepted accepted ($statuses)"
+        echo "round $r: $tried pairs completed on A, replayed on B: $accepted accepted (statuses $statuses)" \
+            >>"$WORK/checks.txt"
     fi
 }
 
@@ -206,8 +239,8 @@ done
 echo
 echo "Tessera scale-out benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
 echo "binary $BIN; PostgreSQL at $PGHOST:$PGPORT, database $DB; pool $POOL_SIZE per instance"
-echo "wrk: $THREADS threads, $CONNECTIONS connections in total (two instances: half each);" \
-    "session runs ${DURATION}s; second-step runs: $MFA_USERS pairs each"
+echo "client: two wrk processes x 1 thread x $((CONNECTIONS / 2)) connections (one instance: both at A;" \
+    "two: one per instance); session runs ${DURATION}s; second-step runs: $MFA_USERS users x $PAIRS_PER_USER pairs"
 echo
 helper report "$RUNS"
 echo
