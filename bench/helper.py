@@ -3,8 +3,10 @@
 the inputs of the load runs. Standard library only; TOTP codes come from pyotp when it is
 installed, else from Debian's oathtool, never from Tessera.
 
-  helper.py users --base URL --prefix P --count N [--mfa] --out FILE
-      register + login each user; with --mfa also MFA setup + verify (a code computed here).
+  helper.py users --base URL --prefix P --count N [--mfa] --out FILE [--seconds S]
+      register + login each user; with --mfa also MFA setup + verify (a code computed here;
+      verify hashes ten backup codes with argon2, so an MFA user costs 13 hashes). Users not
+      started within S seconds are left out.
       FILE: one JSON object per line {email, password, token, secret?, step?}.
   helper.py pairs --base URL [--base URL2] --users FILE --out PREFIX [--split 1|2] [--cross]
                   [--per-user K] [--bound SECS] [--prep-seconds SECS]
@@ -114,7 +116,11 @@ def pool_map(fn, items, workers):
 
 
 def cmd_users(args):
+    deadline = time.time() + args.seconds
+
     def one(i):
+        if time.time() > deadline:
+            return None
         email = f"{args.prefix}-{i}@bench.example"
         call(args.base, "POST", "/api/auth/register", {"email": email, "password": PASSWORD}, expect=(201,))
         login = call(args.base, "POST", "/api/auth/login", {"email": email, "password": PASSWORD})
@@ -128,11 +134,14 @@ def cmd_users(args):
         return rec
 
     t0 = time.time()
-    recs = pool_map(one, range(args.count), args.workers)
+    recs = [r for r in pool_map(one, range(args.count), args.workers) if r is not None]
+    if not recs:
+        raise SystemExit("helper.py users: no user created within the time bound")
     with open(args.out, "w") as f:
         for r in recs:
             f.write(json.dumps(r) + "\n")
-    print(f"seeded {len(recs)} users{' with MFA' if args.mfa else ''} in {time.time() - t0:.0f}s", file=sys.stderr)
+    cut = f" (of {args.count}: cut by the {args.seconds}s bound)" if len(recs) < args.count else ""
+    print(f"seeded {len(recs)} users{' with MFA' if args.mfa else ''}{cut} in {time.time() - t0:.0f}s", file=sys.stderr)
 
 
 def cmd_pairs(args):
@@ -289,6 +298,7 @@ def main():
     u.add_argument("--mfa", action="store_true")
     u.add_argument("--out", required=True)
     u.add_argument("--workers", type=int, default=8)
+    u.add_argument("--seconds", type=int, default=300, help="time bound: users not started by then are left out")
     q = sub.add_parser("pairs")
     q.add_argument("--base", action="append", required=True)
     q.add_argument("--users", required=True)

@@ -10,7 +10,9 @@
 #   DURATION=10        seconds of each session-introspection run (wrk -d)
 #   CONNECTIONS=32     wrk connections in total: two wrk processes of one thread, half each
 #   SESSION_USERS=32   sessions cycled through by the introspection load
-#   MFA_USERS=600      users with MFA
+#   MFA_USERS=300      users with MFA (each costs 13 argon2 hashes to create: 3 password
+#                      checks and 10 backup codes)
+#   SEED_SECONDS=300   time bound of creating them; fewer users if it is reached
 #   PAIRS_PER_USER=3   {mfa_token, code} pairs per user and second-step run (1 to 3: codes of
 #                      consecutive 30 s steps, sent in step order; each pair costs one password
 #                      login, i.e. one argon2 hash, before the run)
@@ -34,7 +36,8 @@ PGADMINDB=${PGADMINDB:-test}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 SESSION_USERS=${SESSION_USERS:-32}
-MFA_USERS=${MFA_USERS:-600}
+MFA_USERS=${MFA_USERS:-300}
+SEED_SECONDS=${SEED_SECONDS:-300}
 PAIRS_PER_USER=${PAIRS_PER_USER:-3}
 PREP_SECONDS=${PREP_SECONDS:-240}
 MFA_BOUND=${MFA_BOUND:-25}
@@ -148,7 +151,9 @@ fi
 log "seeding $SESSION_USERS users with sessions and $MFA_USERS users with MFA through the API"
 helper users --base "$BASE_A" --prefix s --count "$SESSION_USERS" --out "$WORK/session-users.jsonl"
 jq -r .token "$WORK/session-users.jsonl" >"$WORK/tokens.txt"
-helper users --base "$BASE_A" --prefix m --count "$MFA_USERS" --mfa --out "$WORK/mfa-users.jsonl"
+helper users --base "$BASE_A" --prefix m --count "$MFA_USERS" --mfa --out "$WORK/mfa-users.jsonl" \
+    --seconds "$SEED_SECONDS"
+MFA_USERS=$(wc -l <"$WORK/mfa-users.jsonl")
 
 # --- runs ----------------------------------------------------------------------------------
 # Every run uses two wrk processes of one thread and CONNECTIONS/2 connections each: both aimed
