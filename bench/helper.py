@@ -245,14 +245,20 @@ def parse_result(path):
     return res, samples
 
 
+def median(values):
+    v = sorted(values)
+    n = len(v)
+    return (v[n // 2] + v[(n - 1) // 2]) / 2 if n else float("nan")
+
+
 def cmd_report(args):
-    rows, notes, ones = [], [], {}
+    rows, notes, ones, rates = [], [], {}, {}
     with open(args.runs) as f:
         entries = [line.rstrip("\n").split("\t") for line in f if line.strip()]
     for rnd, workload, instances, outs in entries:
         if outs.startswith("="):
             rate, p50, p99, *note = outs[1:].split()
-            rows.append([rnd, workload, instances, rate, p50, p99, "-", " ".join(note), ""])
+            rows.append([rnd, workload, instances, rate, p50, p99, " ".join(note) or "-", "", ""])
             continue
         results = [parse_result(p) for p in outs.split(",")]
         ok = sum(int(r["ok"]) for r, _ in results)
@@ -261,6 +267,7 @@ def cmd_report(args):
         last = max(int(r["last_us"]) for r, _ in results)
         secs = (last - first) / 1e6
         rate = ok / secs if secs > 0 else 0.0
+        rates.setdefault((workload, instances), []).append(rate)
         p50 = max(int(r["p50_us"]) for r, _ in results) / 1000
         p99 = max(int(r["p99_us"]) for r, _ in results) / 1000
         other = []
@@ -276,14 +283,25 @@ def cmd_report(args):
             ones[(rnd, workload)] = rate
         elif (rnd, workload) in ones and ones[(rnd, workload)] > 0:
             ratio = f"{rate / ones[(rnd, workload)]:.2f}"
+        split = "+".join(r["ok"] for r, _ in results)
         rows.append([rnd, workload, instances, f"{rate:.0f}", f"{p50:.2f}", f"{p99:.2f}",
-                     f"{ok}/{total} in {secs:.1f} s", "; ".join(other) or "none", ratio])
+                     f"{ok}/{total} ({split}) in {secs:.1f} s", "; ".join(other) or "none", ratio])
     head = ["round", "workload", "instances", "requests/s (200 only)", "p50 ms", "p99 ms",
-            "200s / answered", "other statuses, errors", "two/one"]
+            "200s / answered (per wrk process)", "other statuses, errors", "two/one"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    workloads = list(dict.fromkeys(w for w, _ in rates))
+    if workloads:
+        print("\nMedian over the rounds (per-round ratios in brackets):\n")
+        print("| workload | one instance, requests/s | two instances, requests/s | two/one |")
+        print("|---|---|---|---|")
+        for w in workloads:
+            one, two = rates.get((w, "1"), []), rates.get((w, "2"), [])
+            per_round = ", ".join(f"{b / a:.2f}" for a, b in zip(one, two) if a > 0)
+            m1, m2 = median(one), median(two)
+            print(f"| {w} | {m1:.0f} | {m2:.0f} | {m2 / m1:.2f} ({per_round}) |")
     for n in notes:
         print(f"\nnon-200 sample: {n}")
 

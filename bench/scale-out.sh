@@ -10,7 +10,7 @@
 #   DURATION=10        seconds of each session-introspection run (wrk -d)
 #   CONNECTIONS=32     wrk connections in total: two wrk processes of one thread, half each
 #   SESSION_USERS=32   sessions cycled through by the introspection load
-#   MFA_USERS=300      users with MFA (each costs 13 argon2 hashes to create: 3 password
+#   MFA_USERS=500      users with MFA (each costs 13 argon2 hashes to create: 3 password
 #                      checks and 10 backup codes)
 #   SEED_SECONDS=300   time bound of creating them; fewer users if it is reached
 #   PAIRS_PER_USER=3   {mfa_token, code} pairs per user and second-step run (1 to 3: codes of
@@ -20,7 +20,8 @@
 #   MFA_BOUND=25       upper bound (wrk -d) of each second-step run; it ends when the pairs do
 #                      (at most 26 s with 3 pairs per user: all codes must stay acceptable)
 #   POOL_SIZE=10       --database-pool-size of each instance
-#   ROUNDS=1           repetitions of the four runs (one/two instances x two workloads)
+#   ROUNDS=3           repetitions of the four runs (one/two instances x two workloads); the
+#                      report gives each round and the medians
 #   KEEP=1             keep the work directory (wrk outputs, instance logs) instead of deleting it
 #
 # Everything goes to 127.0.0.1 only; every load run is bounded in time. The script creates its
@@ -36,13 +37,13 @@ PGADMINDB=${PGADMINDB:-test}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 SESSION_USERS=${SESSION_USERS:-32}
-MFA_USERS=${MFA_USERS:-300}
+MFA_USERS=${MFA_USERS:-500}
 SEED_SECONDS=${SEED_SECONDS:-300}
 PAIRS_PER_USER=${PAIRS_PER_USER:-3}
 PREP_SECONDS=${PREP_SECONDS:-240}
 MFA_BOUND=${MFA_BOUND:-25}
 POOL_SIZE=${POOL_SIZE:-10}
-ROUNDS=${ROUNDS:-1}
+ROUNDS=${ROUNDS:-3}
 export PGHOST PGPORT PGUSER
 
 die() { echo "scale-out.sh: $*" >&2; exit 1; }
@@ -131,18 +132,25 @@ RUNS=$WORK/runs.tsv
 # --- instance A, baseline, seeding ---------------------------------------------------------
 start_instance A
 
+# pgbench_rate LABEL SQL: a PostgreSQL baseline measured like the instances see the database
+pgbench_rate() {
+    local label=$1 tag=$2 sql=$3 tps p50 p99
+    printf '\\set id random(1, 10000)\n%s\n' "$sql" >"$WORK/pg-$tag.sql"
+    (cd "$WORK" && pgbench -n -M prepared -f "pg-$tag.sql" -c $((2 * POOL_SIZE)) -j 2 -T "$DURATION" \
+        -l --sampling-rate=0.05 --log-prefix="pglog-$tag" "$DB" >"$WORK/pgbench-$tag.out" 2>&1) \
+        || { cat "$WORK/pgbench-$tag.out" >&2; die "pgbench failed"; }
+    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$WORK/pgbench-$tag.out" | head -1)
+    read -r p50 p99 _ < <(helper pglog "$WORK"/pglog-"$tag".*)
+    printf '0\t%s (pgbench, %d clients)\t-\t=%.0f %s %s\n' "$label" $((2 * POOL_SIZE)) "$tps" "$p50" "$p99" >>"$RUNS"
+}
+
 if command -v pgbench >/dev/null 2>&1; then
-    log "baseline: pgbench single-row primary-key read, $((2 * POOL_SIZE)) clients, ${DURATION}s"
+    log "baseline: pgbench single-row primary-key read, then single-row update, $((2 * POOL_SIZE)) clients, ${DURATION}s each"
     psql -X -q -d "$DB" -c "CREATE TABLE bench_kv (id int PRIMARY KEY, v text);
         INSERT INTO bench_kv SELECT g, md5(g::text) FROM generate_series(1, 10000) g; ANALYZE bench_kv" >/dev/null
-    printf '\\set id random(1, 10000)\nSELECT v FROM bench_kv WHERE id = :id;\n' >"$WORK/pg.sql"
-    (cd "$WORK" && pgbench -n -M prepared -f pg.sql -c $((2 * POOL_SIZE)) -j 2 -T "$DURATION" \
-        -l --sampling-rate=0.05 --log-prefix=pglog "$DB" >"$WORK/pgbench.out" 2>&1) \
-        || { cat "$WORK/pgbench.out" >&2; die "pgbench failed"; }
-    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$WORK/pgbench.out" | head -1)
-    read -r p50 p99 _ < <(helper pglog "$WORK"/pglog.*)
-    printf '0\tbaseline: PostgreSQL single-row read (pgbench, %d clients)\t-\t=%.0f %s %s\n' \
-        $((2 * POOL_SIZE)) "$tps" "$p50" "$p99" >>"$RUNS"
+    pgbench_rate "baseline: PostgreSQL single-row read" read "SELECT v FROM bench_kv WHERE id = :id;"
+    pgbench_rate "baseline: PostgreSQL single-row update, one commit each" write \
+        "UPDATE bench_kv SET v = md5(v) WHERE id = :id;"
     psql -X -q -d "$DB" -c "DROP TABLE bench_kv" >/dev/null
 else
     log "pgbench not found: no PostgreSQL baseline (Debian: postgresql-contrib or postgresql-15)"
