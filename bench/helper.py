@@ -20,6 +20,9 @@ installed, else from Debian's oathtool, never from Tessera.
       re-sends K already used pairs; prints how many were accepted (must be 0).
   helper.py pglog FILE...
       p50/p99 latency (ms) of pgbench per-transaction logs.
+  helper.py cpu --db NAME --pid PID...
+      one line of CPU clock ticks so far: the machine's total and busy (all cores), the given
+      processes (the instances) and the PostgreSQL backends connected to database NAME.
   helper.py report RUNS
       the table of the run from RUNS: lines "round<TAB>workload<TAB>instances<TAB>out[,out]"
       naming wrk outputs (RESULT lines printed by bench/common.lua), or
@@ -245,6 +248,53 @@ def parse_result(path):
     return res, samples
 
 
+def cmd_cpu(args):
+    import os  # noqa: PLC0415
+
+    def proc_ticks(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    total = sum(cpu[:8])
+    busy = total - cpu[3] - cpu[4]  # minus idle and iowait
+    inst = sum(proc_ticks(p) for p in args.pid)
+    pg = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith("postgres: ") and f" {args.db} " in cmd:
+            pg += proc_ticks(entry)
+    print(total, busy, inst, pg)
+
+
+def cpu_split(path_before, path_after, ok):
+    """CPU per 200 answer (ms) of the instances and of PostgreSQL, and the machine's busy share
+    with the part of it outside both (wrk, PostgreSQL's background processes, other users)."""
+    import os  # noqa: PLC0415
+
+    hz = os.sysconf("SC_CLK_TCK")
+    with open(path_before) as f:
+        b = [int(x) for x in f.read().split()]
+    with open(path_after) as f:
+        a = [int(x) for x in f.read().split()]
+    total, busy, inst, pg = (y - x for x, y in zip(b, a))
+    # /proc/stat counts all cores in the same ticks as the processes' times
+    per = lambda ticks: f"{ticks * 1000 / hz / ok:.2f}" if ok else "-"  # noqa: E731
+    share = lambda ticks: f"{100 * ticks / total:.0f} %" if total else "-"  # noqa: E731
+    return [per(inst), per(pg), share(busy), share(busy - inst - pg)]
+
+
 def median(values):
     v = sorted(values)
     n = len(v)
@@ -252,10 +302,10 @@ def median(values):
 
 
 def cmd_report(args):
-    rows, notes, ones, rates = [], [], {}, {}
+    rows, notes, ones, rates, cpu_rows = [], [], {}, {}, []
     with open(args.runs) as f:
         entries = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-    for rnd, workload, instances, outs in entries:
+    for rnd, workload, instances, outs, *cpu in entries:
         if outs.startswith("="):
             rate, p50, p99, *note = outs[1:].split()
             rows.append([rnd, workload, instances, rate, p50, p99, " ".join(note) or "-", "", ""])
@@ -284,6 +334,8 @@ def cmd_report(args):
         elif (rnd, workload) in ones and ones[(rnd, workload)] > 0:
             ratio = f"{rate / ones[(rnd, workload)]:.2f}"
         split = "+".join(r["ok"] for r, _ in results)
+        if cpu:
+            cpu_rows.append([rnd, workload, instances, *cpu_split(*cpu[0].split(","), ok)])
         rows.append([rnd, workload, instances, f"{rate:.0f}", f"{p50:.2f}", f"{p99:.2f}",
                      f"{ok}/{total} ({split}) in {secs:.1f} s", "; ".join(other) or "none", ratio])
     head = ["round", "workload", "instances", "requests/s (200 only)", "p50 ms", "p99 ms",
@@ -302,6 +354,15 @@ def cmd_report(args):
             per_round = ", ".join(f"{b / a:.2f}" for a, b in zip(one, two) if a > 0)
             m1, m2 = median(one), median(two)
             print(f"| {w} | {m1:.0f} | {m2:.0f} | {m2 / m1:.2f} ({per_round}) |")
+    if cpu_rows:
+        print("\nCPU time per 200 answer (all threads of the instances; PostgreSQL backends of the "
+              "benchmark database) and how busy the machine's cores were during the run:\n")
+        head = ["round", "workload", "instances", "tessera ms/request", "PostgreSQL ms/request",
+                "cores busy", "of which outside both"]
+        print("| " + " | ".join(head) + " |")
+        print("|" + "|".join("---" for _ in head) + "|")
+        for r in cpu_rows:
+            print("| " + " | ".join(r) + " |")
     for n in notes:
         print(f"\nnon-200 sample: {n}")
 
@@ -333,6 +394,9 @@ def main():
     r.add_argument("--count", type=int, default=50)
     g = sub.add_parser("pglog")
     g.add_argument("files", nargs="+")
+    c = sub.add_parser("cpu")
+    c.add_argument("--db", required=True)
+    c.add_argument("--pid", nargs="+", required=True)
     t = sub.add_parser("report")
     t.add_argument("runs")
     args = p.parse_args()
@@ -343,7 +407,7 @@ def main():
             if not shutil.which("oathtool"):
                 sys.exit("helper.py: neither pyotp nor oathtool is available")
     {"users": cmd_users, "pairs": cmd_pairs, "replay": cmd_replay, "pglog": cmd_pglog,
-     "report": cmd_report}[args.cmd](args)
+     "report": cmd_report, "cpu": cmd_cpu}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/tessera-bench.XXXXXX")
 DB="tessera_bench_$(date +%Y%m%d%H%M%S)_$$"
 DB_CREATED=0
 PIDS=()
+INSTANCE_PIDS=()
 
 cleanup() {
     local status=$?
@@ -113,6 +114,7 @@ start_instance() {
         --database-url "$URL" --database-pool-size "$POOL_SIZE" 2>"$WORK/$name.log" &
     pid=$!
     PIDS+=("$pid")
+    INSTANCE_PIDS+=("$pid")
     for _ in $(seq 150); do
         if curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null; then
             printf -v "BASE_$name" '%s' "http://127.0.0.1:$port"
@@ -126,6 +128,7 @@ start_instance() {
 }
 
 helper() { python3 "$HERE/helper.py" "$@"; }
+cpu_sample() { helper cpu --db "$DB" --pid "${INSTANCE_PIDS[@]}" >"$1"; }
 RUNS=$WORK/runs.tsv
 : >"$RUNS"
 
@@ -162,6 +165,11 @@ jq -r .token "$WORK/session-users.jsonl" >"$WORK/tokens.txt"
 helper users --base "$BASE_A" --prefix m --count "$MFA_USERS" --mfa --out "$WORK/mfa-users.jsonl" \
     --seconds "$SEED_SECONDS"
 MFA_USERS=$(wc -l <"$WORK/mfa-users.jsonl")
+if (( PAIRS_PER_USER > 1 && MFA_USERS / 2 < 2 * CONNECTIONS )); then
+    # a user's pairs must be answered in step order: with fewer users per wrk process than
+    # about twice its connections, a later step can overtake an earlier one (which then fails)
+    log "warning: $MFA_USERS MFA users are too few for $CONNECTIONS connections with $PAIRS_PER_USER pairs per user; expect 401s"
+fi
 
 # --- runs ----------------------------------------------------------------------------------
 # Every run uses two wrk processes of one thread and CONNECTIONS/2 connections each: both aimed
@@ -189,14 +197,17 @@ session_run() {
     second=$BASE_A
     (( n == 2 )) && second=$BASE_B
     log "round $r: session introspection, $n instance(s), ${DURATION}s"
+    cpu_sample "$WORK/cpu-session-$r-$n.0"
     wrk_start "$WORK/session-$r-$n-a.out" "$BASE_A" "$DURATION" "$HERE/session.lua" "$WORK/tokens.txt"
     pa=$WRK_PID
     wrk_start "$WORK/session-$r-$n-b.out" "$second" "$DURATION" "$HERE/session.lua" "$WORK/tokens.txt"
     pb=$WRK_PID
     wrk_wait "$pa" "$WORK/session-$r-$n-a.out"
     wrk_wait "$pb" "$WORK/session-$r-$n-b.out"
-    printf '%s\tsession introspection\t%s\t%s,%s\n' "$r" "$n" \
-        "$WORK/session-$r-$n-a.out" "$WORK/session-$r-$n-b.out" >>"$RUNS"
+    cpu_sample "$WORK/cpu-session-$r-$n.1"
+    printf '%s\tsession introspection\t%s\t%s,%s\t%s,%s\n' "$r" "$n" \
+        "$WORK/session-$r-$n-a.out" "$WORK/session-$r-$n-b.out" \
+        "$WORK/cpu-session-$r-$n.0" "$WORK/cpu-session-$r-$n.1" >>"$RUNS"
 }
 
 # mfa_run ROUND INSTANCES
@@ -217,6 +228,7 @@ mfa_run() {
         second=$BASE_B
     fi
     log "round $r: second login step, $n instance(s), until the pairs are used (at most ${MFA_BOUND}s)"
+    cpu_sample "$WORK/cpu-mfa-$r-$n.0"
     wrk_start "$WORK/mfa-$r-$n-a.out" "$BASE_A" "$MFA_BOUND" "$HERE/mfa.lua" "$pairs.0" 1 "$WORK/done-$r-$n-a"
     pa=$WRK_PID
     wrk_start "$WORK/mfa-$r-$n-b.out" "$second" "$MFA_BOUND" "$HERE/mfa.lua" "$pairs.1" 1 "$WORK/done-$r-$n-b"
@@ -230,7 +242,9 @@ mfa_run() {
     done
     wrk_wait "$pa" "$WORK/mfa-$r-$n-a.out"
     wrk_wait "$pb" "$WORK/mfa-$r-$n-b.out"
-    printf '%s\tsecond login step\t%s\t%s,%s\n' "$r" "$n" "$WORK/mfa-$r-$n-a.out" "$WORK/mfa-$r-$n-b.out" >>"$RUNS"
+    cpu_sample "$WORK/cpu-mfa-$r-$n.1"
+    printf '%s\tsecond login step\t%s\t%s,%s\t%s,%s\n' "$r" "$n" "$WORK/mfa-$r-$n-a.out" "$WORK/mfa-$r-$n-b.out" \
+        "$WORK/cpu-mfa-$r-$n.0" "$WORK/cpu-mfa-$r-$n.1" >>"$RUNS"
     if (( n == 2 )); then
         # single use across instances: pairs completed on A must fail when replayed on B
         read -r accepted tried statuses < <(helper replay --base "$BASE_B" --pairs "$pairs.0" --count 50)
