@@ -27,6 +27,8 @@
 # Everything goes to 127.0.0.1 only; every load run is bounded in time. The script creates its
 # own database (tessera_bench_*) and drops it on exit, also on failure or Ctrl-C.
 set -euo pipefail
+# settings of the instances come from this script only, not from the caller's environment
+while read -r name; do unset "$name"; done < <(compgen -e | grep '^TESSERA_' || true)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -81,10 +83,15 @@ DB_CREATED=0
 PIDS=()
 INSTANCE_PIDS=()
 
+# Kills what this script started and is still running: a process id is signalled only while its
+# command line names this run's work directory (ids get reused once a process has ended).
 cleanup() {
-    local status=$?
+    local status=$? pid cmd
     trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || continue
+        [[ $cmd == *"$WORK"* ]] && kill "$pid" 2>/dev/null || true
+    done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     if (( DB_CREATED )); then
         psql -X -q -d "$PGADMINDB" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 \
@@ -127,7 +134,13 @@ start_instance() {
     die "instance $name not ready after 30 s"
 }
 
-helper() { python3 "$HERE/helper.py" "$@"; }
+# in the background and waited for, so that a TERM to this script is acted on at once
+helper() {
+    python3 "$HERE/helper.py" "$@" &
+    local pid=$!
+    PIDS+=("$pid")
+    wait "$pid"
+}
 cpu_sample() { helper cpu --db "$DB" --pid "${INSTANCE_PIDS[@]}" >"$1"; }
 RUNS=$WORK/runs.tsv
 : >"$RUNS"
