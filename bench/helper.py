@@ -20,9 +20,9 @@ installed, else from Debian's oathtool, never from Tessera.
       re-sends K already used pairs; prints how many were accepted (must be 0).
   helper.py pglog FILE...
       p50/p99 latency (ms) of pgbench per-transaction logs.
-  helper.py cpu --db NAME --pid PID...
-      one line of CPU clock ticks so far: the machine's total and busy (all cores), the given
-      processes (the instances) and the PostgreSQL backends connected to database NAME.
+  helper.py cpu --db NAME --pid PID... --out FILE
+      until SIGTERM: CPU clock ticks of the machine (total and busy, all cores), of the given
+      processes (the instances) and of the PostgreSQL backends of database NAME.
   helper.py report RUNS
       the table of the run from RUNS: lines "round<TAB>workload<TAB>instances<TAB>out[,out]"
       naming wrk outputs (RESULT lines printed by bench/common.lua), or
@@ -249,7 +249,13 @@ def parse_result(path):
 
 
 def cmd_cpu(args):
+    """Samples until SIGTERM, every 0.2 s: the PostgreSQL backends of the database come and go
+    (the instances close a pooled connection whose query was cancelled by a client going away,
+    e.g. when wrk stops), so each backend's CPU time is followed while it lives, not read once
+    before and once after. Prints: machine total and busy ticks (all cores), ticks of the given
+    processes, ticks of the backends, each over the sampled interval."""
     import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
 
     def proc_ticks(pid):
         try:
@@ -257,38 +263,57 @@ def cmd_cpu(args):
                 fields = f.read().rsplit(")", 1)[1].split()
             return int(fields[11]) + int(fields[12])  # utime + stime
         except (OSError, IndexError, ValueError):
-            return 0
+            return None
 
-    with open("/proc/stat") as f:
-        cpu = [int(x) for x in f.readline().split()[1:]]
-    total = sum(cpu[:8])
-    busy = total - cpu[3] - cpu[4]  # minus idle and iowait
-    inst = sum(proc_ticks(p) for p in args.pid)
-    pg = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if cmd.startswith("postgres: ") and f" {args.db} " in cmd:
-            pg += proc_ticks(entry)
-    print(total, busy, inst, pg)
+    def machine():
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:]]
+        total = sum(cpu[:8])
+        return total, total - cpu[3] - cpu[4]  # busy: minus idle and iowait
+
+    def backends():
+        found = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("postgres: ") and f" {args.db} " in cmd:
+                ticks = proc_ticks(entry)
+                if ticks is not None:
+                    found[entry] = ticks
+        return found
+
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    total0, busy0 = machine()
+    inst0 = sum(proc_ticks(p) or 0 for p in args.pid)
+    first = backends()  # backends born later start from 0
+    last = dict(first)
+    while not stop:
+        time.sleep(0.2)
+        for pid, ticks in backends().items():
+            last[pid] = max(ticks, last.get(pid, 0))
+    for pid, ticks in backends().items():
+        last[pid] = max(ticks, last.get(pid, 0))
+    total1, busy1 = machine()
+    inst1 = sum(proc_ticks(p) or 0 for p in args.pid)
+    pg = sum(t - first.get(pid, 0) for pid, t in last.items())
+    with open(args.out, "w") as f:
+        f.write(f"{total1 - total0} {busy1 - busy0} {inst1 - inst0} {pg}\n")
 
 
-def cpu_split(path_before, path_after, ok):
+def cpu_split(path, ok):
     """CPU per 200 answer (ms) of the instances and of PostgreSQL, and the machine's busy share
     with the part of it outside both (wrk, PostgreSQL's background processes, other users)."""
     import os  # noqa: PLC0415
 
     hz = os.sysconf("SC_CLK_TCK")
-    with open(path_before) as f:
-        b = [int(x) for x in f.read().split()]
-    with open(path_after) as f:
-        a = [int(x) for x in f.read().split()]
-    total, busy, inst, pg = (y - x for x, y in zip(b, a))
+    with open(path) as f:
+        total, busy, inst, pg = (int(x) for x in f.read().split())
     # /proc/stat counts all cores in the same ticks as the processes' times
     per = lambda ticks: f"{ticks * 1000 / hz / ok:.2f}" if ok else "-"  # noqa: E731
     share = lambda ticks: f"{100 * ticks / total:.0f} %" if total else "-"  # noqa: E731
@@ -335,7 +360,7 @@ def cmd_report(args):
             ratio = f"{rate / ones[(rnd, workload)]:.2f}"
         split = "+".join(r["ok"] for r, _ in results)
         if cpu:
-            cpu_rows.append([rnd, workload, instances, *cpu_split(*cpu[0].split(","), ok)])
+            cpu_rows.append([rnd, workload, instances, *cpu_split(cpu[0], ok)])
         rows.append([rnd, workload, instances, f"{rate:.0f}", f"{p50:.2f}", f"{p99:.2f}",
                      f"{ok}/{total} ({split}) in {secs:.1f} s", "; ".join(other) or "none", ratio])
     head = ["round", "workload", "instances", "requests/s (200 only)", "p50 ms", "p99 ms",
@@ -397,6 +422,7 @@ def main():
     c = sub.add_parser("cpu")
     c.add_argument("--db", required=True)
     c.add_argument("--pid", nargs="+", required=True)
+    c.add_argument("--out", required=True)
     t = sub.add_parser("report")
     t.add_argument("runs")
     args = p.parse_args()

@@ -141,7 +141,14 @@ helper() {
     PIDS+=("$pid")
     wait "$pid"
 }
-cpu_sample() { helper cpu --db "$DB" --pid "${INSTANCE_PIDS[@]}" >"$1"; }
+# cpu_start FILE / cpu_stop: CPU time of the instances and PostgreSQL during a run (helper.py cpu)
+cpu_start() {
+    python3 "$HERE/helper.py" cpu --db "$DB" --pid "${INSTANCE_PIDS[@]}" --out "$1" &
+    CPU_PID=$!
+    PIDS+=("$CPU_PID")
+    sleep 0.3
+}
+cpu_stop() { kill -TERM "$CPU_PID"; wait "$CPU_PID"; }
 RUNS=$WORK/runs.tsv
 : >"$RUNS"
 
@@ -210,17 +217,17 @@ session_run() {
     second=$BASE_A
     (( n == 2 )) && second=$BASE_B
     log "round $r: session introspection, $n instance(s), ${DURATION}s"
-    cpu_sample "$WORK/cpu-session-$r-$n.0"
+    cpu_start "$WORK/cpu-session-$r-$n"
     wrk_start "$WORK/session-$r-$n-a.out" "$BASE_A" "$DURATION" "$HERE/session.lua" "$WORK/tokens.txt"
     pa=$WRK_PID
     wrk_start "$WORK/session-$r-$n-b.out" "$second" "$DURATION" "$HERE/session.lua" "$WORK/tokens.txt"
     pb=$WRK_PID
     wrk_wait "$pa" "$WORK/session-$r-$n-a.out"
     wrk_wait "$pb" "$WORK/session-$r-$n-b.out"
-    cpu_sample "$WORK/cpu-session-$r-$n.1"
-    printf '%s\tsession introspection\t%s\t%s,%s\t%s,%s\n' "$r" "$n" \
+    cpu_stop
+    printf '%s\tsession introspection\t%s\t%s,%s\t%s\n' "$r" "$n" \
         "$WORK/session-$r-$n-a.out" "$WORK/session-$r-$n-b.out" \
-        "$WORK/cpu-session-$r-$n.0" "$WORK/cpu-session-$r-$n.1" >>"$RUNS"
+        "$WORK/cpu-session-$r-$n" >>"$RUNS"
 }
 
 # mfa_run ROUND INSTANCES
@@ -241,7 +248,7 @@ mfa_run() {
         second=$BASE_B
     fi
     log "round $r: second login step, $n instance(s), until the pairs are used (at most ${MFA_BOUND}s)"
-    cpu_sample "$WORK/cpu-mfa-$r-$n.0"
+    cpu_start "$WORK/cpu-mfa-$r-$n"
     wrk_start "$WORK/mfa-$r-$n-a.out" "$BASE_A" "$MFA_BOUND" "$HERE/mfa.lua" "$pairs.0" 1 "$WORK/done-$r-$n-a"
     pa=$WRK_PID
     wrk_start "$WORK/mfa-$r-$n-b.out" "$second" "$MFA_BOUND" "$HERE/mfa.lua" "$pairs.1" 1 "$WORK/done-$r-$n-b"
@@ -255,9 +262,9 @@ mfa_run() {
     done
     wrk_wait "$pa" "$WORK/mfa-$r-$n-a.out"
     wrk_wait "$pb" "$WORK/mfa-$r-$n-b.out"
-    cpu_sample "$WORK/cpu-mfa-$r-$n.1"
-    printf '%s\tsecond login step\t%s\t%s,%s\t%s,%s\n' "$r" "$n" "$WORK/mfa-$r-$n-a.out" "$WORK/mfa-$r-$n-b.out" \
-        "$WORK/cpu-mfa-$r-$n.0" "$WORK/cpu-mfa-$r-$n.1" >>"$RUNS"
+    cpu_stop
+    printf '%s\tsecond login step\t%s\t%s,%s\t%s\n' "$r" "$n" "$WORK/mfa-$r-$n-a.out" "$WORK/mfa-$r-$n-b.out" \
+        "$WORK/cpu-mfa-$r-$n" >>"$RUNS"
     if (( n == 2 )); then
         # single use across instances: pairs completed on A must fail when replayed on B
         read -r accepted tried statuses < <(helper replay --base "$BASE_B" --pairs "$pairs.0" --count 50)
