@@ -160,11 +160,12 @@ impl Service {
                 self.store.reserve_attempt(&user.id, kind, now, PASSWORD_LOCKS).await?
             }
             None => {
-                // The same database round trip as for a known account (it matches no row), so
-                // both cost the same time; the count itself lives in memory.
-                self.store
-                    .reserve_attempt("", AttemptKind::SecondFactor, now, PASSWORD_LOCKS)
-                    .await?;
+                // The same statement as for a known account (it matches no row), so both cost
+                // the same time; the count itself lives in memory.
+                let kind = AttemptKind::Password {
+                    network: network.as_deref(),
+                };
+                self.store.reserve_attempt("", kind, now, PASSWORD_LOCKS).await?;
                 let key = email.as_ref().map_or("", |email| email.as_str());
                 self.unknown_logins.reserve(key, now)
             }
