@@ -148,12 +148,20 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let opened = server::open(&config, Arc::new(SystemClock)).await?;
     let listener = server::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    let metrics = match config.metrics_listen {
+        Some(address) => Some(server::start_metrics(address, opened.store.clone())?),
+        None => None,
+    };
+    if let Some(metrics) = &metrics {
+        tracing::info!(metrics_address = %metrics.address, "serving metrics at GET /metrics");
+    }
     let webhook = config.webhook.clone().map(|webhook| start_webhook(&opened, webhook));
     tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
     server::run(listener, server::router(&opened), config.connections, shutdown).await?;
     if let Some(task) = webhook {
         task.abort();
     }
+    drop(metrics);
     opened.store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// soon another instance takes over delivery from one that died [default: 30].
     #[arg(long, env = "TESSERA_EVENTS_WEBHOOK_LEASE_SECS", value_name = "SECS")]
     pub events_webhook_lease_secs: Option<u64>,
+    /// Address of a separate listener serving Prometheus metrics at GET /metrics, e.g.
+    /// 127.0.0.1:9464; keep it off the public network [default: none, metrics off].
+    #[arg(long, env = "TESSERA_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -131,6 +135,7 @@ struct FileConfig {
     body_read_timeout_secs: Option<u64>,
     events_webhook_url: Option<String>,
     events_webhook_lease_secs: Option<u64>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the configuration cannot be used.
@@ -166,6 +171,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Where security events are delivered, if anywhere.
     pub webhook: Option<WebhookConfig>,
+    /// The separate listener of `GET /metrics`; `None` keeps metrics off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -184,6 +191,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             connections: ConnectionLimits::default(),
             webhook: None,
+            metrics_listen: None,
         }
     }
 }
@@ -384,6 +392,7 @@ impl Config {
                 header_read_timeout: Duration::from_secs(header_read_timeout_secs),
             },
             webhook,
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
         })
     }
 

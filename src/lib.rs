@@ -9,6 +9,7 @@
 //! - [`config`]: configuration (defaults <- TOML file <- `TESSERA_*` env vars <- flags).
 //! - [`cli`]: the `tessera` command line: `serve`, `migrate`, `user ...`, `export`, `import`.
 //! - [`clock`]: the one seam through which the current time enters the program.
+//! - [`metrics`]: the Prometheus recorder and the separate `GET /metrics` listener.
 //! - [`server`]: `run(listener, app, limits, shutdown)`, shared by the binary and the tests.
 //! - [`transfer`]: `tessera export` / `tessera import`: the JSON-lines format that moves an installation.
 //! - [`webhook`]: delivery of security events to a configured URL, signed, from an outbox.
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -11,10 +11,12 @@
 //! - [`routes`]: the handlers with their OpenAPI annotations.
 //! - [`openapi`]: the generated document and what is added to every operation.
 //! - [`page`]: the end-user web page (embedded static files over the JSON API).
+//! - [`metrics`]: request counts and durations by route template (when metrics are enabled).
 
 pub mod client_addr;
 pub mod edge;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod problem;
@@ -89,5 +91,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(edge::panic_response))
         .layer(axum::middleware::from_fn_with_state(edge_config, edge::edge))
+        // Outermost, so it counts the status the client gets (problems, timeouts, panics).
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }

@@ -222,6 +222,22 @@ pub struct EnableMfa {
     pub event: NewEvent,
 }
 
+/// Connections of the store's pool at one moment (for `tessera_database_connections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open, in use or idle.
+    pub size: u32,
+    /// Open connections waiting in the pool, not lent to a query.
+    pub idle: u32,
+}
+
+impl PoolStatus {
+    /// Connections lent to a query or transaction right now.
+    pub fn in_use(&self) -> u32 {
+        self.size.saturating_sub(self.idle)
+    }
+}
+
 /// The persistence interface. Implementations must make each method atomic.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -234,6 +250,8 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+    /// The pool's open and idle connections, read without touching the database.
+    fn pool_status(&self) -> PoolStatus;
     /// Any one sealed TOTP secret (enabled or pending), to check the master key at start.
     async fn any_sealed_secret(&self) -> StoreResult<Option<Vec<u8>>>;
 

@@ -438,6 +438,16 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn pool_status(&self) -> PoolStatus {
+        let size = self.pool.size();
+        // `num_idle` is a usize; a pool never holds more than u32::MAX connections.
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        PoolStatus {
+            size,
+            idle: idle.min(size),
+        }
+    }
+
     async fn any_sealed_secret(&self) -> StoreResult<Option<Vec<u8>>> {
         sqlx::query_scalar(
             "(SELECT mfa_secret FROM users WHERE mfa_secret IS NOT NULL LIMIT 1) \
