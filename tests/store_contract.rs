@@ -1573,3 +1573,23 @@ async fn sessions_opened_before_the_session_details_migration_get_ids_and_keep_w
         );
     }
 }
+
+#[tokio::test]
+async fn the_pool_status_counts_open_connections_and_none_after_close() {
+    let _cluster = CLUSTER.read().await;
+    for backend in backends().await {
+        let (name, store) = (backend.name, backend.a.clone());
+        store.ping().await.unwrap();
+        let open = store.pool_status();
+        assert!(open.size >= 1, "{name}: a query opened a connection: {open:?}");
+        assert!(open.idle <= open.size, "{name}: {open:?}");
+        assert_eq!(open.in_use(), open.size - open.idle, "{name}");
+        store.close().await;
+        let closed = store.pool_status();
+        assert_eq!(
+            (closed.size, closed.idle, closed.in_use()),
+            (0, 0, 0),
+            "{name}: {closed:?}"
+        );
+    }
+}
