@@ -58,7 +58,6 @@ pub fn install() -> Result<PrometheusHandle, RecorderError> {
             describe();
             let started = SystemClock.now().unix_timestamp();
             // Unix seconds are far inside f64's exact integer range.
-            #[allow(clippy::cast_precision_loss)]
             ::metrics::gauge!("tessera_start_time_seconds").set(started as f64);
             ::metrics::gauge!("tessera_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             Ok(handle)

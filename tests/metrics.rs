@@ -306,24 +306,36 @@ async fn a_metrics_address_in_use_stops_the_start_with_one_clear_line() {
     let address = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut command = tessera(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()]);
-    command
-        .env("TESSERA_METRICS_LISTEN", &address)
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE");
-    let refused = run(command);
-    assert!(!refused.status.success(), "{}", refused.stderr);
-    let errors: Vec<&str> = refused
-        .stderr
-        .lines()
-        .filter(|line| line.starts_with("Error"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{}", refused.stderr);
-    assert!(
-        errors[0].contains(&format!("cannot listen for metrics on {address}")),
-        "{}",
-        refused.stderr
-    );
-    assert_eq!(refused.stderr.lines().last(), Some(errors[0]), "{}", refused.stderr);
-    assert!(!refused.stderr.contains("listening"), "{}", refused.stderr);
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(&config, format!("metrics_listen = \"{address}\"\n")).unwrap();
+    // The setting from the environment, then from the config file.
+    let mut from_env = tessera(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()]);
+    from_env.env("TESSERA_METRICS_LISTEN", &address);
+    let from_file = tessera(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    for mut command in [from_env, from_file] {
+        command.env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
+        let refused = run(command);
+        assert!(!refused.status.success(), "{}", refused.stderr);
+        let errors: Vec<&str> = refused
+            .stderr
+            .lines()
+            .filter(|line| line.starts_with("Error"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", refused.stderr);
+        assert!(
+            errors[0].contains(&format!("cannot listen for metrics on {address}")),
+            "{}",
+            refused.stderr
+        );
+        assert_eq!(refused.stderr.lines().last(), Some(errors[0]), "{}", refused.stderr);
+        assert!(!refused.stderr.contains("listening"), "{}", refused.stderr);
+    }
 }
