@@ -799,4 +799,174 @@ mod tests {
             })
         ));
     }
+
+    fn with_file(text: &str) -> (tempfile::NamedTempFile, ServeArgs) {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        write!(file, "{text}").unwrap();
+        let args = ServeArgs {
+            storage: StorageArgs {
+                config: Some(file.path().into()),
+                ..StorageArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        (file, args)
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name_on_one_line() {
+        let (_file, args) = with_file("listen = \"127.0.0.1:9000\"\nsession_idle_timout_secs = 60\n");
+        let err = Config::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("unknown field `session_idle_timout_secs`"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        // A secret is never a file key either.
+        let (_file, args) = with_file("secret_key = \"AAAA\"\n");
+        let err = Config::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("unknown field `secret_key`"), "{err}");
+    }
+
+    #[test]
+    fn every_new_setting_is_read_from_the_file_and_from_flags() {
+        let (_file, args) = with_file(
+            "metrics_listen = \"127.0.0.1:9464\"\nevent_retention_days = 30\nhousekeeping_interval_secs = 60\n\
+             access_log = false\nlog = \"debug\"\nlog_format = \"json\"\n",
+        );
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(config.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(config.event_retention_days, 30);
+        assert_eq!(config.housekeeping_interval, Duration::from_secs(60));
+        assert!(!config.access_log);
+        assert_eq!(config.log, "debug");
+        assert_eq!(config.log_format, LogFormat::Json);
+
+        let flags = ServeArgs {
+            storage: StorageArgs {
+                log: Some("warn".into()),
+                log_format: Some(LogFormat::Text),
+                ..args.storage.clone()
+            },
+            metrics_listen: Some("127.0.0.1:1".parse().unwrap()),
+            event_retention_days: Some(7),
+            housekeeping_interval_secs: Some(5),
+            access_log: Some(true),
+            ..args.clone()
+        };
+        let (config, lines) = Config::explain(&flags, &|_| Source::Flag).unwrap();
+        assert_eq!(config.metrics_listen, Some("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(config.event_retention_days, 7);
+        assert_eq!(config.housekeeping_interval, Duration::from_secs(5));
+        assert!(config.access_log);
+        assert_eq!((config.log.as_str(), config.log_format), ("warn", LogFormat::Text));
+        let line = |name: &str| lines.iter().find(|line| line.name == name).cloned().unwrap();
+        assert_eq!(line("event_retention_days").source, "flag");
+        assert_eq!(line("listen").source, "default");
+        assert_eq!(line("log").value, "warn");
+
+        let defaults = Config::default();
+        assert_eq!(defaults.metrics_listen, None);
+        assert_eq!(defaults.event_retention_days, 400);
+        assert_eq!(defaults.housekeeping_interval, Duration::from_secs(300));
+        assert!(defaults.access_log);
+        assert_eq!(
+            (defaults.log.as_str(), defaults.log_format),
+            ("info,sqlx=warn", LogFormat::Text)
+        );
+    }
+
+    #[test]
+    fn bad_log_settings_and_zero_intervals_are_refused_by_name() {
+        for (text, name) in [
+            ("log = \"info,[[\"\n", "log"),
+            ("housekeeping_interval_secs = 0\n", "housekeeping_interval_secs"),
+            ("event_retention_days = 0\n", "event_retention_days"),
+        ] {
+            let (_file, args) = with_file(text);
+            let err = Config::resolve(&args).unwrap_err().to_string();
+            assert!(err.contains(&format!("invalid setting {name}")), "{text}: {err}");
+        }
+        let (_file, args) = with_file("log_format = \"xml\"\n");
+        let err = Config::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("not a log format"), "{err}");
+    }
+
+    #[test]
+    fn the_webhook_secret_comes_from_its_variable_or_its_file_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("webhook-secret");
+        std::fs::write(&path, "whsec-from-a-file-0123456789\n").unwrap();
+        let path_text = path.to_str().unwrap().to_owned();
+        let raw = || {
+            let args = ServeArgs {
+                events_webhook_url: Some("https://hooks.example/events".into()),
+                ..ServeArgs::default()
+            };
+            Raw::merge(&args, FileConfig::default(), &|_| Source::Flag)
+        };
+
+        let from_file = |name: &str| (name == "TESSERA_EVENTS_WEBHOOK_SECRET_FILE").then(|| path_text.clone());
+        let (config, lines) = Config::validate(raw(), &from_file).unwrap();
+        assert_eq!(
+            config.webhook.unwrap().secret.as_str(),
+            "whsec-from-a-file-0123456789",
+            "the trailing newline is trimmed"
+        );
+        let line = lines.iter().find(|line| line.name == "events_webhook_secret").unwrap();
+        assert_eq!(line.value, "set (hidden)");
+        assert_eq!(line.source, "env TESSERA_EVENTS_WEBHOOK_SECRET_FILE");
+
+        let direct =
+            |name: &str| (name == "TESSERA_EVENTS_WEBHOOK_SECRET").then(|| "whsec-direct-0123456789".to_owned());
+        let (config, _) = Config::validate(raw(), &direct).unwrap();
+        assert_eq!(config.webhook.unwrap().secret.as_str(), "whsec-direct-0123456789");
+
+        let both = |name: &str| match name {
+            "TESSERA_EVENTS_WEBHOOK_SECRET" => Some("whsec-direct-0123456789".to_owned()),
+            "TESSERA_EVENTS_WEBHOOK_SECRET_FILE" => Some(path_text.clone()),
+            _ => None,
+        };
+        let err = Config::validate(raw(), &both).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        assert!(!err.contains("whsec"), "no secret in the message: {err}");
+
+        let missing = dir.path().join("absent").to_str().unwrap().to_owned();
+        let absent = |name: &str| (name == "TESSERA_EVENTS_WEBHOOK_SECRET_FILE").then(|| missing.clone());
+        let err = Config::validate(raw(), &absent).unwrap_err().to_string();
+        assert!(
+            err.contains("TESSERA_EVENTS_WEBHOOK_SECRET_FILE") && err.contains("absent"),
+            "{err}"
+        );
+
+        let err = Config::validate(raw(), &no_env).unwrap_err().to_string();
+        assert!(err.contains("TESSERA_EVENTS_WEBHOOK_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn the_master_key_variable_and_a_key_file_together_are_refused() {
+        let key = data_encoding::BASE64.encode(&[7u8; 32]);
+        let env = |name: &str| (name == "TESSERA_SECRET_KEY").then(|| key.clone());
+        let args = ServeArgs {
+            storage: StorageArgs {
+                secret_key_file: Some("/run/secrets/tessera-key".into()),
+                ..StorageArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let raw = Raw::merge(&args, FileConfig::default(), &|_| Source::Flag);
+        let err = Config::validate(raw, &env).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        assert!(!err.contains(&key), "{err}");
+        let raw = Raw::merge(&ServeArgs::default(), FileConfig::default(), &|_| Source::Flag);
+        let (config, lines) = Config::validate(raw, &env).unwrap();
+        assert!(config.secret_key.is_some());
+        let line = lines.iter().find(|line| line.name == "secret_key").unwrap();
+        assert_eq!(
+            (line.value.as_str(), line.source.as_str()),
+            ("set (hidden)", "env TESSERA_SECRET_KEY")
+        );
+        assert!(lines.iter().all(|line| !line.value.contains(&key)));
+    }
 }
