@@ -526,6 +526,21 @@ pub struct ExplainedSetting {
     pub source: String,
 }
 
+/// A URL as `check-config` prints it: a password or a query (either may be a credential)
+/// replaced by `hidden`.
+fn redact_url(text: &str) -> String {
+    let Ok(mut url) = reqwest::Url::parse(text) else {
+        return text.to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("hidden"));
+    }
+    if url.query().is_some() {
+        url.set_query(Some("hidden"));
+    }
+    url.to_string()
+}
+
 fn positive(name: &'static str, value: u64) -> Result<(), ConfigError> {
     if value > 0 {
         Ok(())
@@ -594,6 +609,11 @@ impl Config {
                 source: source.to_string(),
             })
             .collect();
+        for line in &mut lines {
+            if line.name == "database_url" || line.name == "events_webhook_url" {
+                line.value = redact_url(&line.value);
+            }
+        }
         let skew = raw.totp_skew_steps.value;
         if skew > 2 {
             return Err(ConfigError::Invalid {
