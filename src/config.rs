@@ -989,4 +989,39 @@ mod tests {
         );
         assert!(lines.iter().all(|line| !line.value.contains(&key)));
     }
+
+    #[test]
+    fn the_readme_table_lists_every_setting_with_its_flag_variable_and_default() {
+        let readme = include_str!("../README.md");
+        let raw = Raw::merge(&ServeArgs::default(), FileConfig::default(), &|_| Source::Default);
+        let defaults = raw.lines();
+        assert_eq!(defaults.len(), SETTINGS.len());
+        for (setting, (name, default, _)) in SETTINGS.iter().zip(defaults) {
+            assert_eq!(setting.name, name);
+            let row = format!(
+                "| `{}` | `--{}` | `{}` | ",
+                setting.name,
+                setting.name.replace('_', "-"),
+                setting.env
+            );
+            let line = readme
+                .lines()
+                .find(|line| line.starts_with(&row))
+                .unwrap_or_else(|| panic!("README has no row {row}"));
+            if default != "none" {
+                assert!(
+                    line[row.len()..].starts_with(&format!("`{default}` |")),
+                    "{line}: default {default}"
+                );
+            }
+        }
+        for secret in SECRETS {
+            assert!(readme.contains(&format!("`{}`", secret.env)), "{}", secret.env);
+            assert!(
+                readme.contains(&format!("`{}`", secret.file_env)),
+                "{}",
+                secret.file_env
+            );
+        }
+    }
 }
