@@ -122,6 +122,10 @@ fn storage_args(matches: &clap::ArgMatches) -> Option<StorageArgs> {
 
 /// Where a value of the command line came from: a flag or its variable (clap merges them).
 fn source_in(matches: &clap::ArgMatches, name: &str) -> Source {
+    if matches.try_contains_id(name).is_err() {
+        // Not an argument of these matches (asking clap would panic): say "flag", the layer.
+        return Source::Flag;
+    }
     match matches.value_source(name) {
         Some(clap::parser::ValueSource::EnvVariable) => Source::Env,
         Some(clap::parser::ValueSource::CommandLine) => Source::Flag,
@@ -159,18 +163,19 @@ pub fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     init_logging(storage_args(&matches).as_ref())?;
-    // check-config tells a flag from its variable, which only the matches know.
-    if let (Command::CheckConfig(args), Some(sub)) = (&cli.command, matches.subcommand_matches("check-config")) {
-        return check_config(args, &|name| source_in(sub, name));
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(dispatch(cli.command))
+    runtime.block_on(dispatch(cli.command, &matches))
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+/// Runs `command`; `matches` are the parsed command line it came from (check-config asks them
+/// whether a value was a flag or its variable, which clap merges).
+async fn dispatch(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(&args).await,
-        Command::CheckConfig(args) => check_config(&args, &|_| Source::Flag),
+        Command::CheckConfig(args) => {
+            let sub = matches.subcommand_matches("check-config").unwrap_or(matches);
+            check_config(&args, &|name| source_in(sub, name))
+        }
         Command::Healthcheck(args) => healthcheck(&args).await,
         Command::Migrate(args) => {
             let config = Config::for_storage(&args)?;
