@@ -1,4 +1,4 @@
-//! Configuration, defined once: the [`settings!`] table below names every setting with its type,
+//! Configuration, defined once: the `settings!` table below names every setting with its type,
 //! default, help text and environment variable, and generates from it the command-line flags
 //! ([`StorageArgs`], [`ServeArgs`]), the TOML file's keys (`FileConfig`, unknown keys refused)
 //! and the merge: a flag wins over its `TESSERA_*` variable (clap), which wins over the file
