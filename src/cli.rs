@@ -1,11 +1,12 @@
-//! The `tessera` command line: `serve`, `migrate`, the operator's `user` commands, and `export` /
-//! `import` to move an installation between databases. `main.rs` only calls [`main`].
+//! The `tessera` command line: `serve`, `migrate`, the operator's `user` commands, `export` /
+//! `import` to move an installation between databases, and `check-config` / `healthcheck`.
+//! `main.rs` only calls [`main`].
 
 use crate::clock::{SystemClock, rfc3339};
-use crate::config::{Config, ServeArgs, StorageArgs};
+use crate::config::{Config, LogFormat, ServeArgs, Source, StorageArgs};
 use crate::server;
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +19,8 @@ use std::time::{Duration, Instant};
     about = "Accounts, sessions and TOTP multi-factor authentication with one-time backup codes.",
     after_help = "Environment: TESSERA_SECRET_KEY (base64 of 32 bytes) supplies the master key that seals \
 TOTP secrets; without it the key file (--secret-key-file, default DATA_DIR/secret.key) is used, created \
-on first start; it must not be readable by group or others. \
-TESSERA_LOG sets the log filter (default: info), TESSERA_LOG_FORMAT=json switches to JSON logs."
+on first start; it must not be readable by group or others. `tessera serve --help` lists every setting \
+with its flag, variable and default; `tessera check-config` prints the resolved configuration."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,7 +32,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service (applies pending migrations first).
+    #[command(after_help = crate::config::env_only_help())]
     Serve(ServeArgs),
+    /// Print the resolved configuration, one `name = value (source)` line per setting, secrets
+    /// masked; exit non-zero with one line when it is invalid.
+    #[command(after_help = crate::config::env_only_help())]
+    CheckConfig(ServeArgs),
+    /// Exit 0 when the server at the configured --listen address answers GET /readyz with 200
+    /// (for a container HEALTHCHECK; no curl needed), else print one line and exit 1.
+    #[command(after_help = crate::config::env_only_help())]
+    Healthcheck(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate(StorageArgs),
     /// Operator commands on accounts.
@@ -99,30 +109,74 @@ pub enum UserCommand {
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+/// The storage settings of the command `matches` selected, if it takes them (every command
+/// that opens the database flattens [`StorageArgs`]).
+fn storage_args(matches: &clap::ArgMatches) -> Option<StorageArgs> {
+    let mut leaf = matches;
+    while let Some((_, sub)) = leaf.subcommand() {
+        leaf = sub;
+    }
+    leaf.try_get_one::<String>("log").ok()?;
+    StorageArgs::from_arg_matches(leaf).ok()
+}
+
+/// Where a value of the command line came from: a flag or its variable (clap merges them).
+fn source_in(matches: &clap::ArgMatches, name: &str) -> Source {
+    if matches.try_contains_id(name).is_err() {
+        // Not an argument of these matches (asking clap would panic): say "flag", the layer.
+        return Source::Flag;
+    }
+    match matches.value_source(name) {
+        Some(clap::parser::ValueSource::EnvVariable) => Source::Env,
+        Some(clap::parser::ValueSource::CommandLine) => Source::Flag,
+        _ => Source::Default,
+    }
+}
+
+/// Logging from the resolved `--log` / `--log-format` (or their variables or file keys); a
+/// command without storage settings logs at the defaults.
+fn init_logging(storage: Option<&StorageArgs>) -> anyhow::Result<()> {
+    let (log, format) = match storage {
+        Some(storage) => {
+            let config = Config::for_storage(storage).map_err(one_line)?;
+            (config.log, config.log_format)
+        }
+        None => {
+            let defaults = Config::default();
+            (defaults.log, defaults.log_format)
+        }
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&log).map_err(|err| anyhow::anyhow!("invalid setting log: {err}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("TESSERA_LOG_FORMAT").is_ok_and(|format| format == "json") {
-        builder.json().init();
-    } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
+    Ok(())
 }
 
 /// Entry point of the binary.
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logging();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    init_logging(storage_args(&matches).as_ref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(dispatch(cli.command))
+    runtime.block_on(dispatch(cli.command, &matches))
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+/// Runs `command`; `matches` are the parsed command line it came from (check-config asks them
+/// whether a value was a flag or its variable, which clap merges).
+async fn dispatch(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(&args).await,
+        Command::CheckConfig(args) => {
+            let sub = matches.subcommand_matches("check-config").unwrap_or(matches);
+            check_config(&args, &|name| source_in(sub, name))
+        }
+        Command::Healthcheck(args) => healthcheck(&args).await,
         Command::Migrate(args) => {
             let config = Config::for_storage(&args)?;
             server::open_store(&config).await?;
@@ -142,8 +196,78 @@ fn describe_database(config: &Config) -> String {
     }
 }
 
+/// `tessera check-config`: every setting with its value and source, secrets masked, then
+/// whether the master key is usable (without printing it).
+fn check_config(args: &ServeArgs, source: &dyn Fn(&'static str) -> Source) -> anyhow::Result<()> {
+    let (config, lines) = Config::explain(args, source).map_err(one_line)?;
+    let key = server::load_key(&config).map_err(one_line)?;
+    for line in lines {
+        println!("{} = {} ({})", line.name, line.value, line.source);
+    }
+    let key_file = server::key_file(&config);
+    let master_key = match (&config.secret_key, key) {
+        (Some(_), _) => "from TESSERA_SECRET_KEY".to_owned(),
+        (None, Some(_)) => format!("key file {} (present, private)", key_file.display()),
+        (None, None) => format!("key file {} (missing: created on first start)", key_file.display()),
+    };
+    println!("master_key = {master_key}");
+    Ok(())
+}
+
+/// How long `tessera healthcheck` waits for the whole answer.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `tessera healthcheck`: `GET /readyz` on the configured address (an unspecified address such as
+/// 0.0.0.0 is reached on loopback), one minimal HTTP/1.1 request, 200 or failure.
+async fn healthcheck(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = Config::resolve(args).map_err(one_line)?;
+    let mut target = config.listen;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{target}/readyz");
+    let status = tokio::time::timeout(HEALTHCHECK_TIMEOUT, readyz_status(target))
+        .await
+        .map_err(|_| anyhow::anyhow!("not ready: {url} did not answer within {HEALTHCHECK_TIMEOUT:?}"))?
+        .map_err(|err| anyhow::anyhow!("not ready: {url}: {err}"))?;
+    if status != 200 {
+        anyhow::bail!("not ready: {url} answered {status}");
+    }
+    println!("ready: {url} answered 200");
+    Ok(())
+}
+
+/// The status code of `GET /readyz` at `target`.
+async fn readyz_status(target: std::net::SocketAddr) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(target).await?;
+    let request = format!(
+        "GET /readyz HTTP/1.1\r\nHost: {target}\r\nUser-Agent: tessera-healthcheck\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    // The status line is all we need: "HTTP/1.1 200 OK".
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 512];
+    while !head.windows(2).any(|pair| pair == b"\r\n") && head.len() < 4096 {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        head.extend_from_slice(&buffer[..read]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or_default();
+    line.strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer"))
+}
+
 async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let config = Config::resolve(args)?;
+    let config = Config::resolve(args).map_err(one_line)?;
     let shutdown = server::shutdown_signal().context("cannot install signal handlers")?;
     let opened = server::open(&config, Arc::new(SystemClock)).await?;
     let listener = server::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -34,7 +34,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 /// Largest accepted request body (16 KiB).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// Settings of the HTTP layer.
+/// Settings of the HTTP layer (their defaults are in `config.rs`, the one table of settings).
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub request_timeout: Duration,
@@ -42,17 +42,6 @@ pub struct HttpSettings {
     pub body_read_timeout: Duration,
     pub trusted_proxies: Vec<IpRange>,
     pub ip_rate_limit_per_minute: u32,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(30),
-            body_read_timeout: Duration::from_secs(10),
-            trusted_proxies: Vec::new(),
-            ip_rate_limit_per_minute: 30,
-        }
-    }
 }
 
 /// What every handler can reach.
