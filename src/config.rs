@@ -104,6 +104,14 @@ pub struct ServeArgs {
     /// soon another instance takes over delivery from one that died [default: 30].
     #[arg(long, env = "TESSERA_EVENTS_WEBHOOK_LEASE_SECS", value_name = "SECS")]
     pub events_webhook_lease_secs: Option<u64>,
+    /// Security events older than this many days are deleted by housekeeping (events the
+    /// webhook has not delivered are kept) [default: 400].
+    #[arg(long, env = "TESSERA_EVENT_RETENTION_DAYS", value_name = "DAYS")]
+    pub event_retention_days: Option<u32>,
+    /// Seconds between two housekeeping sweeps of expired sessions, mfa_tokens, pending setups
+    /// and old events [default: 300].
+    #[arg(long, env = "TESSERA_HOUSEKEEPING_INTERVAL_SECS", value_name = "SECS")]
+    pub housekeeping_interval_secs: Option<u64>,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -131,6 +139,8 @@ struct FileConfig {
     body_read_timeout_secs: Option<u64>,
     events_webhook_url: Option<String>,
     events_webhook_lease_secs: Option<u64>,
+    event_retention_days: Option<u32>,
+    housekeeping_interval_secs: Option<u64>,
 }
 
 /// Why the configuration cannot be used.
@@ -166,6 +176,10 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Where security events are delivered, if anywhere.
     pub webhook: Option<WebhookConfig>,
+    /// Security events older than this many days are deleted by housekeeping.
+    pub event_retention_days: u32,
+    /// Time between two housekeeping sweeps.
+    pub housekeeping_interval: Duration,
 }
 
 impl Default for Config {
@@ -184,6 +198,8 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             connections: ConnectionLimits::default(),
             webhook: None,
+            event_retention_days: 400,
+            housekeeping_interval: Duration::from_secs(300),
         }
     }
 }
@@ -384,6 +400,27 @@ impl Config {
                 header_read_timeout: Duration::from_secs(header_read_timeout_secs),
             },
             webhook,
+            event_retention_days: positive(
+                "event_retention_days",
+                i64::from(
+                    args.event_retention_days
+                        .or(file.event_retention_days)
+                        .unwrap_or(defaults.event_retention_days),
+                ),
+            )
+            .map(|days| u32::try_from(days).unwrap_or(u32::MAX))?,
+            housekeeping_interval: Duration::from_secs(
+                positive(
+                    "housekeeping_interval_secs",
+                    i64::try_from(
+                        args.housekeeping_interval_secs
+                            .or(file.housekeeping_interval_secs)
+                            .unwrap_or(defaults.housekeeping_interval.as_secs()),
+                    )
+                    .unwrap_or(i64::MAX),
+                )?
+                .unsigned_abs(),
+            ),
         })
     }
 

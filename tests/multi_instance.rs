@@ -288,7 +288,10 @@ async fn the_webhook_delivers_each_event_from_one_instance_and_survives_the_hold
     let env = [
         ("TESSERA_IP_RATE_LIMIT_PER_MINUTE", "0"),
         ("TESSERA_EVENTS_WEBHOOK_URL", url.as_str()),
-        ("TESSERA_EVENTS_WEBHOOK_SECRET", "webhook-secret-0123456789"),
+        (
+            "TESSERA_EVENTS_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
         ("TESSERA_EVENTS_WEBHOOK_LEASE_SECS", "3"),
     ];
     let database = TestDatabase::create().await;
