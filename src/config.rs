@@ -97,7 +97,8 @@ pub struct ServeArgs {
     /// Seconds a client has to send a whole request body, then 408 [default: 10].
     #[arg(long, env = "TESSERA_BODY_READ_TIMEOUT_SECS", value_name = "SECS")]
     pub body_read_timeout_secs: Option<u64>,
-    /// URL that receives every security event as signed JSON (HMAC-SHA256) [default: none].
+    /// URL that receives every security event as JSON signed the Standard Webhooks way; needs
+    /// TESSERA_EVENTS_WEBHOOK_SECRET, a whsec_ secret [default: none].
     #[arg(long, env = "TESSERA_EVENTS_WEBHOOK_URL", value_name = "URL")]
     pub events_webhook_url: Option<String>,
     /// Seconds the webhook delivery lease lasts: with several instances on one database, how
