@@ -73,6 +73,11 @@ pub enum Command {
         #[command(flatten)]
         storage: StorageArgs,
     },
+    /// Operator commands on the security-event webhook's dead events.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +191,7 @@ async fn dispatch(command: Command, matches: &clap::ArgMatches) -> anyhow::Resul
         Command::User { command } => user(command).await,
         Command::Export { file, storage } => export(&file, &storage).await,
         Command::Import { file, storage } => import(&file, &storage).await,
+        Command::Events { command } => events(command).await,
     }
 }
 
@@ -280,10 +286,14 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         tracing::info!(metrics_address = %metrics.address, "serving metrics at GET /metrics");
     }
     let webhook = config.webhook.clone().map(|webhook| start_webhook(&opened, webhook));
+    let housekeeping = start_housekeeping(&opened, &config);
     tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
     server::run(listener, server::router(&opened), config.connections, shutdown).await?;
+    // The background tasks end after the last request: an in-flight webhook delivery may finish
+    // within its grace and the lease is released; a sweep stops between two batches.
+    housekeeping.shutdown().await;
     if let Some(task) = webhook {
-        task.abort();
+        task.shutdown().await;
     }
     drop(metrics);
     opened.store.close().await;
@@ -291,7 +301,20 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_webhook(opened: &server::Opened, config: crate::webhook::WebhookConfig) -> tokio::task::JoinHandle<()> {
+fn start_housekeeping(opened: &server::Opened, config: &Config) -> crate::housekeeping::HousekeepingTask {
+    crate::housekeeping::spawn(
+        opened.service.store().clone(),
+        opened.service.clock().clone(),
+        crate::housekeeping::HousekeepingConfig {
+            interval: config.housekeeping_interval,
+            event_retention_days: config.event_retention_days,
+            session_idle_secs: config.service.session_idle_secs,
+            keep_undelivered_events: config.webhook.is_some(),
+        },
+    )
+}
+
+fn start_webhook(opened: &server::Opened, config: crate::webhook::WebhookConfig) -> crate::webhook::WebhookTask {
     // Only the host: the URL may carry credentials or a secret path.
     tracing::info!(
         host = config.url.host_str().unwrap_or_default(),
@@ -534,5 +557,116 @@ async fn import(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
         "imported {counts} from {source} ({origin}) into the {} database",
         store.backend()
     );
+    Ok(())
+}
+
+// --- `tessera events`: the webhook's dead events ---
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List the security events the webhook gave up on after its last attempt: id, type, time,
+    /// attempts and the last error (an HTTP status or a transport error).
+    Dead {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Queue a dead event for delivery again; the instance delivering the webhook sends it at
+    /// its next poll (and records it dead again if every new attempt fails).
+    Redeliver {
+        /// The event id, as `tessera events dead` lists it (and `webhook-id` carried it).
+        id: i64,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+/// One dead event as `tessera events dead --json` prints it.
+#[derive(Debug, serde::Serialize)]
+struct DeadEventLine {
+    id: i64,
+    #[serde(rename = "type")]
+    kind: String,
+    at: String,
+    attempts: u32,
+    last_error: String,
+    dead_at: String,
+    queued_for_redelivery: bool,
+}
+
+async fn events(command: EventsCommand) -> anyhow::Result<()> {
+    let storage = match &command {
+        EventsCommand::Dead { storage, .. } | EventsCommand::Redeliver { storage, .. } => storage,
+    };
+    let config = Config::for_storage(storage).map_err(one_line)?;
+    let opened = server::open_existing(&config, Arc::new(SystemClock))
+        .await
+        .map_err(one_line)?;
+    let result = match command {
+        EventsCommand::Dead { json, .. } => list_dead_events(opened.store.as_ref(), json).await,
+        EventsCommand::Redeliver { id, .. } => {
+            let now = opened.service.now();
+            match opened.store.requeue_dead_event(id, now).await.map_err(one_line)? {
+                crate::store::Redelivery::Queued => {
+                    println!("event {id} is queued for redelivery");
+                    Ok(())
+                }
+                crate::store::Redelivery::AlreadyQueued => {
+                    Err(anyhow::anyhow!("event {id} is already queued for redelivery"))
+                }
+                crate::store::Redelivery::NotDead => Err(anyhow::anyhow!(
+                    "event {id} is not dead: it was delivered or is still on its way"
+                )),
+                crate::store::Redelivery::Unknown => Err(anyhow::anyhow!("no security event has the id {id}")),
+            }
+        }
+    };
+    opened.store.close().await;
+    result
+}
+
+async fn list_dead_events(store: &dyn crate::store::Store, json: bool) -> anyhow::Result<()> {
+    // Dead events are few (each is an outage of the receiver that an operator handles): one read.
+    let lines: Vec<DeadEventLine> = store
+        .dead_webhook_events(false, u32::MAX)
+        .await
+        .map_err(one_line)?
+        .into_iter()
+        .map(|event| DeadEventLine {
+            id: event.event.id,
+            kind: event.event.record.kind,
+            at: rfc3339(event.event.record.at),
+            attempts: event.attempts,
+            last_error: event.last_error,
+            dead_at: rfc3339(event.dead_at),
+            queued_for_redelivery: event.requeued_at.is_some(),
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &lines)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<12} {:<24} {:<21} {:>8}  {:<7} LAST ERROR",
+        "ID", "TYPE", "AT", "ATTEMPTS", "QUEUED"
+    )?;
+    for line in &lines {
+        writeln!(
+            out,
+            "{:<12} {:<24} {:<21} {:>8}  {:<7} {}",
+            line.id,
+            line.kind,
+            line.at,
+            line.attempts,
+            if line.queued_for_redelivery { "yes" } else { "no" },
+            line.last_error
+        )?;
+    }
+    eprintln!("{} dead event(s)", lines.len());
     Ok(())
 }

@@ -337,8 +337,8 @@ account and minute, successful or not; 0 disables.";
         body_read_timeout_secs: u64 = 10 => env "TESSERA_BODY_READ_TIMEOUT_SECS", value "SECS",
             help "Seconds a client has to send a whole request body, then 408.";
         events_webhook_url: String => env "TESSERA_EVENTS_WEBHOOK_URL", value "URL",
-            help "URL that receives every security event as signed JSON (HMAC-SHA256); needs \
-TESSERA_EVENTS_WEBHOOK_SECRET or TESSERA_EVENTS_WEBHOOK_SECRET_FILE [default: none].",
+            help "URL that receives every security event as JSON signed the Standard Webhooks way; needs \
+TESSERA_EVENTS_WEBHOOK_SECRET or TESSERA_EVENTS_WEBHOOK_SECRET_FILE, a whsec_ secret [default: none].",
             arg(hide_env_values = true);
         events_webhook_lease_secs: u64 = 30 => env "TESSERA_EVENTS_WEBHOOK_LEASE_SECS", value "SECS",
             help "Seconds the webhook delivery lease lasts: with several instances on one database, how soon \
@@ -386,7 +386,7 @@ pub const WEBHOOK_SECRET: SecretInfo = SecretInfo {
     name: "events_webhook_secret",
     env: "TESSERA_EVENTS_WEBHOOK_SECRET",
     file_env: "TESSERA_EVENTS_WEBHOOK_SECRET_FILE",
-    help: "the webhook's signing secret (16+ characters), or the file holding it (trailing newline \
+    help: "the webhook's signing secret (whsec_ + base64 of 24 to 64 random bytes), or the file holding it (trailing newline \
 trimmed); setting both is an error",
 };
 
@@ -917,7 +917,7 @@ mod tests {
     fn the_webhook_secret_comes_from_its_variable_or_its_file_never_both() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("webhook-secret");
-        std::fs::write(&path, "whsec-from-a-file-0123456789\n").unwrap();
+        std::fs::write(&path, "whsec_ZnJvbS1hLWZpbGUtMDEyMzQ1Njc4OS1hYmNkZWZnaA==\n").unwrap();
         let path_text = path.to_str().unwrap().to_owned();
         let raw = || {
             let args = ServeArgs {
@@ -929,28 +929,35 @@ mod tests {
 
         let from_file = |name: &str| (name == "TESSERA_EVENTS_WEBHOOK_SECRET_FILE").then(|| path_text.clone());
         let (config, lines) = Config::validate(raw(), &from_file).unwrap();
+        let signed_with =
+            |secret: &str| crate::webhook::signature(&crate::webhook::parse_secret(secret).unwrap(), "1", 0, b"{}");
         assert_eq!(
-            config.webhook.unwrap().secret.as_str(),
-            "whsec-from-a-file-0123456789",
+            config.webhook.unwrap().sign("1", 0, b"{}"),
+            signed_with("whsec_ZnJvbS1hLWZpbGUtMDEyMzQ1Njc4OS1hYmNkZWZnaA=="),
             "the trailing newline is trimmed"
         );
         let line = lines.iter().find(|line| line.name == "events_webhook_secret").unwrap();
         assert_eq!(line.value, "set (hidden)");
         assert_eq!(line.source, "env TESSERA_EVENTS_WEBHOOK_SECRET_FILE");
 
-        let direct =
-            |name: &str| (name == "TESSERA_EVENTS_WEBHOOK_SECRET").then(|| "whsec-direct-0123456789".to_owned());
+        let direct = |name: &str| {
+            (name == "TESSERA_EVENTS_WEBHOOK_SECRET")
+                .then(|| "whsec_ZGlyZWN0LXNlY3JldC0wMTIzNDU2Nzg5LWFiY2RlZg==".to_owned())
+        };
         let (config, _) = Config::validate(raw(), &direct).unwrap();
-        assert_eq!(config.webhook.unwrap().secret.as_str(), "whsec-direct-0123456789");
+        assert_eq!(
+            config.webhook.unwrap().sign("1", 0, b"{}"),
+            signed_with("whsec_ZGlyZWN0LXNlY3JldC0wMTIzNDU2Nzg5LWFiY2RlZg==")
+        );
 
         let both = |name: &str| match name {
-            "TESSERA_EVENTS_WEBHOOK_SECRET" => Some("whsec-direct-0123456789".to_owned()),
+            "TESSERA_EVENTS_WEBHOOK_SECRET" => Some("whsec_ZGlyZWN0LXNlY3JldC0wMTIzNDU2Nzg5LWFiY2RlZg==".to_owned()),
             "TESSERA_EVENTS_WEBHOOK_SECRET_FILE" => Some(path_text.clone()),
             _ => None,
         };
         let err = Config::validate(raw(), &both).unwrap_err().to_string();
         assert!(err.contains("not both"), "{err}");
-        assert!(!err.contains("whsec"), "no secret in the message: {err}");
+        assert!(!err.contains("ZGly"), "no secret in the message: {err}");
 
         let missing = dir.path().join("absent").to_str().unwrap().to_owned();
         let absent = |name: &str| (name == "TESSERA_EVENTS_WEBHOOK_SECRET_FILE").then(|| missing.clone());

@@ -13,11 +13,13 @@
 //! - [`server`]: `run(listener, app, limits, shutdown)`, shared by the binary and the tests.
 //! - [`transfer`]: `tessera export` / `tessera import`: the JSON-lines format that moves an installation.
 //! - [`webhook`]: delivery of security events to a configured URL, signed, from an outbox.
+//! - [`housekeeping`]: the background sweep of expired rows and of events past the retention.
 
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod housekeeping;
 pub mod http;
 pub mod metrics;
 pub mod server;

@@ -315,7 +315,10 @@ async fn a_plain_http_webhook_to_another_host_is_warned_about_at_start() {
     let mut command = serve_on(&data);
     command
         .env("TESSERA_EVENTS_WEBHOOK_URL", "http://hooks.invalid/events")
-        .env("TESSERA_EVENTS_WEBHOOK_SECRET", "webhook-secret-0123456789");
+        .env(
+            "TESSERA_EVENTS_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
     let server = Server::start(command);
     assert!(
         server.log.lines().any(|line| line.contains("WARN")
@@ -328,7 +331,10 @@ async fn a_plain_http_webhook_to_another_host_is_warned_about_at_start() {
     let mut command = serve_on(&data);
     command
         .env("TESSERA_EVENTS_WEBHOOK_URL", "http://127.0.0.1:9/events")
-        .env("TESSERA_EVENTS_WEBHOOK_SECRET", "webhook-secret-0123456789");
+        .env(
+            "TESSERA_EVENTS_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
     let server = Server::start(command);
     assert!(!server.log.contains("plain http"), "{}", server.log);
     server.stop("-TERM");

@@ -1593,3 +1593,328 @@ async fn the_pool_status_counts_open_connections_and_none_after_close() {
         );
     }
 }
+// ---------------------------------------------------------------- dead webhook events, housekeeping
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_event_moves_the_cursor_past_it_and_is_queued_for_redelivery_once() {
+    // It reads the outbox (see the lease test): no racing writers meanwhile.
+    let _alone = CLUSTER.write().await;
+    for backend in backends().await {
+        let name = backend.name;
+        let (a, b) = (backend.a.as_ref(), backend.b.as_ref());
+        user(a, "dee").await;
+        let start = a.webhook_cursor().await.unwrap();
+        a.insert_event(&event("dee", "login_failed", NOW)).await.unwrap();
+        a.insert_event(&event("dee", "login_failed", NOW + 1)).await.unwrap();
+        let events = outbox(b, start, 2).await;
+        assert!(
+            !b.bury_webhook_event("B", &events[0], 10, "HTTP 503", NOW)
+                .await
+                .unwrap(),
+            "{name}: not the lease holder"
+        );
+        assert!(a.dead_webhook_events(false, 10).await.unwrap().is_empty(), "{name}");
+        assert_eq!(a.webhook_cursor().await.unwrap(), start, "{name}: nothing written");
+
+        assert!(a.acquire_webhook_lease("A", NOW, 30).await.unwrap());
+        assert!(
+            a.bury_webhook_event("A", &events[0], 10, "HTTP 503", NOW)
+                .await
+                .unwrap()
+        );
+        assert_eq!(b.webhook_cursor().await.unwrap(), events[0].position, "{name}");
+        let dead = b.dead_webhook_events(false, 10).await.unwrap();
+        assert_eq!(dead.len(), 1, "{name}");
+        assert_eq!(dead[0].event.id, events[0].id);
+        assert_eq!(dead[0].event.record.kind, "login_failed");
+        assert_eq!(
+            (
+                dead[0].attempts,
+                dead[0].last_error.as_str(),
+                dead[0].dead_at,
+                dead[0].requeued_at
+            ),
+            (10, "HTTP 503", NOW, None)
+        );
+        assert_eq!(
+            b.webhook_backlog().await.unwrap(),
+            WebhookBacklog { pending: 1, dead: 1 },
+            "{name}"
+        );
+        assert_eq!(
+            outbox(b, events[0].position, 1).await[0].id,
+            events[1].id,
+            "the next event is no longer held back"
+        );
+
+        assert_eq!(
+            b.requeue_dead_event(events[0].id, NOW + 5).await.unwrap(),
+            Redelivery::Queued
+        );
+        assert_eq!(
+            b.requeue_dead_event(events[0].id, NOW + 6).await.unwrap(),
+            Redelivery::AlreadyQueued
+        );
+        assert_eq!(
+            b.requeue_dead_event(events[1].id, NOW).await.unwrap(),
+            Redelivery::NotDead
+        );
+        assert_eq!(
+            b.requeue_dead_event(987_654_321, NOW).await.unwrap(),
+            Redelivery::Unknown
+        );
+        let queued = a.dead_webhook_events(true, 10).await.unwrap();
+        assert_eq!(queued.len(), 1, "{name}");
+        assert_eq!(queued[0].requeued_at, Some(NOW + 5), "the first request's time");
+        assert_eq!(
+            a.webhook_backlog().await.unwrap(),
+            WebhookBacklog { pending: 2, dead: 0 }
+        );
+
+        // The redelivery fails again: dead again, with the attempts added up; the cursor stays.
+        assert!(!b.settle_redelivery("B", events[0].id).await.unwrap(), "not the holder");
+        assert!(
+            a.bury_webhook_event("A", &events[0], 13, "HTTP 500", NOW + 60)
+                .await
+                .unwrap()
+        );
+        assert_eq!(a.webhook_cursor().await.unwrap(), events[0].position, "{name}");
+        let dead = a.dead_webhook_events(false, 10).await.unwrap();
+        assert_eq!(
+            (
+                dead[0].attempts,
+                dead[0].last_error.as_str(),
+                dead[0].dead_at,
+                dead[0].requeued_at
+            ),
+            (13, "HTTP 500", NOW + 60, None)
+        );
+        assert!(a.dead_webhook_events(true, 10).await.unwrap().is_empty());
+
+        // Queued again and delivered this time: the row goes.
+        assert_eq!(
+            a.requeue_dead_event(events[0].id, NOW + 70).await.unwrap(),
+            Redelivery::Queued
+        );
+        assert!(a.settle_redelivery("A", events[0].id).await.unwrap());
+        assert!(b.dead_webhook_events(false, 10).await.unwrap().is_empty(), "{name}");
+        assert_eq!(
+            a.requeue_dead_event(events[0].id, NOW).await.unwrap(),
+            Redelivery::NotDead
+        );
+
+        // A graceful stop releases the lease: another instance takes it at once.
+        b.release_webhook_lease("B").await.unwrap();
+        assert!(
+            !b.acquire_webhook_lease("B", NOW + 1, 30).await.unwrap(),
+            "only the holder releases"
+        );
+        a.release_webhook_lease("A").await.unwrap();
+        assert!(b.acquire_webhook_lease("B", NOW + 1, 30).await.unwrap(), "{name}");
+    }
+}
+
+fn housekeeping_at(
+    now: i64,
+    keep_undelivered_events: bool,
+) -> (tessera::clock::ManualClock, tessera::housekeeping::HousekeepingConfig) {
+    let clock = tessera::clock::ManualClock::new(time::OffsetDateTime::from_unix_timestamp(now).unwrap());
+    let config = tessera::housekeeping::HousekeepingConfig {
+        interval: std::time::Duration::from_secs(300),
+        event_retention_days: 400,
+        session_idle_secs: 1800,
+        keep_undelivered_events,
+    };
+    (clock, config)
+}
+
+/// A session of user number `user` with a token and public id of its own.
+fn numbered_session(user: u8, n: u8, created_at: i64, expires_at: i64) -> SessionRecord {
+    let mut hash = [0u8; 32];
+    hash[0] = 0xA0 + user;
+    hash[1] = n;
+    SessionRecord {
+        token_hash: TokenHash(hash),
+        public_id: format!("{user:08x}-0000-4000-8000-{n:012x}"),
+        user_id: format!("sweep{user}"),
+        created_at,
+        last_seen_at: created_at,
+        expires_at,
+        mfa: false,
+        ip: None,
+        user_agent: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sweep_deletes_expired_sessions_tokens_and_setups_in_batches_and_keeps_live_ones() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let name = backend.name;
+        let store = backend.a.as_ref();
+        // 1,200 sessions that expire at NOW + 3600: more than two batches of 500.
+        for u in 0..12u8 {
+            let id = format!("sweep{u}");
+            user(store, &id).await;
+            for n in 0..100u8 {
+                store
+                    .insert_session(
+                        &numbered_session(u, n, NOW, NOW + 3600),
+                        &event(&id, "login_succeeded", NOW),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        // Live at NOW + 3600: one active session; one session idle since NOW is not.
+        user(store, "sweep12").await;
+        let live = numbered_session(12, 0, NOW + 3000, NOW + 7200);
+        store.insert_session(&live, &event("sweep12", "x", NOW)).await.unwrap();
+        let idle = numbered_session(12, 1, NOW, NOW + 7200);
+        store.insert_session(&idle, &event("sweep12", "x", NOW)).await.unwrap();
+        // An expired and a live mfa_token (the MFA user's own session expires at NOW + 3600 too).
+        user_with_mfa(store, "cha").await;
+        for (n, expires_at) in [(1, NOW + 300), (2, NOW + 7200)] {
+            store
+                .insert_challenge(&token(n), "cha", NOW, expires_at, HASH, None, &event("cha", "x", NOW))
+                .await
+                .unwrap();
+        }
+        // An expired and a live pending setup, each kept by a live session.
+        for (u, expires_at) in [(13u8, NOW + 600), (14, NOW + 7200)] {
+            let id = format!("sweep{u}");
+            user(store, &id).await;
+            let keep = numbered_session(u, 0, NOW + 3000, NOW + 7200);
+            store.insert_session(&keep, &event(&id, "x", NOW)).await.unwrap();
+            let setup = PendingSetupRecord {
+                sealed_secret: vec![u; 48],
+                created_at: NOW,
+                expires_at,
+            };
+            let put = store
+                .put_pending_setup(&id, &setup, &keep.token_hash, &event(&id, "x", NOW))
+                .await
+                .unwrap();
+            assert_eq!(put, Consumed::Yes, "{name}");
+        }
+
+        let (clock, config) = housekeeping_at(NOW + 3600, false);
+        let report = tessera::housekeeping::sweep(store, &clock, &config, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.sessions, report.mfa_tokens, report.pending_setups),
+            (1200 + 1 + 1, 1, 1),
+            "{name}: expired sessions, the idle one and the MFA user's; one token; one setup"
+        );
+        for u in 0..12u8 {
+            // Had they survived, these would be listed: they were live at NOW + 10.
+            let left = store.list_sessions(&format!("sweep{u}"), NOW + 10, 1800).await.unwrap();
+            assert!(left.is_empty(), "{name}: sweep{u} keeps {} sessions", left.len());
+        }
+        let kept = store.list_sessions("sweep12", NOW + 3600, 1800).await.unwrap();
+        assert_eq!(kept.len(), 1, "{name}");
+        assert_eq!(kept[0].public_id, live.public_id);
+        assert!(
+            store.list_sessions("sweep12", NOW + 10, 1800).await.unwrap().len() == 1,
+            "the idle one is gone"
+        );
+        assert!(store.challenge_user(&token(1), NOW).await.unwrap().is_none(), "{name}");
+        assert_eq!(
+            store.challenge_user(&token(2), NOW + 3600).await.unwrap().as_deref(),
+            Some("cha")
+        );
+        assert!(store.pending_setup("sweep13", NOW).await.unwrap().is_none(), "{name}");
+        assert!(
+            store.pending_setup("sweep14", NOW + 3600).await.unwrap().is_some(),
+            "{name}"
+        );
+
+        let again = tessera::housekeeping::sweep(store, &clock, &config, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            tessera::housekeeping::SweepReport::default(),
+            "{name}: nothing left"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_events_go_after_the_retention_unless_the_webhook_has_not_delivered_them() {
+    // It reads the outbox (see the lease test): no racing writers meanwhile.
+    let _alone = CLUSTER.write().await;
+    const DAY: i64 = 86_400;
+    for backend in backends().await {
+        let name = backend.name;
+        let store = backend.a.as_ref();
+        user(store, "eve").await;
+        let (clock, with_webhook) = housekeeping_at(NOW, true);
+        let (_, without_webhook) = housekeeping_at(NOW, false);
+        let start = store.webhook_cursor().await.unwrap();
+        for kind in ["old_delivered", "old_dead", "old_pending"] {
+            store.insert_event(&event("eve", kind, NOW - 401 * DAY)).await.unwrap();
+        }
+        store
+            .insert_event(&event("eve", "recent", NOW - 399 * DAY))
+            .await
+            .unwrap();
+        let events = outbox(store, start, 4).await;
+        assert!(store.acquire_webhook_lease("A", NOW, 30).await.unwrap());
+        assert!(store.set_webhook_cursor("A", events[0].position).await.unwrap());
+        assert!(
+            store
+                .bury_webhook_event("A", &events[1], 10, "HTTP 503", NOW)
+                .await
+                .unwrap()
+        );
+
+        let kinds = || async {
+            let mut kinds: Vec<String> = store
+                .list_events("eve", 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            kinds.sort();
+            kinds
+        };
+        let report = tessera::housekeeping::sweep(store, &clock, &with_webhook, None)
+            .await
+            .unwrap();
+        assert_eq!(report.security_events, 1, "{name}");
+        assert_eq!(
+            kinds().await,
+            ["old_dead", "old_pending", "recent", "user_registered"],
+            "{name}: only the delivered old event went"
+        );
+        // Without a webhook, age alone decides (the dead event's row goes with it).
+        let report = tessera::housekeeping::sweep(store, &clock, &without_webhook, None)
+            .await
+            .unwrap();
+        assert_eq!(report.security_events, 2, "{name}");
+        assert_eq!(kinds().await, ["recent", "user_registered"], "{name}");
+        assert!(store.dead_webhook_events(false, 10).await.unwrap().is_empty(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_webhook_but_no_cursor_yet_no_event_is_deleted() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user(store, "ivy").await;
+        store
+            .insert_event(&event("ivy", "ancient", NOW - 1000 * 86_400))
+            .await
+            .unwrap();
+        let (clock, config) = housekeeping_at(NOW, true);
+        let report = tessera::housekeeping::sweep(store, &clock, &config, None)
+            .await
+            .unwrap();
+        assert_eq!(report.security_events, 0, "{}", backend.name);
+        assert_eq!(store.list_events("ivy", 10).await.unwrap().len(), 2);
+    }
+}
