@@ -96,7 +96,7 @@ impl std::fmt::Debug for FreshBackupCodes {
 }
 
 /// Audit metadata of the operator's CLI.
-fn operator_meta() -> RequestMeta {
+pub(super) fn operator_meta() -> RequestMeta {
     RequestMeta {
         ip: None,
         user_agent: Some("tessera-cli".into()),
