@@ -1289,7 +1289,7 @@ impl Store for PgStore {
     async fn operator_revoke_sessions(&self, user_id: &str, event: &NewEvent) -> StoreResult<Option<RevokedSessions>> {
         let mut tx = self.begin().await?;
         lock_user(&mut tx, user_id).await.map_err(map_err)?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1")
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1::BIGINT FROM users WHERE id = $1")
             .bind(user_id)
             .fetch_optional(&mut *tx)
             .await
