@@ -94,9 +94,29 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
 }
 
 fn sqlite(path: &Path) -> impl FnOnce(sqlx::Error) -> BackupError + '_ {
-    move |source| BackupError::Sqlite {
-        path: path.to_owned(),
-        source,
+    move |source| unreadable(path, source)
+}
+
+/// SQLite's own verdicts on a file (SQLITE_CORRUPT 11, SQLITE_NOTADB 26) named as such; any
+/// other error as it is.
+fn unreadable(path: &Path, source: sqlx::Error) -> BackupError {
+    let code = match &source {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    };
+    match code.as_deref() {
+        Some("11") => BackupError::Damaged {
+            path: path.to_owned(),
+            problem: "the database disk image is malformed".into(),
+        },
+        Some("26") => BackupError::NotADatabase {
+            path: path.to_owned(),
+            message: "file is not a database".into(),
+        },
+        _ => BackupError::Sqlite {
+            path: path.to_owned(),
+            source,
+        },
     }
 }
 
@@ -260,10 +280,7 @@ async fn open_read_only(path: &Path) -> Result<SqliteConnection> {
         .create_if_missing(false);
     SqliteConnection::connect_with(&options)
         .await
-        .map_err(|err| BackupError::NotADatabase {
-            path: path.to_owned(),
-            message: err.to_string(),
-        })
+        .map_err(|err| unreadable(path, err))
 }
 
 async fn schema_version(connection: &mut SqliteConnection, path: &Path) -> Result<i64> {
@@ -271,10 +288,7 @@ async fn schema_version(connection: &mut SqliteConnection, path: &Path) -> Resul
         sqlx::query_scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
             .fetch_optional(&mut *connection)
             .await
-            .map_err(|err| BackupError::NotADatabase {
-                path: path.to_owned(),
-                message: err.to_string(),
-            })?;
+            .map_err(|err| unreadable(path, err))?;
     if has_table.is_none() {
         return Err(BackupError::NotTessera(path.to_owned()));
     }
@@ -405,10 +419,7 @@ async fn check_backup(file: &Path, config: &Config) -> Result<(Contents, u64)> {
         sqlx::query_scalar("PRAGMA integrity_check").fetch_all(&mut connection),
     )
     .await
-    .map_err(|err| BackupError::NotADatabase {
-        path: file.to_owned(),
-        message: err.to_string(),
-    })?;
+    .map_err(|err| unreadable(file, err))?;
     if problems.len() != 1 || problems[0] != "ok" {
         let problem = problems.into_iter().take(3).collect::<Vec<_>>().join("; ");
         return Err(BackupError::Damaged {
