@@ -1851,3 +1851,87 @@ async fn deleting_an_account_removes_everything_it_owns_but_keeps_its_events() {
         assert_eq!(kinds_of(store, "nobody", "user_deleted").await, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_recorded_before_migration_6_survive_it_in_order_and_outlive_their_account() {
+    let _shared = CLUSTER.read().await;
+    // SQLite rebuilds the table: ids, order and the AUTOINCREMENT sequence must survive (an id
+    // is never handed out twice, even the one of a deleted last row).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    tessera::store::sqlite::MIGRATOR.run_to(5, &pool).await.unwrap();
+    sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES ('mig', 'mig@example.com', 'x', 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for kind in ["first", "second", "third"] {
+        sqlx::query("INSERT INTO security_events (user_id, kind, at) VALUES ('mig', ?, 0)")
+            .bind(kind)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("DELETE FROM security_events WHERE kind = 'third'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = SqliteStore::open_file(&path).await.unwrap();
+    store.migrate().await.unwrap();
+    store.insert_event(&event("mig", "after", NOW)).await.unwrap();
+    let outbox = store.events_after(OutboxPosition::default(), 10).await.unwrap();
+    let ids: Vec<(i64, &str)> = outbox.iter().map(|e| (e.id, e.record.kind.as_str())).collect();
+    assert_eq!(ids, [(1, "first"), (2, "second"), (4, "after")], "id 3 is not reused");
+    assert!(
+        store
+            .operator_delete_user("mig", &event("mig", "user_deleted", NOW))
+            .await
+            .unwrap()
+    );
+    let kinds: Vec<String> = store
+        .list_events("mig", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["user_deleted", "after", "second", "first"]);
+
+    if postgres_url().is_some() {
+        let database = TestDatabase::create().await;
+        let pool = database.pool().await;
+        tessera::store::postgres::MIGRATOR.run_to(5, &pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_at) VALUES ('mig', 'mig@example.com', 'x', 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO security_events (user_id, kind, at) VALUES ('mig', 'first', 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let store = PgStore::connect(&database.url, PgSettings::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        assert!(
+            store
+                .operator_delete_user("mig", &event("mig", "user_deleted", NOW))
+                .await
+                .unwrap()
+        );
+        let kinds: Vec<String> = store
+            .list_events("mig", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["user_deleted", "first"]);
+    }
+}
