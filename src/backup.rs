@@ -33,6 +33,8 @@ pub enum BackupError {
     Postgres,
     #[error("unsupported database URL: use sqlite:PATH or postgres://USER@HOST/DATABASE")]
     UnsupportedDatabase,
+    #[error("the database is in memory: there is no file to back up or restore")]
+    InMemory,
     #[error("no database at {0}; check --data-dir or --database-url")]
     NoDatabase(PathBuf),
     #[error("{0} already exists; a backup never overwrites a file")]
@@ -125,6 +127,9 @@ fn unreadable(path: &Path, source: sqlx::Error) -> BackupError {
 pub fn database_file(config: &Config) -> Result<PathBuf> {
     match config.database_url.as_deref() {
         None => Ok(config.data_dir.join(server::DATABASE_FILE)),
+        Some(url) if url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory")) => {
+            Err(BackupError::InMemory)
+        }
         Some(url) if url.starts_with("sqlite:") => {
             let options = SqliteConnectOptions::from_str(url).map_err(|_| BackupError::UnsupportedDatabase)?;
             Ok(options.get_filename().to_owned())
@@ -162,7 +167,7 @@ pub struct ServingLock {
 pub fn lock_for_serving(config: &Config) -> Result<Option<ServingLock>> {
     let database = match database_file(config) {
         Ok(database) => database,
-        Err(BackupError::Postgres | BackupError::UnsupportedDatabase) => return Ok(None),
+        Err(BackupError::Postgres | BackupError::UnsupportedDatabase | BackupError::InMemory) => return Ok(None),
         Err(err) => return Err(err),
     };
     if let Some(parent) = database.parent().filter(|parent| !parent.as_os_str().is_empty()) {

@@ -464,21 +464,30 @@ async fn run_user_command(
             println!("failed_code_attempts:   {}", user.throttle.failures);
         }
         UserCommand::ResetMfa { email, .. } => {
-            let user = service.operator_reset_mfa(&email).await?;
+            let user = service
+                .operator_reset_mfa(&email)
+                .await
+                .map_err(|err| operator_error(err, &email))?;
             println!(
                 "MFA reset for {}: MFA is off, all sessions revoked, event recorded.",
                 user.email
             );
         }
         UserCommand::Disable { email, .. } => {
-            let user = service.operator_set_disabled(&email, true).await?;
+            let user = service
+                .operator_set_disabled(&email, true)
+                .await
+                .map_err(|err| operator_error(err, &email))?;
             println!(
                 "{} is disabled: logins are refused and all sessions revoked.",
                 user.email
             );
         }
         UserCommand::Enable { email, .. } => {
-            let user = service.operator_set_disabled(&email, false).await?;
+            let user = service
+                .operator_set_disabled(&email, false)
+                .await
+                .map_err(|err| operator_error(err, &email))?;
             println!("{} is enabled.", user.email);
         }
         UserCommand::Create { email, .. } => {
