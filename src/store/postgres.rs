@@ -1339,7 +1339,14 @@ impl Store for PgStore {
 
     async fn operator_delete_user(&self, user_id: &str, event: &NewEvent) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
-        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        // `FOR UPDATE`, not `lock_user`'s `FOR NO KEY UPDATE`: the row is going away, so rows that
+        // would reference it (a login's session, a setup) must wait now, then find it gone,
+        // rather than slip in and have this transaction upgrade its lock behind them.
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         // Children first (the foreign keys would cascade, but saying it keeps the list visible).
         for statement in [
             "DELETE FROM sessions WHERE user_id = $1",
