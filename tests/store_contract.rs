@@ -1935,3 +1935,34 @@ async fn events_recorded_before_migration_6_survive_it_in_order_and_outlive_thei
         assert_eq!(kinds, ["user_deleted", "first"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logins_racing_a_deletion_leave_no_session_behind() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user(backend.a.as_ref(), "gone").await;
+        let results = race(&backend, 12, |store, i| async move {
+            if i == 0 {
+                store
+                    .operator_delete_user("gone", &event("gone", "user_deleted", NOW))
+                    .await
+                    .map(|_| ())
+            } else {
+                let n = u8::try_from(i).unwrap();
+                store
+                    .insert_session(&session("gone", n, false), &event("gone", "login_succeeded", NOW))
+                    .await
+            }
+        })
+        .await;
+        assert!(results[0].is_ok(), "{}: {:?}", backend.name, results[0]);
+        assert!(backend.a.user_by_id("gone").await.unwrap().is_none());
+        for n in 1..12u8 {
+            assert!(
+                backend.b.active_session(&token(n), NOW, 1800).await.unwrap().is_none(),
+                "{}: session {n} outlived its account",
+                backend.name
+            );
+        }
+    }
+}
