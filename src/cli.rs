@@ -1,5 +1,6 @@
-//! The `tessera` command line: `serve`, `migrate`, the operator's `user` commands, and `export` /
-//! `import` to move an installation between databases. `main.rs` only calls [`main`].
+//! The `tessera` command line: `serve`, `migrate`, the operator's `user` commands, `export` /
+//! `import` to move an installation between databases, and `backup` / `restore` of the SQLite
+//! file. `main.rs` only calls [`main`].
 
 use crate::clock::{SystemClock, rfc3339};
 use crate::config::{Config, ServeArgs, StorageArgs};
