@@ -6,7 +6,7 @@
 mod common;
 
 use common::process::*;
-use common::{PASSWORD, totp_code, wrong_code};
+use common::{PASSWORD, TestDatabase, postgres_or_skip, totp_code, wrong_code};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -44,9 +44,14 @@ fn serve(data: &Path, registration_open: bool) -> Server {
 
 /// `tessera user ARGS --data-dir DATA` with `input` on its standard input.
 fn user_command(data: &Path, args: &[&str], input: &str) -> Finished {
+    user_command_on(&["--data-dir", text(data)], args, input)
+}
+
+/// `tessera user ARGS STORAGE...` with `input` on its standard input.
+fn user_command_on(storage: &[&str], args: &[&str], input: &str) -> Finished {
     let mut all = vec!["user"];
     all.extend_from_slice(args);
-    all.extend_from_slice(&["--data-dir", text(data)]);
+    all.extend_from_slice(storage);
     let mut command = tessera(&all);
     command
         .stdin(Stdio::piped())
@@ -494,4 +499,67 @@ async fn every_command_refuses_a_data_directory_without_a_database() {
         refused(&finished, "no database at");
         assert!(!data.exists(), "{args:?} created {}", data.display());
     }
+}
+
+#[tokio::test]
+async fn the_commands_work_on_postgresql_too() {
+    if postgres_or_skip().is_none() {
+        return;
+    }
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let storage = ["--data-dir", text(&data), "--database-url", database.url.as_str()];
+    let mut migrate = vec!["migrate"];
+    migrate.extend_from_slice(&storage);
+    run_ok(tessera(&migrate));
+
+    succeeded(&user_command_on(
+        &storage,
+        &["create", "pg@example.com"],
+        &format!("{PASSWORD}\n"),
+    ));
+    refused(
+        &user_command_on(&storage, &["create", "pg@example.com"], &format!("{PASSWORD}\n")),
+        "already exists",
+    );
+    let listed: Value = serde_json::from_str(succeeded(&user_command_on(&storage, &["list", "--json"], ""))).unwrap();
+    let id = listed[0]["id"].as_str().expect("id").to_owned();
+    succeeded(&user_command_on(
+        &storage,
+        &["set-password", "pg@example.com"],
+        "another long passphrase\n",
+    ));
+    let revoked = user_command_on(&storage, &["revoke-sessions", "pg@example.com"], "");
+    assert_eq!(
+        succeeded(&revoked).trim(),
+        "revoked 0 sessions and 0 pending logins of pg@example.com"
+    );
+    succeeded(&user_command_on(&storage, &["unlock", "pg@example.com"], ""));
+    succeeded(&user_command_on(&storage, &["delete", "pg@example.com", "--yes"], ""));
+    let listed = user_command_on(&storage, &["list", "--json"], "");
+    assert_eq!(succeeded(&listed).trim(), "[]");
+
+    let pool = database.pool().await;
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM security_events WHERE user_id = $1 ORDER BY id")
+        .bind(&id)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            "user_created_by_operator",
+            "password_set_by_operator",
+            "sessions_revoked_by_operator",
+            "account_unlocked_by_operator",
+            "user_deleted"
+        ]
+    );
+    let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 0);
+    pool.close().await;
 }
