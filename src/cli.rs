@@ -1,6 +1,6 @@
 //! The `tessera` command line: `serve`, `migrate`, the operator's `user` commands, `export` /
-//! `import` to move an installation between databases, and `check-config` / `healthcheck`.
-//! `main.rs` only calls [`main`].
+//! `import` to move an installation between databases, `backup` / `restore` of the SQLite file,
+//! `events` for the webhook's dead events, and `check-config` / `healthcheck`. `main.rs` only calls [`main`].
 
 use crate::clock::{SystemClock, rfc3339};
 use crate::config::{Config, LogFormat, ServeArgs, Source, StorageArgs};
@@ -78,16 +78,52 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Copy the SQLite database to FILE (a new file, mode 0600), consistently, while serve runs.
+    ///
+    /// Uses SQLite's `VACUUM INTO`: one read snapshot, writers go on. The copy holds password
+    /// hashes and TOTP secrets sealed under the master key, which is not in it: keep the key file
+    /// (or TESSERA_SECRET_KEY) safe separately. PostgreSQL: use pg_dump.
+    Backup {
+        /// The backup file to create; it must not exist.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Put a backup back as the SQLite database of a stopped installation.
+    ///
+    /// Checks FILE first (integrity, schema version not newer than this tessera, every sealed
+    /// TOTP secret opens under the configured master key), refuses while a serve runs on the
+    /// database, and refuses a database holding data unless --force. PostgreSQL: use pg_restore.
+    Restore {
+        /// The backup to restore.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Replace a database that holds users or events; it is kept as tessera.db.before-restore.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// List all accounts.
-    List(StorageArgs),
+    List {
+        /// One JSON array on stdout: objects with id, email, created_at, disabled_at, mfa_enabled.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
     /// Show one account.
     Show {
         /// The account's email.
         email: String,
+        /// One JSON object on stdout (fields in README "Admin commands"); no secrets, no hashes.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         storage: StorageArgs,
     },
@@ -109,6 +145,65 @@ pub enum UserCommand {
     Enable {
         /// The account's email.
         email: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Create an account, also while registration is closed (the first admin).
+    ///
+    /// The password is read from standard input (one line) with --password-stdin or when stdin is
+    /// not a terminal and carries a line; otherwise (or with --generate) a strong one is generated
+    /// and printed once on stdout. The password policy of registration applies.
+    Create {
+        /// The new account's email.
+        email: String,
+        /// Read the password from standard input (one line).
+        #[arg(long, conflicts_with = "generate")]
+        password_stdin: bool,
+        /// Generate the password and print it once, whatever stdin is.
+        #[arg(long)]
+        generate: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Set a new password (one line on standard input, or --generate); revokes every session and
+    /// pending login and clears the password and second-factor throttles.
+    SetPassword {
+        /// The account's email.
+        email: String,
+        /// Generate the password and print it once instead of reading it.
+        #[arg(long)]
+        generate: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// End every session and pending second login step of the account; prints how many.
+    RevokeSessions {
+        /// The account's email.
+        email: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Clear the password throttle and the second-factor throttle (counts and locks).
+    ///
+    /// A TOTP suspension (after 50 failed codes) stays unless --lift-totp-suspension: the user
+    /// lifts it by signing in with a backup code.
+    Unlock {
+        /// The account's email.
+        email: String,
+        /// Also let TOTP codes work again after a suspension.
+        #[arg(long)]
+        lift_totp_suspension: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Delete the account with its sessions, MFA secret, backup codes and pending setup, in one
+    /// transaction; its security events are kept, with a `user_deleted` event.
+    Delete {
+        /// The account's email.
+        email: String,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         storage: StorageArgs,
     },
@@ -192,6 +287,8 @@ async fn dispatch(command: Command, matches: &clap::ArgMatches) -> anyhow::Resul
         Command::Export { file, storage } => export(&file, &storage).await,
         Command::Import { file, storage } => import(&file, &storage).await,
         Command::Events { command } => events(command).await,
+        Command::Backup { file, storage } => backup(&file, &storage).await,
+        Command::Restore { file, force, storage } => restore(&file, force, &storage).await,
     }
 }
 
@@ -274,6 +371,8 @@ async fn readyz_status(target: std::net::SocketAddr) -> std::io::Result<u16> {
 
 async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(args).map_err(one_line)?;
+    // Held until the process ends: `tessera restore` refuses while it is held.
+    let _serving = crate::backup::lock_for_serving(&config).map_err(one_line)?;
     let shutdown = server::shutdown_signal().context("cannot install signal handlers")?;
     let opened = server::open(&config, Arc::new(SystemClock)).await?;
     let listener = server::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -325,18 +424,150 @@ fn start_webhook(opened: &server::Opened, config: crate::webhook::WebhookConfig)
 
 async fn user(command: UserCommand) -> anyhow::Result<()> {
     let storage = match &command {
-        UserCommand::List(storage) => storage,
-        UserCommand::Show { storage, .. }
+        UserCommand::List { storage, .. }
+        | UserCommand::Show { storage, .. }
         | UserCommand::ResetMfa { storage, .. }
         | UserCommand::Disable { storage, .. }
-        | UserCommand::Enable { storage, .. } => storage,
+        | UserCommand::Enable { storage, .. }
+        | UserCommand::Create { storage, .. }
+        | UserCommand::SetPassword { storage, .. }
+        | UserCommand::RevokeSessions { storage, .. }
+        | UserCommand::Unlock { storage, .. }
+        | UserCommand::Delete { storage, .. } => storage,
     };
-    let config = Config::for_storage(storage)?;
-    let opened = server::open_existing(&config, Arc::new(SystemClock)).await?;
-    let service = &opened.service;
+    let config = Config::for_storage(storage).map_err(one_line)?;
+    // Input first: a refused confirmation or a missing password must not even open the database.
+    let input = operator_input(&command)?;
+    let opened = server::open_existing(&config, Arc::new(SystemClock))
+        .await
+        .map_err(one_line)?;
+    let result = run_user_command(&opened.service, command, input).await;
+    opened.store.close().await;
+    result
+}
+
+/// What a `user` command reads from the operator before it touches the database.
+enum OperatorInput {
+    None,
+    /// A password read from standard input.
+    Password(String),
+    /// No password given: generate one and print it once.
+    GeneratePassword,
+}
+
+/// One line of standard input without its line ending; `None` at end of input.
+fn read_stdin_line() -> anyhow::Result<Option<String>> {
+    let mut line = String::new();
+    let read = std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|err| anyhow::anyhow!("cannot read standard input: {err}"))?;
+    if read == 0 {
+        return Ok(None);
+    }
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    Ok(Some(trimmed.to_owned()))
+}
+
+fn operator_input(command: &UserCommand) -> anyhow::Result<OperatorInput> {
+    let stdin_is_terminal = std::io::stdin().is_terminal();
     match command {
-        UserCommand::List(_) => {
-            let users = service.users().await?;
+        UserCommand::Create {
+            password_stdin,
+            generate,
+            ..
+        } => {
+            if *generate || (stdin_is_terminal && !*password_stdin) {
+                return Ok(OperatorInput::GeneratePassword);
+            }
+            match read_stdin_line()? {
+                Some(password) => Ok(OperatorInput::Password(password)),
+                None if *password_stdin => anyhow::bail!("no password on standard input (one line expected)"),
+                // Nothing piped in (a script with stdin closed): generate one.
+                None => Ok(OperatorInput::GeneratePassword),
+            }
+        }
+        UserCommand::SetPassword { generate: true, .. } => Ok(OperatorInput::GeneratePassword),
+        UserCommand::SetPassword { email, .. } => {
+            if stdin_is_terminal {
+                // A password typed here would be echoed and left on the screen.
+                anyhow::bail!(
+                    "set-password reads the new password from standard input: pipe it in (`tessera user set-password {email} < FILE`), or use --generate"
+                );
+            }
+            match read_stdin_line()? {
+                Some(password) => Ok(OperatorInput::Password(password)),
+                None => anyhow::bail!("no password on standard input (one line expected)"),
+            }
+        }
+        UserCommand::Delete { email, yes, .. } => {
+            if *yes {
+                return Ok(OperatorInput::None);
+            }
+            if !stdin_is_terminal {
+                anyhow::bail!("refusing to delete {email} without confirmation: add --yes");
+            }
+            eprint!(
+                "Delete {email} with its sessions, MFA secret and backup codes? Its security events are kept. Type the email to confirm: "
+            );
+            let _ = std::io::stderr().flush();
+            match read_stdin_line()? {
+                Some(answer) if answer.trim().eq_ignore_ascii_case(email.trim()) => Ok(OperatorInput::None),
+                _ => anyhow::bail!("not confirmed: nothing was deleted"),
+            }
+        }
+        _ => Ok(OperatorInput::None),
+    }
+}
+
+/// One line for a use case's refusal: the validation members say what is wrong.
+fn operator_error(err: crate::service::ServiceError, email: &str) -> anyhow::Error {
+    use crate::service::ServiceError;
+    match err {
+        ServiceError::Validation(problems) => anyhow::anyhow!(
+            "{}",
+            problems
+                .iter()
+                .map(|(member, message)| format!("{member}: {message}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        ServiceError::EmailTaken => {
+            anyhow::anyhow!("an account with email {email} already exists; nothing was written")
+        }
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+fn time_or_null(at: Option<i64>) -> serde_json::Value {
+    at.map_or(serde_json::Value::Null, |at| serde_json::Value::String(rfc3339(at)))
+}
+
+async fn run_user_command(
+    service: &crate::service::Service,
+    command: UserCommand,
+    input: OperatorInput,
+) -> anyhow::Result<()> {
+    match command {
+        UserCommand::List { json, .. } => {
+            let users = service.users().await.map_err(one_line)?;
+            if json {
+                let list: Vec<serde_json::Value> = users
+                    .iter()
+                    .map(|user| {
+                        serde_json::json!({
+                            "id": user.id,
+                            "email": user.email,
+                            "created_at": rfc3339(user.created_at),
+                            "disabled_at": time_or_null(user.disabled_at),
+                            "mfa_enabled": user.mfa.is_some(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+                return Ok(());
+            }
             println!("{:<38} {:<40} {:<5} CREATED", "ID", "EMAIL", "MFA");
             for user in users {
                 let mfa = if user.mfa.is_some() { "on" } else { "off" };
@@ -349,17 +580,38 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        UserCommand::Show { email, .. } => {
+        UserCommand::Show { email, json, .. } => {
             let user = service
                 .user_by_email(&email)
-                .await?
+                .await
+                .map_err(|err| operator_error(err, &email))?
                 .with_context(|| format!("no user with email {email}"))?;
+            let status = service.status_of(&user).await.map_err(one_line)?;
+            if json {
+                let mfa = user.mfa.as_ref();
+                let shown = serde_json::json!({
+                    "id": user.id,
+                    "email": user.email,
+                    "created_at": rfc3339(user.created_at),
+                    "disabled_at": time_or_null(user.disabled_at),
+                    "mfa_enabled": mfa.is_some(),
+                    "mfa_enabled_at": time_or_null(status.enabled_at),
+                    "mfa_setup_pending": status.pending_setup,
+                    "backup_codes_remaining": status.backup_codes_remaining,
+                    "totp_suspended_at": time_or_null(mfa.and_then(|mfa| mfa.totp_suspended_at)),
+                    "second_factor_failures": user.throttle.failures,
+                    "second_factor_locked_until": time_or_null(user.throttle.locked_until),
+                    "password_failures": user.password_throttle.failures,
+                    "password_locked_until": time_or_null(user.password_throttle.locked_until),
+                });
+                println!("{shown}");
+                return Ok(());
+            }
             println!("id:                     {}", user.id);
             println!("email:                  {}", user.email);
             println!("created_at:             {}", rfc3339(user.created_at));
             println!("disabled:               {}", user.disabled_at.is_some());
             println!("mfa_enabled:            {}", user.mfa.is_some());
-            let status = service.status_of(&user).await?;
             if let Some(enabled_at) = status.enabled_at {
                 println!("mfa_enabled_at:         {}", rfc3339(enabled_at));
                 println!("backup_codes_remaining: {}", status.backup_codes_remaining);
@@ -367,25 +619,112 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             println!("failed_code_attempts:   {}", user.throttle.failures);
         }
         UserCommand::ResetMfa { email, .. } => {
-            let user = service.operator_reset_mfa(&email).await?;
+            let user = service
+                .operator_reset_mfa(&email)
+                .await
+                .map_err(|err| operator_error(err, &email))?;
             println!(
                 "MFA reset for {}: MFA is off, all sessions revoked, event recorded.",
                 user.email
             );
         }
         UserCommand::Disable { email, .. } => {
-            let user = service.operator_set_disabled(&email, true).await?;
+            let user = service
+                .operator_set_disabled(&email, true)
+                .await
+                .map_err(|err| operator_error(err, &email))?;
             println!(
                 "{} is disabled: logins are refused and all sessions revoked.",
                 user.email
             );
         }
         UserCommand::Enable { email, .. } => {
-            let user = service.operator_set_disabled(&email, false).await?;
+            let user = service
+                .operator_set_disabled(&email, false)
+                .await
+                .map_err(|err| operator_error(err, &email))?;
             println!("{} is enabled.", user.email);
         }
+        UserCommand::Create { email, .. } => {
+            let password = match input {
+                OperatorInput::Password(password) => Some(password),
+                OperatorInput::GeneratePassword | OperatorInput::None => None,
+            };
+            let created = service
+                .operator_create_user(&email, password)
+                .await
+                .map_err(|err| operator_error(err, &email))?;
+            eprintln!("created {} (id {})", created.user.email, created.user.id);
+            if let Some(password) = created.generated_password {
+                // The one place it is ever shown: stdout, so a script can capture it.
+                println!("{password}");
+                eprintln!("the generated password above is shown only once");
+            }
+        }
+        UserCommand::SetPassword { email, .. } => {
+            let (password, generated) = match input {
+                OperatorInput::Password(password) => (password, false),
+                OperatorInput::GeneratePassword | OperatorInput::None => {
+                    (crate::service::operator::generated_password(), true)
+                }
+            };
+            let shown = generated.then(|| password.clone());
+            let user = service
+                .operator_set_password(&email, password)
+                .await
+                .map_err(|err| operator_error(err, &email))?;
+            eprintln!(
+                "password of {} set: all sessions and pending logins revoked, throttles cleared",
+                user.email
+            );
+            if let Some(password) = shown {
+                println!("{password}");
+                eprintln!("the generated password above is shown only once");
+            }
+        }
+        UserCommand::RevokeSessions { email, .. } => {
+            let (user, revoked) = service
+                .operator_revoke_sessions(&email)
+                .await
+                .map_err(|err| operator_error(err, &email))?;
+            println!(
+                "revoked {} sessions and {} pending logins of {}",
+                revoked.sessions, revoked.challenges, user.email
+            );
+        }
+        UserCommand::Unlock {
+            email,
+            lift_totp_suspension,
+            ..
+        } => {
+            let before = service
+                .operator_unlock(&email, lift_totp_suspension)
+                .await
+                .map_err(|err| operator_error(err, &email))?;
+            println!(
+                "{} unlocked: cleared {} failed passwords and {} failed codes",
+                before.email, before.password_throttle.failures, before.throttle.failures
+            );
+            let suspended = before.mfa.as_ref().is_some_and(|mfa| mfa.totp_suspended_at.is_some());
+            match (suspended, lift_totp_suspension) {
+                (true, true) => println!("TOTP codes work again (the suspension was lifted)"),
+                (true, false) => println!(
+                    "TOTP codes stay suspended: the user signs in with a backup code, or run again with --lift-totp-suspension"
+                ),
+                (false, _) => {}
+            }
+        }
+        UserCommand::Delete { email, .. } => {
+            let user = service
+                .operator_delete_user(&email)
+                .await
+                .map_err(|err| operator_error(err, &email))?;
+            println!(
+                "deleted {} (id {}) with its sessions, MFA and backup codes; its security events are kept",
+                user.email, user.id
+            );
+        }
     }
-    opened.store.close().await;
     Ok(())
 }
 
@@ -668,5 +1007,29 @@ async fn list_dead_events(store: &dyn crate::store::Store, json: bool) -> anyhow
         )?;
     }
     eprintln!("{} dead event(s)", lines.len());
+    Ok(())
+}
+
+async fn backup(file: &Path, storage: &StorageArgs) -> anyhow::Result<()> {
+    let config = Config::for_storage(storage).map_err(one_line)?;
+    let contents = crate::backup::backup(&config, file).await.map_err(one_line)?;
+    println!("backed up to {}: {contents}", file.display());
+    Ok(())
+}
+
+async fn restore(file: &Path, force: bool, storage: &StorageArgs) -> anyhow::Result<()> {
+    let config = Config::for_storage(storage).map_err(one_line)?;
+    let restored = crate::backup::restore(&config, file, force).await.map_err(one_line)?;
+    println!(
+        "restored {} into {}: {}; {} sealed TOTP secrets open under the configured key",
+        file.display(),
+        restored.database.display(),
+        restored.contents,
+        restored.sealed_checked
+    );
+    if let Some(kept) = restored.kept {
+        println!("the replaced database is kept as {}", kept.display());
+    }
+    println!("start tessera serve (pending migrations run at start)");
     Ok(())
 }

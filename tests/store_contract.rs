@@ -1918,3 +1918,396 @@ async fn with_a_webhook_but_no_cursor_yet_no_event_is_deleted() {
         assert_eq!(store.list_events("ivy", 10).await.unwrap().len(), 2);
     }
 }
+
+// ---- operator commands (`tessera user set-password|revoke-sessions|unlock|delete`) ----
+
+fn lock_at_once(_failures: u32) -> i64 {
+    60
+}
+
+/// A policy that locks after the first counted failure, for 60 s.
+const LOCK_AT_ONCE: LockPolicy = LockPolicy {
+    lock_secs: lock_at_once,
+    max_secs: 900,
+};
+
+/// Locks both throttles of `user_id` (one failure each, each locked for 60 s).
+async fn lock_both(store: &dyn Store, user_id: &str) {
+    for kind in [AttemptKind::SecondFactor, AttemptKind::Password { network: None }] {
+        store.reserve_attempt(user_id, kind, NOW, LOCK_AT_ONCE).await.unwrap();
+        assert_eq!(
+            store.reserve_attempt(user_id, kind, NOW, LOCK_AT_ONCE).await.unwrap(),
+            AttemptReservation::Locked { until: NOW + 60 }
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_password_revokes_every_session_and_login_and_clears_both_throttles() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user_with_mfa(store, "opa").await;
+        store
+            .insert_session(&session("opa", 3, true), &event("opa", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        store
+            .insert_challenge(&token(4), "opa", NOW, NOW + 300, HASH, None, &event("opa", "x", NOW))
+            .await
+            .unwrap();
+        lock_both(store, "opa").await;
+
+        let set = backend
+            .b
+            .operator_set_password("opa", "$argon2id$new", &event("opa", "password_set_by_operator", NOW))
+            .await
+            .unwrap();
+        assert!(set, "{}", backend.name);
+
+        let after = store.user_by_id("opa").await.unwrap().unwrap();
+        assert_eq!(after.password_hash, "$argon2id$new");
+        assert_eq!(after.throttle, ThrottleRecord::default(), "{}", backend.name);
+        assert_eq!(after.password_throttle, ThrottleRecord::default(), "{}", backend.name);
+        assert!(after.mfa.is_some(), "MFA stays on");
+        for n in [3, 200] {
+            assert!(store.active_session(&token(n), NOW, 1800).await.unwrap().is_none());
+        }
+        assert_eq!(store.challenge_user(&token(4), NOW).await.unwrap(), None);
+        assert_eq!(kinds_of(store, "opa", "password_set_by_operator").await, 1);
+
+        let unknown = store
+            .operator_set_password(
+                "nobody",
+                "$argon2id$x",
+                &event("nobody", "password_set_by_operator", NOW),
+            )
+            .await
+            .unwrap();
+        assert!(!unknown, "{}", backend.name);
+        assert_eq!(
+            kinds_of(store, "nobody", "password_set_by_operator").await,
+            0,
+            "no event"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoking_all_sessions_ends_every_session_and_pending_login_and_counts_them() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user_with_mfa(store, "orv").await;
+        user(store, "other").await;
+        for n in [1, 2, 3] {
+            store
+                .insert_session(&session("orv", n, false), &event("orv", "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        store
+            .insert_session(&session("other", 9, false), &event("other", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        store
+            .insert_challenge(&token(5), "orv", NOW, NOW + 300, HASH, None, &event("orv", "x", NOW))
+            .await
+            .unwrap();
+
+        let revoked = backend
+            .b
+            .operator_revoke_sessions("orv", &event("orv", "sessions_revoked_by_operator", NOW))
+            .await
+            .unwrap()
+            .expect("the account exists");
+        // Session 200 is the one `user_with_mfa` logged in with.
+        assert_eq!(
+            revoked,
+            RevokedSessions {
+                sessions: 4,
+                challenges: 1
+            },
+            "{}",
+            backend.name
+        );
+        for n in [1, 2, 3, 200] {
+            assert!(store.active_session(&token(n), NOW, 1800).await.unwrap().is_none());
+        }
+        assert!(
+            store.active_session(&token(9), NOW, 1800).await.unwrap().is_some(),
+            "another account's session stays"
+        );
+        assert_eq!(store.challenge_user(&token(5), NOW).await.unwrap(), None);
+        assert_eq!(kinds_of(store, "orv", "sessions_revoked_by_operator").await, 1);
+
+        let again = store
+            .operator_revoke_sessions("orv", &event("orv", "sessions_revoked_by_operator", NOW))
+            .await
+            .unwrap();
+        assert_eq!(again, Some(RevokedSessions::default()), "{}", backend.name);
+        let unknown = store
+            .operator_revoke_sessions("nobody", &event("nobody", "sessions_revoked_by_operator", NOW))
+            .await
+            .unwrap();
+        assert_eq!(unknown, None);
+        assert_eq!(kinds_of(store, "nobody", "sessions_revoked_by_operator").await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unlocking_clears_both_throttles_and_lifts_a_totp_suspension_only_when_asked() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user_with_mfa(store, "oul").await;
+        lock_both(store, "oul").await;
+        assert!(
+            store
+                .suspend_totp("oul", &event("oul", "mfa_totp_suspended", NOW))
+                .await
+                .unwrap()
+        );
+
+        let unlocked = backend
+            .b
+            .operator_unlock("oul", false, &event("oul", "account_unlocked_by_operator", NOW))
+            .await
+            .unwrap();
+        assert!(unlocked);
+        let after = store.user_by_id("oul").await.unwrap().unwrap();
+        assert_eq!(after.throttle, ThrottleRecord::default(), "{}", backend.name);
+        assert_eq!(after.password_throttle, ThrottleRecord::default(), "{}", backend.name);
+        assert_eq!(after.mfa.unwrap().totp_suspended_at, Some(NOW), "the suspension stays");
+        assert_eq!(
+            store
+                .reserve_attempt("oul", AttemptKind::SecondFactor, NOW, LOCK_AT_ONCE)
+                .await
+                .unwrap(),
+            AttemptReservation::Granted { failures: 1 },
+            "an attempt is evaluated again"
+        );
+
+        assert!(
+            store
+                .operator_unlock("oul", true, &event("oul", "account_unlocked_by_operator", NOW))
+                .await
+                .unwrap()
+        );
+        let lifted = store.user_by_id("oul").await.unwrap().unwrap();
+        assert_eq!(lifted.mfa.unwrap().totp_suspended_at, None, "{}", backend.name);
+        assert_eq!(kinds_of(store, "oul", "account_unlocked_by_operator").await, 2);
+
+        let unknown = store
+            .operator_unlock("nobody", true, &event("nobody", "account_unlocked_by_operator", NOW))
+            .await
+            .unwrap();
+        assert!(!unknown);
+        assert_eq!(kinds_of(store, "nobody", "account_unlocked_by_operator").await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_an_account_removes_everything_it_owns_but_keeps_its_events() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user_with_mfa(store, "odl").await;
+        store
+            .insert_challenge(&token(6), "odl", NOW, NOW + 300, HASH, None, &event("odl", "x", NOW))
+            .await
+            .unwrap();
+        // An account with a pending setup (MFA off) and a session.
+        user(store, "opd").await;
+        store
+            .insert_session(&session("opd", 7, false), &event("opd", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        let setup = PendingSetupRecord {
+            sealed_secret: vec![8; 48],
+            created_at: NOW,
+            expires_at: NOW + 600,
+        };
+        let put = store
+            .put_pending_setup("opd", &setup, &token(7), &event("opd", "mfa_setup_started", NOW))
+            .await
+            .unwrap();
+        assert_eq!(put, Consumed::Yes);
+        user(store, "keep").await;
+        store
+            .insert_session(&session("keep", 8, false), &event("keep", "login_succeeded", NOW))
+            .await
+            .unwrap();
+
+        for id in ["odl", "opd"] {
+            let deleted = backend
+                .b
+                .operator_delete_user(id, &event(id, "user_deleted", NOW + 1))
+                .await
+                .unwrap();
+            assert!(deleted, "{}: {id}", backend.name);
+            assert!(store.user_by_id(id).await.unwrap().is_none());
+            assert!(
+                store
+                    .user_by_email(&format!("{id}@example.com"))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert_eq!(store.backup_codes_remaining(id).await.unwrap(), 0);
+            assert!(store.pending_setup(id, NOW).await.unwrap().is_none());
+            // The audit trail stays, ending with the deletion.
+            let events = store.list_events(id, 50).await.unwrap();
+            assert_eq!(events[0].kind, "user_deleted", "{}: {events:?}", backend.name);
+            assert!(events.iter().any(|e| e.kind == "user_registered"));
+        }
+        for n in [6, 7, 200] {
+            assert!(store.active_session(&token(n), NOW, 1800).await.unwrap().is_none());
+        }
+        assert_eq!(store.challenge_user(&token(6), NOW).await.unwrap(), None);
+        assert!(
+            store.any_sealed_secret().await.unwrap().is_none(),
+            "no sealed secret is left"
+        );
+        assert!(store.user_by_id("keep").await.unwrap().is_some(), "other accounts stay");
+        assert!(store.active_session(&token(8), NOW, 1800).await.unwrap().is_some());
+        let ids: Vec<String> = store.list_users().await.unwrap().into_iter().map(|u| u.id).collect();
+        assert_eq!(ids, ["keep"]);
+
+        // The email is free again; a second delete finds nothing and writes nothing.
+        store
+            .insert_user(
+                &NewUser {
+                    id: "odl-again".into(),
+                    email: "odl@example.com".into(),
+                    password_hash: HASH.into(),
+                    created_at: NOW,
+                },
+                &event("odl-again", "user_registered", NOW),
+            )
+            .await
+            .unwrap();
+        assert!(
+            !store
+                .operator_delete_user("nobody", &event("nobody", "user_deleted", NOW))
+                .await
+                .unwrap()
+        );
+        assert_eq!(kinds_of(store, "nobody", "user_deleted").await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_recorded_before_migration_6_survive_it_in_order_and_outlive_their_account() {
+    let _shared = CLUSTER.read().await;
+    // SQLite rebuilds the table: ids, order and the AUTOINCREMENT sequence must survive (an id
+    // is never handed out twice, even the one of a deleted last row).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    tessera::store::sqlite::MIGRATOR.run_to(5, &pool).await.unwrap();
+    sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES ('mig', 'mig@example.com', 'x', 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for kind in ["first", "second", "third"] {
+        sqlx::query("INSERT INTO security_events (user_id, kind, at) VALUES ('mig', ?, 0)")
+            .bind(kind)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("DELETE FROM security_events WHERE kind = 'third'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = SqliteStore::open_file(&path).await.unwrap();
+    store.migrate().await.unwrap();
+    store.insert_event(&event("mig", "after", NOW)).await.unwrap();
+    let outbox = store.events_after(OutboxPosition::default(), 10).await.unwrap();
+    let ids: Vec<(i64, &str)> = outbox.iter().map(|e| (e.id, e.record.kind.as_str())).collect();
+    assert_eq!(ids, [(1, "first"), (2, "second"), (4, "after")], "id 3 is not reused");
+    assert!(
+        store
+            .operator_delete_user("mig", &event("mig", "user_deleted", NOW))
+            .await
+            .unwrap()
+    );
+    let kinds: Vec<String> = store
+        .list_events("mig", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["user_deleted", "after", "second", "first"]);
+
+    if postgres_url().is_some() {
+        let database = TestDatabase::create().await;
+        let pool = database.pool().await;
+        tessera::store::postgres::MIGRATOR.run_to(5, &pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_at) VALUES ('mig', 'mig@example.com', 'x', 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO security_events (user_id, kind, at) VALUES ('mig', 'first', 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let store = PgStore::connect(&database.url, PgSettings::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        assert!(
+            store
+                .operator_delete_user("mig", &event("mig", "user_deleted", NOW))
+                .await
+                .unwrap()
+        );
+        let kinds: Vec<String> = store
+            .list_events("mig", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["user_deleted", "first"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logins_racing_a_deletion_leave_no_session_behind() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user(backend.a.as_ref(), "gone").await;
+        let results = race(&backend, 12, |store, i| async move {
+            if i == 0 {
+                store
+                    .operator_delete_user("gone", &event("gone", "user_deleted", NOW))
+                    .await
+                    .map(|_| ())
+            } else {
+                let n = u8::try_from(i).unwrap();
+                store
+                    .insert_session(&session("gone", n, false), &event("gone", "login_succeeded", NOW))
+                    .await
+            }
+        })
+        .await;
+        assert!(results[0].is_ok(), "{}: {:?}", backend.name, results[0]);
+        assert!(backend.a.user_by_id("gone").await.unwrap().is_none());
+        for n in 1..12u8 {
+            assert!(
+                backend.b.active_session(&token(n), NOW, 1800).await.unwrap().is_none(),
+                "{}: session {n} outlived its account",
+                backend.name
+            );
+        }
+    }
+}

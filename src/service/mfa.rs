@@ -104,7 +104,7 @@ pub(super) fn count_backup_code_used(used: bool) {
 }
 
 /// Audit metadata of the operator's CLI.
-fn operator_meta() -> RequestMeta {
+pub(super) fn operator_meta() -> RequestMeta {
     RequestMeta {
         ip: None,
         user_agent: Some("tessera-cli".into()),

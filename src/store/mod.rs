@@ -473,6 +473,22 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes at most `batch` rows that `kind` names as garbage at `now`, in one short
     /// statement; returns how many. Housekeeping calls it until it returns less than `batch`.
     async fn sweep(&self, kind: SweepKind, now: i64, batch: u32) -> StoreResult<u64>;
+    // --- operator commands (`tessera user set-password|revoke-sessions|unlock|delete`) ---
+    // Each is one transaction that starts by locking the user's row (PostgreSQL) or the database
+    // (SQLite `BEGIN IMMEDIATE`); `false` / `None` when the account no longer exists, and then
+    // nothing, not even the event, is written.
+    /// Sets a new password hash, revokes every session and pending `mfa_token`, clears both
+    /// throttles (not a TOTP suspension) and records the event.
+    async fn operator_set_password(&self, user_id: &str, new_hash: &str, event: &NewEvent) -> StoreResult<bool>;
+    /// Deletes every session and pending `mfa_token` of the user and records the event.
+    async fn operator_revoke_sessions(&self, user_id: &str, event: &NewEvent) -> StoreResult<Option<RevokedSessions>>;
+    /// Clears the password throttle and the second-factor throttle, and, with `lift_totp_suspension`,
+    /// a TOTP suspension; records the event.
+    async fn operator_unlock(&self, user_id: &str, lift_totp_suspension: bool, event: &NewEvent) -> StoreResult<bool>;
+    /// Deletes the account and every row that hangs off it (sessions, `mfa_token`s, pending setup,
+    /// backup codes; the MFA secret and the throttles are columns of the account row). Its security
+    /// events stay, as the audit trail, and `event` (`user_deleted`) is added to them.
+    async fn operator_delete_user(&self, user_id: &str, event: &NewEvent) -> StoreResult<bool>;
 }
 
 /// A webhook event that failed every delivery attempt.
@@ -532,6 +548,15 @@ impl SweepKind {
             SweepKind::Events { .. } => "security_events",
         }
     }
+}
+
+/// What [`Store::operator_revoke_sessions`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RevokedSessions {
+    /// Session rows (expired ones included: they are gone as well).
+    pub sessions: u64,
+    /// Pending second login steps (`mfa_token`s).
+    pub challenges: u64,
 }
 
 // --- rows of `tessera export` / `tessera import` ---

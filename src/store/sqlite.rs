@@ -1230,6 +1230,105 @@ impl Store for SqliteStore {
         };
         Ok(query.execute(&self.pool).await.map_err(map_err)?.rows_affected())
     }
+
+    async fn operator_set_password(&self, user_id: &str, new_hash: &str, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.immediate().await?;
+        let changed = sqlx::query(
+            "UPDATE users SET password_hash = ?, mfa_failures = 0, mfa_locked_until = NULL, \
+             password_failures = 0, password_locked_until = NULL WHERE id = ?",
+        )
+        .bind(new_hash)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if changed != 1 {
+            return Ok(false);
+        }
+        revoke_all_sessions_in(&mut tx, user_id).await.map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn operator_revoke_sessions(&self, user_id: &str, event: &NewEvent) -> StoreResult<Option<RevokedSessions>> {
+        let mut tx = self.immediate().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = ?")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let sessions = sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        let challenges = sqlx::query("DELETE FROM mfa_challenges WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(RevokedSessions { sessions, challenges }))
+    }
+
+    async fn operator_unlock(&self, user_id: &str, lift_totp_suspension: bool, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.immediate().await?;
+        let changed = sqlx::query(
+            "UPDATE users SET mfa_failures = 0, mfa_locked_until = NULL, password_failures = 0, \
+             password_locked_until = NULL, \
+             mfa_totp_suspended_at = CASE WHEN ? THEN NULL ELSE mfa_totp_suspended_at END \
+             WHERE id = ?",
+        )
+        .bind(lift_totp_suspension)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if changed != 1 {
+            return Ok(false);
+        }
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn operator_delete_user(&self, user_id: &str, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.immediate().await?;
+        // Children first (the foreign keys would cascade, but saying it keeps the list visible).
+        for statement in [
+            "DELETE FROM sessions WHERE user_id = ?",
+            "DELETE FROM mfa_challenges WHERE user_id = ?",
+            "DELETE FROM mfa_pending WHERE user_id = ?",
+            "DELETE FROM backup_codes WHERE user_id = ?",
+        ] {
+            sqlx::query(statement)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        let deleted = sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if deleted != 1 {
+            return Ok(false);
+        }
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
 }
 
 /// Inserts the session after dropping the user's expired sessions and evicting the oldest
