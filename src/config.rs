@@ -649,7 +649,12 @@ impl Config {
             Some(url) => {
                 let secret = webhook_secret.as_ref().map(|(secret, _)| secret.to_string());
                 let mut webhook = WebhookConfig::new(&url, secret).map_err(|message| ConfigError::Invalid {
-                    name: "events_webhook_url",
+                    // The URL is checked first; every later refusal is about the secret.
+                    name: if message.contains("TESSERA_EVENTS_WEBHOOK_SECRET") {
+                        "events_webhook_secret"
+                    } else {
+                        "events_webhook_url"
+                    },
                     message,
                 })?;
                 webhook.lease_ttl = Duration::from_secs(raw.events_webhook_lease_secs.value);

@@ -468,7 +468,7 @@ const SETTINGS: &[(&str, &str, &str, &str, &str)] = &[
     ("access_log", "TESSERA_ACCESS_LOG", "false", "false", "false"),
 ];
 
-const WEBHOOK_SECRET: &str = "whsec-do-not-print-0123456789";
+const WEBHOOK_SECRET: &str = "whsec_ZG8tbm90LXByaW50LTAxMjM0NTY3ODktYWJjZGVm";
 
 fn flag(key: &str) -> String {
     format!("--{}", key.replace('_', "-"))
