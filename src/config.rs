@@ -104,6 +104,14 @@ pub struct ServeArgs {
     /// soon another instance takes over delivery from one that died [default: 30].
     #[arg(long, env = "TESSERA_EVENTS_WEBHOOK_LEASE_SECS", value_name = "SECS")]
     pub events_webhook_lease_secs: Option<u64>,
+    /// Threads that run argon2 (password and backup-code hashing), each holding at most 19 MiB;
+    /// more logins queue [default: one per core].
+    #[arg(long, env = "TESSERA_HASHING_THREADS", value_name = "N")]
+    pub hashing_threads: Option<usize>,
+    /// Niceness of the hashing threads, 0..=19: higher lets session lookups preempt argon2
+    /// during a login flood, 0 gives hashing the same priority as the rest [default: 10].
+    #[arg(long, env = "TESSERA_HASHING_NICE", value_name = "N")]
+    pub hashing_nice: Option<i32>,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -131,6 +139,8 @@ struct FileConfig {
     body_read_timeout_secs: Option<u64>,
     events_webhook_url: Option<String>,
     events_webhook_lease_secs: Option<u64>,
+    hashing_threads: Option<usize>,
+    hashing_nice: Option<i32>,
 }
 
 /// Why the configuration cannot be used.
@@ -323,6 +333,23 @@ impl Config {
             "database_statement_timeout_ms",
             i64::try_from(statement_timeout_ms.as_millis()).unwrap_or(i64::MAX),
         )?;
+        let hashing_threads = args.hashing_threads.or(file.hashing_threads).unwrap_or(0);
+        if hashing_threads > 1024 {
+            return Err(ConfigError::Invalid {
+                name: "hashing_threads",
+                message: "must be at most 1024 (each thread may hold 19 MiB)".into(),
+            });
+        }
+        let hashing_nice = args
+            .hashing_nice
+            .or(file.hashing_nice)
+            .unwrap_or(service_defaults.hashing_nice);
+        if !(0..=19).contains(&hashing_nice) {
+            return Err(ConfigError::Invalid {
+                name: "hashing_nice",
+                message: "must be between 0 and 19".into(),
+            });
+        }
         let secret_key = match std::env::var("TESSERA_SECRET_KEY") {
             Ok(text) => Some(MasterKey::from_base64(&text).map_err(ConfigError::SecretKey)?),
             Err(_) => None,
@@ -367,6 +394,8 @@ impl Config {
                     skew_steps: skew,
                     ..TotpPolicy::default()
                 },
+                hashing_threads,
+                hashing_nice,
                 ..service_defaults
             },
             ip_rate_limit_per_minute: args
