@@ -7,7 +7,8 @@
 # and prints, one line each:
 #   idle RSS; one login alone (median of sequential logins: one argon2 hash plus one write);
 #   introspection alone (GET /api/auth/session, wrk -t1 -c8); password logins alone (wrk -c64:
-#   requests/s against cores / one login); introspection while logins flood the hashing pool
+#   requests/s against cores / one login; CPU per login and the share of it spent in the argon2
+#   threads, which the machine's other load does not distort); introspection while logins flood the hashing pool
 #   (p99 ratio); peak RSS (VmHWM) of the whole run; RSS right after the flood and AFTER_SECS later.
 # Hashing settings pass through: TESSERA_HASHING_THREADS, TESSERA_HASHING_NICE.
 # Needs wrk, curl, jq, python3. All traffic stays on 127.0.0.1; every load run is bounded.
@@ -41,6 +42,23 @@ for _ in $(seq 100); do curl -sf "$BASE/readyz" >/dev/null && break; sleep 0.1; 
 curl -sf "$BASE/readyz" >/dev/null || { echo "hashing.sh: the server did not get ready: $(tail -1 "$WORK/server.log")" >&2; exit 1; }
 
 rss() { awk -v k="$1:" '$1 == k { print int($2 / 1024) }' "/proc/$PID/status"; }
+# CPU clock ticks (utime + stime) of the whole process, and of its argon2 threads (named
+# tessera-hash-N; a binary without them reports 0).
+ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$PID/stat"; }
+hash_ticks() {
+  local sum=0 task
+  for task in /proc/$PID/task/*; do
+    [[ $(cat "$task/comm" 2>/dev/null) == tessera-hash-* ]] || continue
+    sum=$((sum + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$task/stat")))
+  done
+  echo "$sum"
+}
+HZ=$(getconf CLK_TCK)
+cpu_line() { # NAME REQUESTS TICKS_BEFORE HASH_TICKS_BEFORE
+  local total=$(($(ticks) - $3)) hashing=$(($(hash_ticks) - $4))
+  awk -v n="$1" -v r="$2" -v t="$total" -v h="$hashing" -v hz="$HZ" 'BEGIN {
+    printf "%s cpu_ms_per_login %.1f hashing_threads_share %.2f\n", n, t * 1000 / hz / r, (t ? h / t : 0) }'
+}
 post() { curl -s -o "$WORK/body" -w '%{http_code}' -H 'content-type: application/json' -d "$2" "$BASE$1"; }
 
 echo "progress: registering $USERS users" >&2
@@ -61,10 +79,12 @@ sleep 35
 echo "idle_rss_mb $(rss VmRSS)"
 
 read -r email password < <(head -1 "$WORK/users")
+T0=$(ticks) H0=$(hash_ticks)
 for _ in $(seq 21); do
   curl -s -o /dev/null -w '%{time_total}\n' -H 'content-type: application/json' \
     -d "{\"email\":\"$email\",\"password\":\"$password\"}" "$BASE/api/auth/login"
 done | sort -n | awk '{ t[NR] = $1 } END { printf "one_login_ms %.1f\n", t[int((NR + 1) / 2)] * 1000 }'
+cpu_line sequential_logins 21 "$T0" "$H0"
 
 result() { grep '^RESULT' "$1" | sed 's/^RESULT //'; }
 echo "progress: introspection alone (${SECS} s)" >&2
@@ -72,8 +92,10 @@ wrk -t1 -c8 -d"${SECS}s" --latency -s "$HERE/session.lua" "$BASE" -- "$WORK/toke
 echo "introspection_alone $(result "$WORK/intro")"
 
 echo "progress: password logins alone (${SECS} s, 64 connections)" >&2
+T0=$(ticks) H0=$(hash_ticks)
 wrk -t2 -c64 -d"${SECS}s" --timeout 20s -s "$HERE/login.lua" "$BASE" -- "$WORK/users" >"$WORK/logins" 2>&1
 echo "logins_alone $(result "$WORK/logins")"
+cpu_line logins_alone "$(result "$WORK/logins" | sed 's/.*total=\([0-9]*\).*/\1/')" "$T0" "$H0"
 echo "rss_after_logins_mb $(rss VmRSS)"
 
 echo "progress: introspection during a login flood ($((SECS + 10)) s)" >&2

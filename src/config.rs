@@ -108,8 +108,8 @@ pub struct ServeArgs {
     /// more logins queue [default: one per core].
     #[arg(long, env = "TESSERA_HASHING_THREADS", value_name = "N")]
     pub hashing_threads: Option<usize>,
-    /// Niceness of the hashing threads, 0..=19: higher lets session lookups preempt argon2
-    /// during a login flood, 0 gives hashing the same priority as the rest [default: 10].
+    /// How much nicer (0..=19) the hashing threads run than the rest of the process: higher lets
+    /// session lookups preempt argon2 during a login flood; 0 = the same priority [default: 10].
     #[arg(long, env = "TESSERA_HASHING_NICE", value_name = "N")]
     pub hashing_nice: Option<i32>,
 }

@@ -13,8 +13,8 @@
 //!   stops waiting, but a hash that has started runs to its end on its thread and holds the
 //!   thread until then; so abandoned hashes never pile up beyond `size`. A job whose caller gave
 //!   up before it started is skipped: its result would go nowhere.
-//! - **Isolation.** The threads run at a lower scheduling priority (`nice`, default
-//!   [`DEFAULT_NICE`]), so the async workers that answer session lookups preempt them when both
+//! - **Isolation.** The threads run at a lower scheduling priority (niceness raised by
+//!   [`DEFAULT_NICE`] over the process's own), so the async workers that answer session lookups preempt them when both
 //!   want a core: a flood of password guesses slows password logins, not everyone else.
 //! - **Visibility.** `tessera_hashing_queue_length` (gauge: jobs waiting for a thread) and
 //!   `tessera_hashing_wait_seconds` (histogram: time from queueing to start) through the
@@ -31,7 +31,8 @@ use tokio::sync::oneshot;
 /// operating system, see [`release_large_allocations_to_the_os`]); the next hash allocates again.
 pub const IDLE_RELEASE: Duration = Duration::from_secs(30);
 
-/// The niceness of hashing threads: 10 of 19 below the async workers. Measured on 2 cores
+/// How much nicer than the rest of the process hashing threads run: 10 steps below the async
+/// workers. Measured on 2 cores
 /// (BENCHMARKS.md, "Password hashing"): enough for session lookups to preempt argon2, while the
 /// hashing threads still get every cycle the workers leave idle.
 pub const DEFAULT_NICE: i32 = 10;
@@ -123,8 +124,8 @@ impl HashingPool {
         Self::new(cores())
     }
 
-    /// `size` threads (at least one, per core when `None`) at niceness `nice` (0 = the
-    /// priority of the rest of the process; 1..=19 lower).
+    /// `size` threads (at least one) running `nice` steps nicer than the process (0 = the
+    /// priority of the rest of the process; up to 19 lower).
     pub fn with_priority(size: usize, nice: i32) -> Self {
         release_large_allocations_to_the_os();
         let size = size.max(1);
@@ -251,8 +252,10 @@ fn next(shared: &Shared, holding_memory: bool) -> Next {
     }
 }
 
-/// Lowers the calling thread's priority to niceness `nice` (Linux: per thread, by thread id).
-/// Lowering needs no privilege; a failure only loses the isolation, so it is logged, not fatal.
+/// Lowers the calling thread's priority by `nice` steps below the process's own niceness (at
+/// most to 19), so that `nice -n 5 tessera serve` still leaves its hashing threads below its
+/// other threads. Linux sets niceness per thread, by thread id. Lowering needs no privilege; a
+/// failure only loses the isolation, so it is logged, not fatal.
 fn lower_priority(nice: i32) {
     if nice == 0 {
         return;
@@ -260,9 +263,16 @@ fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
+        // getpriority may return -1 as a niceness: errno tells an error apart.
         let result = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+            let tid = libc::gettid() as libc::id_t;
+            *libc::__errno_location() = 0;
+            let own = libc::getpriority(libc::PRIO_PROCESS, tid);
+            if own == -1 && *libc::__errno_location() != 0 {
+                -1
+            } else {
+                libc::setpriority(libc::PRIO_PROCESS, tid, own.saturating_add(nice).min(19))
+            }
         };
         if result != 0 {
             tracing::warn!(
@@ -400,19 +410,16 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn hashing_threads_run_at_the_lower_priority() {
+    async fn hashing_threads_run_nicer_than_the_process() {
+        fn own_nice() -> i32 {
+            // SAFETY: reads the calling thread's own niceness.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+        }
+        let process = own_nice();
         let pool = HashingPool::with_priority(1, 7);
-        let nice = pool
-            .run(|| {
-                // SAFETY: reads the calling thread's own niceness.
-                unsafe {
-                    *libc::__errno_location() = 0;
-                    libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
-                }
-            })
-            .await
-            .unwrap();
-        // Niceness only goes down without privileges: at least 7 (more if the test ran niced).
-        assert!(nice >= 7, "{nice}");
+        let nice = pool.run(own_nice).await.unwrap();
+        // New threads inherit the creating thread's niceness; 7 more, or 19 at most.
+        assert_eq!(nice, (process + 7).min(19), "process {process}");
+        assert_eq!(HashingPool::with_priority(1, 0).run(own_nice).await.unwrap(), process);
     }
 }
