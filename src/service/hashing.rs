@@ -6,16 +6,17 @@
 //! - **Bounded memory.** Each thread owns at most one [`HashingMemory`] (argon2's 19 MiB), made
 //!   on its first hash and reused by every later one, so the process holds at most
 //!   `size x 19 MiB` of argon2 memory whatever the load. A thread idle for
-//!   [`IDLE_RELEASE`] gives its memory back. tokio's blocking pool, used before, grew up to
-//!   512 threads under a flood; each kept its freed 19 MiB in its own glibc arena (483 MB of RSS
-//!   after one flood on 2 cores).
+//!   [`IDLE_RELEASE`] gives its memory back. tokio's blocking pool, used before, started a thread
+//!   whenever the running ones were busy, and each thread's glibc arena kept the 19 MiB it had
+//!   freed (RSS of 500 to 900 MB after a flood on 2 cores).
 //! - **Slots live as long as the hash.** A caller that gives up (request timeout, client gone)
 //!   stops waiting, but a hash that has started runs to its end on its thread and holds the
 //!   thread until then; so abandoned hashes never pile up beyond `size`. A job whose caller gave
 //!   up before it started is skipped: its result would go nowhere.
 //! - **Isolation.** The threads run at a lower scheduling priority (niceness raised by
-//!   [`DEFAULT_NICE`] over the process's own), so the async workers that answer session lookups preempt them when both
-//!   want a core: a flood of password guesses slows password logins, not everyone else.
+//!   [`DEFAULT_NICE`] over the process's own), so the async workers that answer session
+//!   lookups preempt them when both want a core: a flood of password guesses slows password
+//!   logins, not everyone else.
 //! - **Visibility.** `tessera_hashing_queue_length` (gauge: jobs waiting for a thread) and
 //!   `tessera_hashing_wait_seconds` (histogram: time from queueing to start) through the
 //!   `metrics` facade; without an installed recorder they cost nothing.
@@ -31,10 +32,10 @@ use tokio::sync::oneshot;
 /// operating system, see [`release_large_allocations_to_the_os`]); the next hash allocates again.
 pub const IDLE_RELEASE: Duration = Duration::from_secs(30);
 
-/// How much nicer than the rest of the process hashing threads run: 10 steps below the async
-/// workers. Measured on 2 cores
-/// (BENCHMARKS.md, "Password hashing"): enough for session lookups to preempt argon2, while the
-/// hashing threads still get every cycle the workers leave idle.
+/// How much nicer than the rest of the process hashing threads run: 10 steps, so the scheduler
+/// gives a waking async worker the core before a hashing thread, while the hashing threads
+/// still get every cycle the workers leave idle (the full login rate when nothing else runs).
+/// The measurements and the trade-off: BENCHMARKS.md, "Password hashing".
 pub const DEFAULT_NICE: i32 = 10;
 
 /// The gauge of jobs waiting for a hashing thread.
@@ -117,11 +118,6 @@ impl HashingPool {
     /// `size` threads (at least one) at the default niceness.
     pub fn new(size: usize) -> Self {
         Self::with_priority(size, DEFAULT_NICE)
-    }
-
-    /// One thread per core.
-    pub fn per_core() -> Self {
-        Self::new(cores())
     }
 
     /// `size` threads (at least one) running `nice` steps nicer than the process (0 = the

@@ -240,10 +240,11 @@ impl Service {
         key: MasterKey,
         config: ServiceConfig,
     ) -> ServiceResult<Self> {
-        let hashing = match config.hashing_threads {
-            0 => HashingPool::with_priority(hashing::cores(), config.hashing_nice),
-            threads => HashingPool::with_priority(threads, config.hashing_nice),
+        let threads = match config.hashing_threads {
+            0 => hashing::cores(),
+            threads => threads,
         };
+        let hashing = HashingPool::with_priority(threads, config.hashing_nice);
         let dummy_hash = hashing
             .run(|| {
                 let mut random = [0u8; 24];
