@@ -60,7 +60,7 @@ macro_rules! show_by_display {
         }
     )*};
 }
-show_by_display!(u32, u64, i64, usize, bool, String, SocketAddr, LogFormat);
+show_by_display!(u32, u64, i32, i64, usize, bool, String, SocketAddr, LogFormat);
 
 impl Show for PathBuf {
     fn show(&self) -> String {
@@ -352,6 +352,12 @@ another instance takes over delivery from one that died.";
             help "Seconds between housekeeping sweeps (expired sessions, mfa tokens, setups, old events).";
         access_log: bool = true => env "TESSERA_ACCESS_LOG", value "BOOL",
             help "Whether every finished request is logged (method, route, status, latency, request id).";
+        hashing_threads: usize = 0 => env "TESSERA_HASHING_THREADS", value "N",
+            help "Threads that run argon2 (password and backup-code hashing), each holding at most 19 MiB; \
+more logins queue; 0 = one per core.";
+        hashing_nice: i32 = ServiceConfig::default().hashing_nice => env "TESSERA_HASHING_NICE", value "N",
+            help "How much nicer (0..=19) the hashing threads run than the rest of the process: higher lets \
+session lookups preempt argon2 during a login flood; 0 = the same priority.";
     ]
 }
 
@@ -637,6 +643,18 @@ impl Config {
         positive("database_pool_size", u64::from(raw.database_pool_size.value))?;
         positive("database_statement_timeout_ms", raw.database_statement_timeout_ms.value)?;
         positive("event_retention_days", u64::from(raw.event_retention_days.value))?;
+        if raw.hashing_threads.value > 1024 {
+            return Err(ConfigError::Invalid {
+                name: "hashing_threads",
+                message: "must be at most 1024 (each thread may hold 19 MiB)".into(),
+            });
+        }
+        if !(0..=19).contains(&raw.hashing_nice.value) {
+            return Err(ConfigError::Invalid {
+                name: "hashing_nice",
+                message: "must be between 0 and 19".into(),
+            });
+        }
         positive("housekeeping_interval_secs", raw.housekeeping_interval_secs.value)?;
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&raw.log.value) {
             return Err(ConfigError::Invalid {
@@ -704,6 +722,8 @@ impl Config {
                 session_lifetime_secs: positive_i64("session_lifetime_secs", raw.session_lifetime_secs.value)?,
                 registration_open: raw.registration_open.value,
                 reauth_per_minute: raw.reauth_per_minute.value,
+                hashing_threads: raw.hashing_threads.value,
+                hashing_nice: raw.hashing_nice.value,
                 mfa_issuer: issuer,
                 totp: TotpPolicy {
                     skew_steps: skew,

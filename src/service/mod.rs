@@ -8,11 +8,15 @@
 //! - [`sessions`]: the sessions a user sees and ends (list, end one, end all others).
 //! - [`operator`]: the operator's `tessera user` commands (create, set-password, revoke-sessions,
 //!   unlock, delete).
+//! - [`hashing`]: the pool of threads that runs argon2, bounded in threads and memory.
 
 pub mod accounts;
+pub mod hashing;
 pub mod mfa;
 pub mod operator;
 pub mod sessions;
+
+pub use hashing::HashingPool;
 
 use crate::clock::Clock;
 use crate::domain::password::{self, Password, PasswordHashString};
@@ -20,7 +24,6 @@ use crate::domain::sealing::MasterKey;
 use crate::domain::totp::TotpPolicy;
 use crate::store::{NewEvent, Store, StoreError};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 /// Everything that can go wrong in a use case. The HTTP layer maps each variant to exactly one
 /// problem type in one exhaustive `match`.
@@ -143,6 +146,10 @@ pub struct ServiceConfig {
     /// Re-authentications (MFA setup, password change, regenerate, disable) per account and
     /// minute; success does not give any back. 0 switches the budget off.
     pub reauth_per_minute: u32,
+    /// Threads of the hashing pool; 0 means one per core.
+    pub hashing_threads: usize,
+    /// Niceness of the hashing threads (see [`hashing::DEFAULT_NICE`]).
+    pub hashing_nice: i32,
 }
 
 impl Default for ServiceConfig {
@@ -156,50 +163,9 @@ impl Default for ServiceConfig {
             challenge_ttl_secs: 5 * 60,
             setup_ttl_secs: 10 * 60,
             reauth_per_minute: 10,
+            hashing_threads: 0,
+            hashing_nice: hashing::DEFAULT_NICE,
         }
-    }
-}
-
-/// Runs argon2 (the only deliberately slow work) on tokio's blocking threads, at most
-/// `permits` at a time: a flood of password attempts queues here and raises its own latency,
-/// not that of session lookups on the async workers.
-#[derive(Debug, Clone)]
-pub struct HashingPool {
-    permits: Arc<Semaphore>,
-}
-
-impl HashingPool {
-    pub fn new(size: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(size.max(1))),
-        }
-    }
-
-    /// One slot per core.
-    pub fn per_core() -> Self {
-        Self::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
-    }
-
-    pub async fn run<T, F>(&self, work: F) -> ServiceResult<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ServiceError::Internal("hashing pool closed".into()))?;
-        // The permit moves into the blocking task: a request that times out (or whose client
-        // leaves) drops this future, but its hash still runs to the end on its thread, and it
-        // must keep its slot until then, or abandoned hashes would pile up beyond the pool size.
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work()
-        })
-        .await
-        .map_err(|err| ServiceError::Internal(format!("hashing task failed: {err}")))
     }
 }
 
@@ -277,7 +243,11 @@ impl Service {
         key: MasterKey,
         config: ServiceConfig,
     ) -> ServiceResult<Self> {
-        let hashing = HashingPool::per_core();
+        let threads = match config.hashing_threads {
+            0 => hashing::cores(),
+            threads => threads,
+        };
+        let hashing = HashingPool::with_priority(threads, config.hashing_nice);
         let dummy_hash = hashing
             .run(|| {
                 let mut random = [0u8; 24];
@@ -339,53 +309,14 @@ impl Service {
 
     async fn hash_password(&self, password: Password) -> ServiceResult<PasswordHashString> {
         self.hashing
-            .run(move || password::hash(&password))
+            .run_in_memory(move |memory| password::hash_in(&password, memory.get()))
             .await?
             .map_err(|err| ServiceError::Internal(err.to_string()))
     }
 
     async fn verify_password(&self, password: Password, stored: PasswordHashString) -> ServiceResult<bool> {
-        self.hashing.run(move || password::verify(&password, &stored)).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::mpsc;
-    use std::time::Duration;
-
-    #[tokio::test]
-    async fn an_abandoned_hash_keeps_its_slot_until_it_finishes() {
-        let pool = HashingPool::new(1);
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let first = pool.run(move || {
-            let _ = started_tx.send(());
-            let _ = release_rx.recv();
-        });
-        // The caller gives up (a request timeout) once the hash is running on its thread.
-        tokio::select! {
-            _ = first => panic!("the first hash cannot finish before it is released"),
-            _ = started_rx => {}
-        }
-        let second_ran = Arc::new(AtomicBool::new(false));
-        let flag = second_ran.clone();
-        let second = pool.run(move || flag.store(true, Ordering::SeqCst));
-        tokio::pin!(second);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(200), &mut second)
-                .await
-                .is_err(),
-            "the abandoned hash still holds the only slot"
-        );
-        assert!(!second_ran.load(Ordering::SeqCst));
-        release_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), second)
+        self.hashing
+            .run_in_memory(move |memory| password::verify_in(&password, &stored, memory.get()))
             .await
-            .expect("the slot is free once the abandoned hash ends")
-            .unwrap();
-        assert!(second_ran.load(Ordering::SeqCst));
     }
 }

@@ -1,0 +1,421 @@
+//! The hashing pool: where argon2 (the only deliberately slow work) runs, on `size` dedicated
+//! OS threads fed from one queue, never on an async worker or on tokio's blocking pool.
+//!
+//! What it guarantees, and why each part is there:
+//!
+//! - **Bounded memory.** Each thread owns at most one [`HashingMemory`] (argon2's 19 MiB), made
+//!   on its first hash and reused by every later one, so the process holds at most
+//!   `size x 19 MiB` of argon2 memory whatever the load. A thread idle for
+//!   [`IDLE_RELEASE`] gives its memory back. tokio's blocking pool, used before, started a thread
+//!   whenever the running ones were busy, and each thread's glibc arena kept the 19 MiB it had
+//!   freed (RSS of 500 to 900 MB after a flood on 2 cores).
+//! - **Slots live as long as the hash.** A caller that gives up (request timeout, client gone)
+//!   stops waiting, but a hash that has started runs to its end on its thread and holds the
+//!   thread until then; so abandoned hashes never pile up beyond `size`. A job whose caller gave
+//!   up before it started is skipped: its result would go nowhere.
+//! - **Isolation.** The threads run at a lower scheduling priority (niceness raised by
+//!   [`DEFAULT_NICE`] over the process's own), so the async workers that answer session
+//!   lookups preempt them when both want a core: a flood of password guesses slows password
+//!   logins, not everyone else.
+//! - **Visibility.** `tessera_hashing_queue_length` (gauge: jobs waiting for a thread) and
+//!   `tessera_hashing_wait_seconds` (histogram: time from queueing to start) through the
+//!   `metrics` facade; without an installed recorder they cost nothing.
+
+use super::{ServiceError, ServiceResult};
+use crate::domain::password::HashingMemory;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// A thread that has had no job for this long frees its argon2 memory (given back to the
+/// operating system, see [`release_large_allocations_to_the_os`]); the next hash allocates again.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(30);
+
+/// How much nicer than the rest of the process hashing threads run: 10 steps, so the scheduler
+/// gives a waking async worker the core before a hashing thread, while the hashing threads
+/// still get every cycle the workers leave idle (the full login rate when nothing else runs).
+/// The measurements and the trade-off: BENCHMARKS.md, "Password hashing".
+pub const DEFAULT_NICE: i32 = 10;
+
+/// The gauge of jobs waiting for a hashing thread.
+pub const QUEUE_LENGTH_METRIC: &str = "tessera_hashing_queue_length";
+/// The histogram of the time a job waited for a hashing thread, in seconds.
+pub const WAIT_METRIC: &str = "tessera_hashing_wait_seconds";
+
+/// The memory a hashing thread owns: made on first use, dropped after [`IDLE_RELEASE`].
+#[derive(Debug, Default)]
+pub struct WorkerMemory(Option<HashingMemory>);
+
+impl WorkerMemory {
+    /// The thread's argon2 memory, allocated on the first call.
+    pub fn get(&mut self) -> &mut HashingMemory {
+        self.0.get_or_insert_with(HashingMemory::new)
+    }
+
+    fn release(&mut self) {
+        self.0 = None;
+    }
+
+    fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+type Work = Box<dyn FnOnce(&mut WorkerMemory) + Send>;
+
+struct Job {
+    queued_at: Instant,
+    work: Work,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A job never runs under this lock, so a poisoned one still holds a consistent queue.
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Closes the queue when the last handle of a pool goes: the threads finish the queued jobs
+/// and exit.
+struct Handle {
+    shared: Arc<Shared>,
+    size: usize,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+/// Runs argon2 on `size` dedicated threads, one job per thread at a time; see the module
+/// documentation. Cloning shares the threads.
+#[derive(Clone)]
+pub struct HashingPool {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for HashingPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashingPool").field("size", &self.handle.size).finish()
+    }
+}
+
+impl HashingPool {
+    /// `size` threads (at least one) at the default niceness.
+    pub fn new(size: usize) -> Self {
+        Self::with_priority(size, DEFAULT_NICE)
+    }
+
+    /// `size` threads (at least one) running `nice` steps nicer than the process (0 = the
+    /// priority of the rest of the process; up to 19 lower).
+    pub fn with_priority(size: usize, nice: i32) -> Self {
+        release_large_allocations_to_the_os();
+        let size = size.max(1);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+        });
+        for index in 0..size {
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tessera-hash-{index}"))
+                .spawn(move || worker(&shared, nice));
+            if let Err(err) = spawned {
+                // The threads that did start serve the queue; none at all is reported by `run`
+                // never answering, so say why here.
+                tracing::error!(error = %err, "could not start a password hashing thread");
+            }
+        }
+        Self {
+            handle: Arc::new(Handle { shared, size }),
+        }
+    }
+
+    /// The number of hashing threads.
+    pub fn size(&self) -> usize {
+        self.handle.size
+    }
+
+    /// Runs `work` on a hashing thread (work that allocates its own memory, or none).
+    pub async fn run<T, F>(&self, work: F) -> ServiceResult<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run_in_memory(move |_| work()).await
+    }
+
+    /// Runs `work` on a hashing thread with that thread's reusable argon2 memory.
+    pub async fn run_in_memory<T, F>(&self, work: F) -> ServiceResult<T>
+    where
+        F: FnOnce(&mut WorkerMemory) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (sender, receiver) = oneshot::channel();
+        let job = Job {
+            queued_at: Instant::now(),
+            work: Box::new(move |memory: &mut WorkerMemory| {
+                // The caller stopped waiting before a thread was free: nobody needs the result.
+                if sender.is_closed() {
+                    return;
+                }
+                let _ = sender.send(work(memory));
+            }),
+        };
+        {
+            let shared = &self.handle.shared;
+            let mut queue = shared.lock();
+            queue.jobs.push_back(job);
+            metrics::gauge!(QUEUE_LENGTH_METRIC).set(queue.jobs.len() as f64);
+            shared.ready.notify_one();
+        }
+        receiver
+            .await
+            .map_err(|_| ServiceError::Internal("hashing task failed (it panicked)".into()))
+    }
+}
+
+/// The cores this process may run on (2 when unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// What a hashing thread does next.
+enum Next {
+    Run(Job),
+    ReleaseMemory,
+    Exit,
+}
+
+fn worker(shared: &Shared, nice: i32) {
+    lower_priority(nice);
+    let mut memory = WorkerMemory::default();
+    loop {
+        match next(shared, memory.is_held()) {
+            Next::Run(job) => {
+                metrics::histogram!(WAIT_METRIC).record(job.queued_at.elapsed().as_secs_f64());
+                // A panicking job drops its sender, so its caller gets an error; the thread
+                // (and its memory, which argon2 overwrites before reading) goes on serving.
+                let work = job.work;
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut memory)));
+            }
+            Next::ReleaseMemory => memory.release(),
+            Next::Exit => return,
+        }
+    }
+}
+
+/// Waits for a job; with memory held, for at most [`IDLE_RELEASE`].
+fn next(shared: &Shared, holding_memory: bool) -> Next {
+    let mut queue = shared.lock();
+    loop {
+        if let Some(job) = queue.jobs.pop_front() {
+            metrics::gauge!(QUEUE_LENGTH_METRIC).set(queue.jobs.len() as f64);
+            return Next::Run(job);
+        }
+        if queue.closed {
+            return Next::Exit;
+        }
+        if holding_memory {
+            let (guard, waited) = shared
+                .ready
+                .wait_timeout(queue, IDLE_RELEASE)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            queue = guard;
+            if waited.timed_out() && queue.jobs.is_empty() && !queue.closed {
+                return Next::ReleaseMemory;
+            }
+        } else {
+            queue = shared
+                .ready
+                .wait(queue)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// Lowers the calling thread's priority by `nice` steps below the process's own niceness (at
+/// most to 19), so that `nice -n 5 tessera serve` still leaves its hashing threads below its
+/// other threads. Linux sets niceness per thread, by thread id. Lowering needs no privilege; a
+/// failure only loses the isolation, so it is logged, not fatal.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
+        // getpriority may return -1 as a niceness: errno tells an error apart.
+        let result = unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            *libc::__errno_location() = 0;
+            let own = libc::getpriority(libc::PRIO_PROCESS, tid);
+            if own == -1 && *libc::__errno_location() != 0 {
+                -1
+            } else {
+                libc::setpriority(libc::PRIO_PROCESS, tid, own.saturating_add(nice).min(19))
+            }
+        };
+        if result != 0 {
+            tracing::warn!(
+                nice,
+                error = %std::io::Error::last_os_error(),
+                "could not lower the priority of a password hashing thread"
+            );
+        }
+    }
+}
+
+/// Makes glibc serve every allocation of 1 MiB or more (argon2's 19 MiB blocks) with its own
+/// `mmap`, unmapped again when freed. By default glibc raises that threshold to the size of the
+/// first large block freed, after which 19 MiB blocks come from, and stay in, the allocating
+/// thread's arena. Process-wide, set once; other allocators ignore it.
+fn release_large_allocations_to_the_os() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes a tunable of the allocator; called before any hashing.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    #[tokio::test]
+    async fn an_abandoned_hash_keeps_its_slot_until_it_finishes() {
+        let pool = HashingPool::new(1);
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let first = pool.run(move || {
+            let _ = started_tx.send(());
+            let _ = release_rx.recv();
+        });
+        // The caller gives up (a request timeout) once the hash is running on its thread.
+        tokio::select! {
+            _ = first => panic!("the first hash cannot finish before it is released"),
+            _ = started_rx => {}
+        }
+        let second_ran = Arc::new(AtomicBool::new(false));
+        let flag = second_ran.clone();
+        let second = pool.run(move || flag.store(true, Ordering::SeqCst));
+        tokio::pin!(second);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut second)
+                .await
+                .is_err(),
+            "the abandoned hash still holds the only slot"
+        );
+        assert!(!second_ran.load(Ordering::SeqCst));
+        release_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the slot is free once the abandoned hash ends")
+            .unwrap();
+        assert!(second_ran.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_job_abandoned_while_queued_never_runs() {
+        let pool = HashingPool::new(1);
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let blocker = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.run(move || {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.recv();
+                })
+                .await
+            }
+        });
+        started_rx.await.unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let queued = pool.run(move || flag.store(true, Ordering::SeqCst));
+        // Queued behind the blocker, then given up.
+        assert!(tokio::time::timeout(Duration::from_millis(100), queued).await.is_err());
+        release_tx.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        // A later job runs after the abandoned one would have: by then it was skipped.
+        pool.run(|| ()).await.unwrap();
+        assert!(!ran.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn never_more_jobs_run_at_once_than_threads() {
+        let pool = HashingPool::new(2);
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let jobs: Vec<_> = (0..12)
+            .map(|_| {
+                let (pool, running, most) = (pool.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    pool.run(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for job in jobs {
+            job.await.unwrap().unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_thread_reuses_its_memory_and_survives_a_panicking_job() {
+        let pool = HashingPool::new(1);
+        let held_before = |memory: &mut WorkerMemory| {
+            let held = memory.is_held();
+            memory.get();
+            held
+        };
+        assert!(
+            !pool.run_in_memory(held_before).await.unwrap(),
+            "allocated on first use"
+        );
+        let panicked = pool.run(|| panic!("a broken job")).await;
+        assert!(matches!(panicked, Err(ServiceError::Internal(_))), "{panicked:?}");
+        assert!(pool.run_in_memory(held_before).await.unwrap(), "kept for the next hash");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_nicer_than_the_process() {
+        fn own_nice() -> i32 {
+            // SAFETY: reads the calling thread's own niceness.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+        }
+        let process = own_nice();
+        let pool = HashingPool::with_priority(1, 7);
+        let nice = pool.run(own_nice).await.unwrap();
+        // New threads inherit the creating thread's niceness; 7 more, or 19 at most.
+        assert_eq!(nice, (process + 7).min(19), "process {process}");
+        assert_eq!(HashingPool::with_priority(1, 0).run(own_nice).await.unwrap(), process);
+    }
+}
