@@ -70,25 +70,6 @@ fn user_command_on(storage: &[&str], args: &[&str], input: &str) -> Finished {
     Finished { status, stdout, stderr }
 }
 
-fn succeeded(finished: &Finished) -> &str {
-    assert!(
-        finished.status.success(),
-        "{}\nstdout: {}\nstderr: {}",
-        finished.status,
-        finished.stdout,
-        finished.stderr
-    );
-    &finished.stdout
-}
-
-/// A refusal: non-zero exit, and one line on stderr that contains `needle`.
-fn refused(finished: &Finished, needle: &str) {
-    assert!(!finished.status.success(), "{}", finished.stdout);
-    let lines: Vec<&str> = finished.stderr.lines().filter(|line| !line.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line: {:?}", finished.stderr);
-    assert!(lines[0].contains(needle), "{needle:?} not in {:?}", lines[0]);
-}
-
 fn list_json(data: &Path) -> Vec<Value> {
     let listed = user_command(data, &["list", "--json"], "");
     let value: Value = serde_json::from_str(succeeded(&listed)).expect("list --json prints JSON");
@@ -125,28 +106,6 @@ async fn event_kinds(server: &Server, token: &str) -> Vec<String> {
         .iter()
         .filter_map(|event| event["type"].as_str().map(str::to_owned))
         .collect()
-}
-
-/// Registers `email` with MFA on; returns (session token, TOTP secret, backup codes).
-async fn user_with_mfa(server: &Server, email: &str) -> (String, String, Vec<String>) {
-    let token = server.user_with_session(email).await;
-    let setup = server.mfa_setup(&token).await;
-    let secret = setup.body["secret"].as_str().expect("secret").to_owned();
-    let verify = server
-        .post(
-            "/api/user/profile/mfa/verify",
-            Some(&token),
-            json!({"code": totp_code(&secret, unix_now())}),
-        )
-        .await;
-    assert_eq!(verify.status, 200, "{}", verify.text);
-    let codes = verify.body["backup_codes"]
-        .as_array()
-        .expect("codes")
-        .iter()
-        .map(|code| code.as_str().expect("code").to_owned())
-        .collect();
-    (token, secret, codes)
 }
 
 // ---- tests ----
@@ -262,7 +221,7 @@ async fn revoke_sessions_ends_sessions_and_pending_logins_and_says_how_many() {
     let dir = tempfile::tempdir().unwrap();
     let data = migrated(&dir);
     let server = serve(&data, true);
-    let (first, secret, codes) = user_with_mfa(&server, "rex@example.com").await;
+    let (first, secret, codes) = server.user_with_mfa("rex@example.com").await;
     // A second session through the whole second step, and a pending second step.
     let step = login(&server, "rex@example.com", PASSWORD).await;
     let mfa_token = step.body["mfa_token"].as_str().expect("mfa_token").to_owned();
@@ -313,7 +272,7 @@ async fn unlock_lets_an_account_locked_by_both_throttles_log_in_again() {
     let dir = tempfile::tempdir().unwrap();
     let data = migrated(&dir);
     let server = serve(&data, true);
-    let (_, secret, _) = user_with_mfa(&server, "uma@example.com").await;
+    let (_, secret, _) = server.user_with_mfa("uma@example.com").await;
 
     // Ten wrong passwords from elsewhere lock the password step there (the network of the last
     // login, the loopback, is spared): even the right password is refused.
@@ -380,7 +339,7 @@ async fn delete_removes_the_account_and_its_rows_and_keeps_its_events() {
     let dir = tempfile::tempdir().unwrap();
     let data = migrated(&dir);
     let server = serve(&data, true);
-    let (token, _, codes) = user_with_mfa(&server, "dan@example.com").await;
+    let (token, _, codes) = server.user_with_mfa("dan@example.com").await;
     let keep = server.user_with_session("keep@example.com").await;
     let id = show_json(&data, "dan@example.com")["id"]
         .as_str()
@@ -442,7 +401,7 @@ async fn list_and_show_json_have_stable_fields_and_no_secrets() {
     let data = migrated(&dir);
     assert_eq!(list_json(&data), Vec::<Value>::new(), "an empty installation");
     let server = serve(&data, true);
-    user_with_mfa(&server, "jo@example.com").await;
+    server.user_with_mfa("jo@example.com").await;
     server.user_with_session("kim@example.com").await;
     server.stop("-TERM");
 

@@ -40,25 +40,6 @@ fn restore(data: &Path, file: &Path, extra: &[&str]) -> Finished {
     run(tessera(&args))
 }
 
-fn succeeded(finished: &Finished) -> &str {
-    assert!(
-        finished.status.success(),
-        "{}\nstdout: {}\nstderr: {}",
-        finished.status,
-        finished.stdout,
-        finished.stderr
-    );
-    &finished.stdout
-}
-
-/// A refusal: non-zero exit and one line on stderr containing `needle`.
-fn refused(finished: &Finished, needle: &str) {
-    assert!(!finished.status.success(), "{}", finished.stdout);
-    let lines: Vec<&str> = finished.stderr.lines().filter(|line| !line.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line: {:?}", finished.stderr);
-    assert!(lines[0].contains(needle), "{needle:?} not in {:?}", lines[0]);
-}
-
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -72,28 +53,6 @@ fn fresh_with_key_of(from: &Path, dir: &tempfile::TempDir, name: &str) -> PathBu
     std::fs::copy(from.join("secret.key"), &key).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     data
-}
-
-/// Registers `email` with MFA on over HTTP; returns (TOTP secret, backup codes).
-async fn user_with_mfa(server: &Server, email: &str) -> (String, Vec<String>) {
-    let token = server.user_with_session(email).await;
-    let setup = server.mfa_setup(&token).await;
-    let secret = setup.body["secret"].as_str().expect("secret").to_owned();
-    let verify = server
-        .post(
-            "/api/user/profile/mfa/verify",
-            Some(&token),
-            json!({"code": totp_code(&secret, unix_now())}),
-        )
-        .await;
-    assert_eq!(verify.status, 200, "{}", verify.text);
-    let codes = verify.body["backup_codes"]
-        .as_array()
-        .expect("codes")
-        .iter()
-        .map(|code| code.as_str().expect("code").to_owned())
-        .collect();
-    (secret, codes)
 }
 
 /// The number in "N users" of a summary line.
@@ -123,7 +82,7 @@ async fn user_count(database: &Path) -> usize {
 async fn stopped_installation_with_backup(dir: &tempfile::TempDir) -> (PathBuf, PathBuf) {
     let data = dir.path().join("origin");
     let server = serve(&data);
-    user_with_mfa(&server, "mia@example.com").await;
+    server.user_with_mfa("mia@example.com").await;
     server.stop("-TERM");
     let file = dir.path().join("origin.backup");
     succeeded(&backup(&data, &file));
@@ -137,7 +96,7 @@ async fn a_backup_taken_under_writes_restores_into_a_fresh_directory_where_totp_
     let dir = tempfile::tempdir().unwrap();
     let origin = dir.path().join("origin");
     let server = serve(&origin);
-    let (secret, codes) = user_with_mfa(&server, "mfa@example.com").await;
+    let (_, secret, codes) = server.user_with_mfa("mfa@example.com").await;
 
     // Registrations and logins keep coming while the backup runs (from a task of their own,
     // with a client of their own).

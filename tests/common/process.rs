@@ -2,7 +2,7 @@
 //! in the background whose log is read until they listen. A child process is killed when its
 //! handle is dropped, so a failing test leaves nothing running.
 
-use super::{PASSWORD, Reply, reply_to};
+use super::{PASSWORD, Reply, reply_to, totp_code};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -87,7 +87,11 @@ pub fn run(mut command: Command) -> Finished {
 
 /// Runs a command that must succeed and returns its standard output.
 pub fn run_ok(command: Command) -> String {
-    let finished = run(command);
+    succeeded(&run(command)).to_owned()
+}
+
+/// Asserts that a finished command succeeded; returns its standard output.
+pub fn succeeded(finished: &Finished) -> &str {
     assert!(
         finished.status.success(),
         "{}\nstdout: {}\nstderr: {}",
@@ -95,7 +99,15 @@ pub fn run_ok(command: Command) -> String {
         finished.stdout,
         finished.stderr
     );
-    finished.stdout
+    &finished.stdout
+}
+
+/// Asserts a refusal: a non-zero exit and one line on stderr that contains `needle`.
+pub fn refused(finished: &Finished, needle: &str) {
+    assert!(!finished.status.success(), "{}", finished.stdout);
+    let lines: Vec<&str> = finished.stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {:?}", finished.stderr);
+    assert!(lines[0].contains(needle), "{needle:?} not in {:?}", lines[0]);
 }
 
 /// A running `tessera serve`, its address and the log it wrote so far.
@@ -253,6 +265,29 @@ impl Server {
             .await;
         assert_eq!(setup.status, 200, "{}", setup.text);
         setup
+    }
+
+    /// Registers `email` and turns TOTP MFA on (codes from the tests' own RFC 6238 helper);
+    /// returns (session token, TOTP secret, backup codes).
+    pub async fn user_with_mfa(&self, email: &str) -> (String, String, Vec<String>) {
+        let token = self.user_with_session(email).await;
+        let setup = self.mfa_setup(&token).await;
+        let secret = setup.body["secret"].as_str().expect("secret").to_owned();
+        let verify = self
+            .post(
+                "/api/user/profile/mfa/verify",
+                Some(&token),
+                json!({"code": totp_code(&secret, unix_now())}),
+            )
+            .await;
+        assert_eq!(verify.status, 200, "{}", verify.text);
+        let codes = verify.body["backup_codes"]
+            .as_array()
+            .expect("codes")
+            .iter()
+            .map(|code| code.as_str().expect("code").to_owned())
+            .collect();
+        (token, secret, codes)
     }
 }
 
