@@ -104,6 +104,11 @@ pub struct ServeArgs {
     /// soon another instance takes over delivery from one that died [default: 30].
     #[arg(long, env = "TESSERA_EVENTS_WEBHOOK_LEASE_SECS", value_name = "SECS")]
     pub events_webhook_lease_secs: Option<u64>,
+    /// One info line per request (method, path, status, latency, request id). It costs about a
+    /// tenth of the introspection rate (BENCHMARKS.md); security events are recorded in the
+    /// database either way [default: false].
+    #[arg(long, env = "TESSERA_ACCESS_LOG", value_name = "BOOL")]
+    pub access_log: Option<bool>,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -131,6 +136,7 @@ struct FileConfig {
     body_read_timeout_secs: Option<u64>,
     events_webhook_url: Option<String>,
     events_webhook_lease_secs: Option<u64>,
+    access_log: Option<bool>,
 }
 
 /// Why the configuration cannot be used.
@@ -166,6 +172,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Where security events are delivered, if anywhere.
     pub webhook: Option<WebhookConfig>,
+    /// Whether every request is logged ("request finished", at info).
+    pub access_log: bool,
 }
 
 impl Default for Config {
@@ -184,6 +192,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             connections: ConnectionLimits::default(),
             webhook: None,
+            access_log: false,
         }
     }
 }
@@ -384,6 +393,7 @@ impl Config {
                 header_read_timeout: Duration::from_secs(header_read_timeout_secs),
             },
             webhook,
+            access_log: args.access_log.or(file.access_log).unwrap_or(defaults.access_log),
         })
     }
 
@@ -394,6 +404,7 @@ impl Config {
             body_read_timeout: self.body_read_timeout,
             trusted_proxies: self.trusted_proxies.clone(),
             ip_rate_limit_per_minute: self.ip_rate_limit_per_minute,
+            access_log: self.access_log,
         }
     }
 }

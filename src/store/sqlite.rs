@@ -44,6 +44,18 @@ impl SqliteStore {
     }
 
     async fn connect_with(options: SqliteConnectOptions) -> StoreResult<Self> {
+        let (options, pool_options) = Self::pool_settings(options);
+        let pool = pool_options.connect_with(options).await.map_err(map_err)?;
+        Ok(Self { pool })
+    }
+
+    /// The connection and pool settings every Tessera SQLite pool uses; public so the load
+    /// harness (benches/load.rs) can give its bare baseline endpoints the very same pool.
+    ///
+    /// `test_before_acquire(false)`: sqlx's default pings every connection on each checkout, a
+    /// round trip per query that a local file does not need (a broken SQLite connection fails
+    /// its next statement just as well, and the pool replaces it).
+    pub fn pool_settings(options: SqliteConnectOptions) -> (SqliteConnectOptions, SqlitePoolOptions) {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -53,10 +65,8 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(map_err)?;
-        Ok(Self { pool })
+            .test_before_acquire(false);
+        (options, pool)
     }
 
     async fn immediate(&self) -> StoreResult<Transaction<'static, Sqlite>> {
