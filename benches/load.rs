@@ -501,7 +501,11 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
 
 #[derive(Clone)]
 enum BarePool {
-    Sqlite(sqlx::SqlitePool),
+    /// Tessera's two SQLite pools: readers, and the one writer connection.
+    Sqlite {
+        readers: sqlx::SqlitePool,
+        writer: sqlx::SqlitePool,
+    },
     Postgres(sqlx::PgPool),
 }
 
@@ -530,7 +534,7 @@ async fn bare_read(State(bare): State<Bare>, headers: HeaderMap) -> Response {
     };
     type Row = (String, i64, i64, i64, bool);
     let row: Result<Option<Row>, sqlx::Error> = match &bare.pool {
-        BarePool::Sqlite(pool) => {
+        BarePool::Sqlite { readers: pool, .. } => {
             sqlx::query_as(
                 "SELECT user_id, created_at, expires_at, last_seen_at, mfa FROM sessions WHERE token_hash = ?",
             )
@@ -563,7 +567,7 @@ async fn bare_write(State(bare): State<Bare>, UrlPath(index): UrlPath<usize>) ->
     let user = &bare.write_users[index % bare.write_users.len()];
     let step = bare.step.fetch_add(1, Ordering::Relaxed);
     let result = match &bare.pool {
-        BarePool::Sqlite(pool) => sqlx::query(
+        BarePool::Sqlite { writer: pool, .. } => sqlx::query(
             "UPDATE users SET mfa_last_step = ?1 WHERE id = ?2 AND (mfa_last_step IS NULL OR mfa_last_step < ?1)",
         )
         .bind(step)
@@ -667,7 +671,7 @@ async fn start_bare(dir: &Path, log: &Path) -> Result<Server, String> {
 async fn freshen_sessions(pool: &BarePool) -> Result<(), String> {
     let now = now_unix();
     let result = match pool {
-        BarePool::Sqlite(pool) => sqlx::query("UPDATE sessions SET last_seen_at = ?")
+        BarePool::Sqlite { writer: pool, .. } => sqlx::query("UPDATE sessions SET last_seen_at = ?")
             .bind(now)
             .execute(pool)
             .await
@@ -687,12 +691,15 @@ async fn bare_pool(database_url: Option<&str>, data_dir: &Path) -> Result<BarePo
     match database_url {
         None => {
             let path = data_dir.join(tessera::server::DATABASE_FILE);
-            let (connect, pool) = tessera::store::sqlite::SqliteStore::pool_settings(
+            let (connect, readers, writer) = tessera::store::sqlite::SqliteStore::pool_settings(
                 sqlx::sqlite::SqliteConnectOptions::new().filename(path),
             );
-            Ok(BarePool::Sqlite(
-                pool.connect_with(connect).await.map_err(|err| err.to_string())?,
-            ))
+            let writer = writer
+                .connect_with(connect.clone())
+                .await
+                .map_err(|err| err.to_string())?;
+            let readers = readers.connect_with(connect).await.map_err(|err| err.to_string())?;
+            Ok(BarePool::Sqlite { readers, writer })
         }
         Some(url) => {
             let settings = tessera::store::postgres::PgSettings::default();

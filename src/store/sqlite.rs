@@ -17,7 +17,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqli
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Reads (WAL readers never wait for the writer).
     pool: SqlitePool,
+    /// Every write, through ONE connection: SQLite admits one writer at a time anyway, and
+    /// writers of this process queue here, in order, on an async pool checkout. Several
+    /// connections writing at once would instead collide on the file lock and wait in SQLite's
+    /// busy handler, which sleeps (1, 2, 5, 10 ... 100 ms): a tenth of the throughput of
+    /// queueing (BENCHMARKS.md). Other processes (the CLI next to a server) still meet the
+    /// busy timeout.
+    writer: SqlitePool,
 }
 
 fn map_err(err: sqlx::Error) -> StoreError {
@@ -44,33 +52,51 @@ impl SqliteStore {
     }
 
     async fn connect_with(options: SqliteConnectOptions) -> StoreResult<Self> {
-        let (options, pool_options) = Self::pool_settings(options);
-        let pool = pool_options.connect_with(options).await.map_err(map_err)?;
-        Ok(Self { pool })
+        let in_memory = options
+            .get_filename()
+            .to_str()
+            .is_some_and(|name| name.contains(":memory:"));
+        let (options, readers, writer) = Self::pool_settings(options);
+        // The writer first: it creates the file and switches it to WAL.
+        let writer = writer.connect_with(options.clone()).await.map_err(map_err)?;
+        // An in-memory database exists once per connection: one pool must do both jobs.
+        let pool = if in_memory {
+            writer.clone()
+        } else {
+            readers.connect_with(options).await.map_err(map_err)?
+        };
+        Ok(Self { pool, writer })
     }
 
-    /// The connection and pool settings every Tessera SQLite pool uses; public so the load
-    /// harness (benches/load.rs) can give its bare baseline endpoints the very same pool.
+    /// The connection and pool settings of Tessera's SQLite pools (readers, then the one
+    /// writer); public so the load harness (benches/load.rs) gives its bare baseline endpoints
+    /// the very same pools.
     ///
     /// `test_before_acquire(false)`: sqlx's default pings every connection on each checkout, a
     /// round trip per query that a local file does not need (a broken SQLite connection fails
     /// its next statement just as well, and the pool replaces it).
-    pub fn pool_settings(options: SqliteConnectOptions) -> (SqliteConnectOptions, SqlitePoolOptions) {
+    pub fn pool_settings(
+        options: SqliteConnectOptions,
+    ) -> (SqliteConnectOptions, SqlitePoolOptions, SqlitePoolOptions) {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+        let readers = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
             .test_before_acquire(false);
-        (options, pool)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false);
+        (options, readers, writer)
     }
 
     async fn immediate(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)
     }
 }
 
@@ -269,13 +295,14 @@ impl Store for SqliteStore {
 
     async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR
-            .run(&self.pool)
+            .run(&self.writer)
             .await
             .map_err(|err| StoreError::Other(format!("migration failed: {err}")))
     }
 
     async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -349,7 +376,7 @@ impl Store for SqliteStore {
             .bind(new_hash)
             .bind(user_id)
             .bind(old_hash)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_err)?;
         Ok(())
@@ -447,7 +474,7 @@ impl Store for SqliteStore {
                 .bind(now)
                 .bind(token_hash.as_bytes())
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(map_err)?;
             session.last_seen_at = now;
@@ -522,7 +549,7 @@ impl Store for SqliteStore {
             "INSERT INTO webhook_cursor (id, last_event_id) \
              SELECT 1, COALESCE(MAX(id), 0) FROM security_events WHERE true ON CONFLICT (id) DO NOTHING",
         )
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?;
         let id = sqlx::query_scalar("SELECT last_event_id FROM webhook_cursor WHERE id = 1")
@@ -541,7 +568,7 @@ impl Store for SqliteStore {
         .bind(now.saturating_add(ttl_secs))
         .bind(holder)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -554,7 +581,7 @@ impl Store for SqliteStore {
         )
         .bind(position.id)
         .bind(holder)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?
         .rows_affected();
