@@ -104,9 +104,9 @@ pub struct ServeArgs {
     /// soon another instance takes over delivery from one that died [default: 30].
     #[arg(long, env = "TESSERA_EVENTS_WEBHOOK_LEASE_SECS", value_name = "SECS")]
     pub events_webhook_lease_secs: Option<u64>,
-    /// One info line per request (method, path, status, latency, request id). It cost a third
-    /// of the introspection rate in BENCHMARKS.md; security events are recorded in the
-    /// database either way [default: false].
+    /// One info line per request (method, path, status, latency, request id). It costs 5-35 %
+    /// of the introspection rate (BENCHMARKS.md); security events are recorded in the database
+    /// either way [default: false].
     #[arg(long, env = "TESSERA_ACCESS_LOG", value_name = "BOOL")]
     pub access_log: Option<bool>,
 }
