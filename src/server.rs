@@ -20,7 +20,7 @@ use hyper_util::service::TowerToHyperService;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,6 +64,10 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("service: {0}")]
     Service(#[from] ServiceError),
+    #[error("cannot listen for metrics on {address}: {error}")]
+    MetricsListen { address: SocketAddr, error: std::io::Error },
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::RecorderError),
 }
 
 /// An opened service with its store, ready to be served or used by the CLI.
@@ -392,5 +396,42 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 's
             _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
             _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
         }
+    })
+}
+
+/// The metrics listener (`--metrics-listen`) while it runs; dropping it stops it.
+pub struct MetricsListener {
+    /// The bound address (the real port when the configured one was 0).
+    pub address: SocketAddr,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    upkeep: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MetricsListener {
+    fn drop(&mut self) {
+        self.serving.abort();
+        self.upkeep.abort();
+    }
+}
+
+/// Installs the metrics recorder, binds `address` and serves `GET /metrics` there (and nothing
+/// else), with the pool gauges read from `store` at each scrape. A listener of its own, so the
+/// metrics are never exposed with the API by accident. Must be called inside the runtime.
+pub fn start_metrics(address: SocketAddr, store: Arc<dyn Store>) -> Result<MetricsListener, StartupError> {
+    let router = crate::metrics::router(store)?;
+    let listener = bind(address).map_err(|error| StartupError::MetricsListen { address, error })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|error| StartupError::MetricsListen { address, error })?;
+    // A scraper or two, not the public: a few connections are plenty.
+    let limits = ConnectionLimits {
+        max_connections: 16,
+        max_connections_per_ip: 16,
+        header_read_timeout: Duration::from_secs(10),
+    };
+    Ok(MetricsListener {
+        address: bound,
+        serving: tokio::spawn(run(listener, router, limits, std::future::pending())),
+        upkeep: tokio::spawn(crate::metrics::upkeep()),
     })
 }

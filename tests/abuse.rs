@@ -489,11 +489,11 @@ async fn receiver(
     axum::http::StatusCode::NO_CONTENT
 }
 
-fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {
+fn hmac_sha256_base64(key: &[u8], message: &[u8]) -> String {
     use hmac::{Hmac, KeyInit, Mac};
     let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).unwrap();
     mac.update(message);
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::BASE64.encode(&mac.finalize().into_bytes())
 }
 
 #[tokio::test]
@@ -505,13 +505,13 @@ async fn security_events_reach_the_webhook_signed_and_retried_without_blocking_r
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook_addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, hook).await });
-    let secret = "webhook-secret-0123456789";
+    // A Standard Webhooks secret: "whsec_" and the base64 of the HMAC key.
+    let key = [0x5au8; 32];
+    let secret = format!("whsec_{}", data_encoding::BASE64.encode(&key));
     let app = spawn_with(Options {
         configure: Box::new(move |c| {
             let mut webhook =
-                tessera::webhook::WebhookConfig::new(&format!("http://{hook_addr}/hook"), Some(secret.to_owned()))
-                    .unwrap();
-            webhook.base_backoff = Duration::from_millis(20);
+                tessera::webhook::WebhookConfig::new(&format!("http://{hook_addr}/hook"), Some(secret)).unwrap();
             webhook.poll_interval = Duration::from_millis(20);
             c.webhook = Some(webhook);
         }),
@@ -527,23 +527,42 @@ async fn security_events_reach_the_webhook_signed_and_retried_without_blocking_r
         )
         .await;
     assert_eq!(registered.status, 201, "the request does not wait for delivery");
-    tokio::time::timeout(Duration::from_secs(20), received.arrived.notified())
-        .await
-        .expect("event delivered");
+    // The retry is due once the service's clock has passed the backoff (10 s after the first
+    // attempt): move it until the event arrives.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.deliveries.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "event not delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        app.clock.advance(time::Duration::seconds(5));
+    }
     let (headers, body) = received.deliveries.lock().unwrap()[0].clone();
     let event: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(event["type"], "user_registered");
     assert_eq!(event["request_id"], "hook-req-1");
     assert_eq!(event["user_id"], registered.body["user"]["id"]);
     assert_eq!(event["ip"], "127.0.0.1");
-    let timestamp = headers["x-tessera-timestamp"].to_str().unwrap();
-    let mut signed = format!("{timestamp}.").into_bytes();
+    let id = headers["webhook-id"].to_str().unwrap();
+    assert_eq!(id, event["id"].to_string());
+    let timestamp = headers["webhook-timestamp"].to_str().unwrap();
+    // The retry waited for the service's clock to move 10 s or more ahead of the real time: the
+    // timestamp of the accepted attempt is that clock's, not the system's.
+    let timestamp_secs = timestamp.parse::<i64>().unwrap();
+    let system_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        timestamp_secs >= system_now + 5 && timestamp_secs <= app.now(),
+        "webhook-timestamp {timestamp_secs}: system {system_now}, service clock {}",
+        app.now()
+    );
+    let mut signed = format!("{id}.{timestamp}.").into_bytes();
     signed.extend_from_slice(&body);
     assert_eq!(
-        headers["x-tessera-signature"].to_str().unwrap(),
-        format!("sha256={}", hmac_sha256_hex(secret.as_bytes(), &signed))
+        headers["webhook-signature"].to_str().unwrap(),
+        format!("v1,{}", hmac_sha256_base64(&key, &signed))
     );
-    assert_eq!(headers["x-tessera-event-id"].to_str().unwrap(), event["id"].to_string());
+    assert!(headers.get("x-tessera-signature").is_none(), "the old headers are gone");
     assert!(
         *received.attempts.lock().unwrap() >= 2,
         "the refused first delivery was retried"

@@ -288,7 +288,10 @@ async fn the_webhook_delivers_each_event_from_one_instance_and_survives_the_hold
     let env = [
         ("TESSERA_IP_RATE_LIMIT_PER_MINUTE", "0"),
         ("TESSERA_EVENTS_WEBHOOK_URL", url.as_str()),
-        ("TESSERA_EVENTS_WEBHOOK_SECRET", "webhook-secret-0123456789"),
+        (
+            "TESSERA_EVENTS_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
         ("TESSERA_EVENTS_WEBHOOK_LEASE_SECS", "3"),
     ];
     let database = TestDatabase::create().await;
@@ -326,5 +329,48 @@ async fn the_webhook_delivers_each_event_from_one_instance_and_survives_the_hold
         distinct, after,
         "in order; at most a repeat of the event in flight at the death"
     );
+    b.stop("-TERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gracefully_stopped_holder_hands_the_webhook_over_at_once() {
+    if postgres_or_skip().is_none() {
+        return;
+    }
+    let received = Hook::default();
+    let router = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    // A lease of ten minutes: B can only take over within this test if A gives the lease back.
+    let env = [
+        ("TESSERA_IP_RATE_LIMIT_PER_MINUTE", "0"),
+        ("TESSERA_EVENTS_WEBHOOK_URL", url.as_str()),
+        (
+            "TESSERA_EVENTS_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+        ("TESSERA_EVENTS_WEBHOOK_LEASE_SECS", "600"),
+    ];
+    let database = TestDatabase::create().await;
+    let key = MasterKey::generate().to_base64();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Server::start(instance(&database.url, &key, &dir.path().join("a"), &env));
+    a.wait_for_line("holding the webhook delivery lease");
+    let mut b = Server::start(instance(&database.url, &key, &dir.path().join("b"), &env));
+    assert_eq!(a.register("first@example.com").await.status, 201);
+    let first = event_ids(&database).await;
+    received.wait_for(&first).await;
+
+    a.stop("-TERM");
+    b.wait_for_line("holding the webhook delivery lease");
+    assert_eq!(b.register("second@example.com").await.status, 201);
+    let all = event_ids(&database).await;
+    received.wait_for(&all).await;
+    let mut ids = received.ids.lock().unwrap().clone();
+    ids.dedup();
+    assert_eq!(ids, all, "each event once, in order, across the hand-over");
     b.stop("-TERM");
 }

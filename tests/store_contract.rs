@@ -1573,3 +1573,741 @@ async fn sessions_opened_before_the_session_details_migration_get_ids_and_keep_w
         );
     }
 }
+
+#[tokio::test]
+async fn the_pool_status_counts_open_connections_and_none_after_close() {
+    let _cluster = CLUSTER.read().await;
+    for backend in backends().await {
+        let (name, store) = (backend.name, backend.a.clone());
+        store.ping().await.unwrap();
+        let open = store.pool_status();
+        assert!(open.size >= 1, "{name}: a query opened a connection: {open:?}");
+        assert!(open.idle <= open.size, "{name}: {open:?}");
+        assert_eq!(open.in_use(), open.size - open.idle, "{name}");
+        store.close().await;
+        let closed = store.pool_status();
+        assert_eq!(
+            (closed.size, closed.idle, closed.in_use()),
+            (0, 0, 0),
+            "{name}: {closed:?}"
+        );
+    }
+}
+// ---------------------------------------------------------------- dead webhook events, housekeeping
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_event_moves_the_cursor_past_it_and_is_queued_for_redelivery_once() {
+    // It reads the outbox (see the lease test): no racing writers meanwhile.
+    let _alone = CLUSTER.write().await;
+    for backend in backends().await {
+        let name = backend.name;
+        let (a, b) = (backend.a.as_ref(), backend.b.as_ref());
+        user(a, "dee").await;
+        let start = a.webhook_cursor().await.unwrap();
+        a.insert_event(&event("dee", "login_failed", NOW)).await.unwrap();
+        a.insert_event(&event("dee", "login_failed", NOW + 1)).await.unwrap();
+        let events = outbox(b, start, 2).await;
+        assert!(
+            !b.bury_webhook_event("B", &events[0], 10, "HTTP 503", NOW)
+                .await
+                .unwrap(),
+            "{name}: not the lease holder"
+        );
+        assert!(a.dead_webhook_events(false, 10).await.unwrap().is_empty(), "{name}");
+        assert_eq!(a.webhook_cursor().await.unwrap(), start, "{name}: nothing written");
+
+        assert!(a.acquire_webhook_lease("A", NOW, 30).await.unwrap());
+        assert!(
+            a.bury_webhook_event("A", &events[0], 10, "HTTP 503", NOW)
+                .await
+                .unwrap()
+        );
+        assert_eq!(b.webhook_cursor().await.unwrap(), events[0].position, "{name}");
+        let dead = b.dead_webhook_events(false, 10).await.unwrap();
+        assert_eq!(dead.len(), 1, "{name}");
+        assert_eq!(dead[0].event.id, events[0].id);
+        assert_eq!(dead[0].event.record.kind, "login_failed");
+        assert_eq!(
+            (
+                dead[0].attempts,
+                dead[0].last_error.as_str(),
+                dead[0].dead_at,
+                dead[0].requeued_at
+            ),
+            (10, "HTTP 503", NOW, None)
+        );
+        assert_eq!(
+            b.webhook_backlog().await.unwrap(),
+            WebhookBacklog { pending: 1, dead: 1 },
+            "{name}"
+        );
+        assert_eq!(
+            outbox(b, events[0].position, 1).await[0].id,
+            events[1].id,
+            "the next event is no longer held back"
+        );
+
+        assert_eq!(
+            b.requeue_dead_event(events[0].id, NOW + 5).await.unwrap(),
+            Redelivery::Queued
+        );
+        assert_eq!(
+            b.requeue_dead_event(events[0].id, NOW + 6).await.unwrap(),
+            Redelivery::AlreadyQueued
+        );
+        assert_eq!(
+            b.requeue_dead_event(events[1].id, NOW).await.unwrap(),
+            Redelivery::NotDead
+        );
+        assert_eq!(
+            b.requeue_dead_event(987_654_321, NOW).await.unwrap(),
+            Redelivery::Unknown
+        );
+        let queued = a.dead_webhook_events(true, 10).await.unwrap();
+        assert_eq!(queued.len(), 1, "{name}");
+        assert_eq!(queued[0].requeued_at, Some(NOW + 5), "the first request's time");
+        assert_eq!(
+            a.webhook_backlog().await.unwrap(),
+            WebhookBacklog { pending: 2, dead: 0 }
+        );
+
+        // The redelivery fails again: dead again, with the attempts added up; the cursor stays.
+        assert!(!b.settle_redelivery("B", events[0].id).await.unwrap(), "not the holder");
+        assert!(
+            a.bury_webhook_event("A", &events[0], 13, "HTTP 500", NOW + 60)
+                .await
+                .unwrap()
+        );
+        assert_eq!(a.webhook_cursor().await.unwrap(), events[0].position, "{name}");
+        let dead = a.dead_webhook_events(false, 10).await.unwrap();
+        assert_eq!(
+            (
+                dead[0].attempts,
+                dead[0].last_error.as_str(),
+                dead[0].dead_at,
+                dead[0].requeued_at
+            ),
+            (13, "HTTP 500", NOW + 60, None)
+        );
+        assert!(a.dead_webhook_events(true, 10).await.unwrap().is_empty());
+
+        // Queued again and delivered this time: the row goes.
+        assert_eq!(
+            a.requeue_dead_event(events[0].id, NOW + 70).await.unwrap(),
+            Redelivery::Queued
+        );
+        assert!(a.settle_redelivery("A", events[0].id).await.unwrap());
+        assert!(b.dead_webhook_events(false, 10).await.unwrap().is_empty(), "{name}");
+        assert_eq!(
+            a.requeue_dead_event(events[0].id, NOW).await.unwrap(),
+            Redelivery::NotDead
+        );
+
+        // A graceful stop releases the lease: another instance takes it at once.
+        b.release_webhook_lease("B").await.unwrap();
+        assert!(
+            !b.acquire_webhook_lease("B", NOW + 1, 30).await.unwrap(),
+            "only the holder releases"
+        );
+        a.release_webhook_lease("A").await.unwrap();
+        assert!(b.acquire_webhook_lease("B", NOW + 1, 30).await.unwrap(), "{name}");
+    }
+}
+
+fn housekeeping_at(
+    now: i64,
+    keep_undelivered_events: bool,
+) -> (tessera::clock::ManualClock, tessera::housekeeping::HousekeepingConfig) {
+    let clock = tessera::clock::ManualClock::new(time::OffsetDateTime::from_unix_timestamp(now).unwrap());
+    let config = tessera::housekeeping::HousekeepingConfig {
+        interval: std::time::Duration::from_secs(300),
+        event_retention_days: 400,
+        session_idle_secs: 1800,
+        keep_undelivered_events,
+    };
+    (clock, config)
+}
+
+/// A session of user number `user` with a token and public id of its own.
+fn numbered_session(user: u8, n: u8, created_at: i64, expires_at: i64) -> SessionRecord {
+    let mut hash = [0u8; 32];
+    hash[0] = 0xA0 + user;
+    hash[1] = n;
+    SessionRecord {
+        token_hash: TokenHash(hash),
+        public_id: format!("{user:08x}-0000-4000-8000-{n:012x}"),
+        user_id: format!("sweep{user}"),
+        created_at,
+        last_seen_at: created_at,
+        expires_at,
+        mfa: false,
+        ip: None,
+        user_agent: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sweep_deletes_expired_sessions_tokens_and_setups_in_batches_and_keeps_live_ones() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let name = backend.name;
+        let store = backend.a.as_ref();
+        // 1,200 sessions that expire at NOW + 3600: more than two batches of 500.
+        for u in 0..12u8 {
+            let id = format!("sweep{u}");
+            user(store, &id).await;
+            for n in 0..100u8 {
+                store
+                    .insert_session(
+                        &numbered_session(u, n, NOW, NOW + 3600),
+                        &event(&id, "login_succeeded", NOW),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        // Live at NOW + 3600: one active session; one session idle since NOW is not.
+        user(store, "sweep12").await;
+        let live = numbered_session(12, 0, NOW + 3000, NOW + 7200);
+        store.insert_session(&live, &event("sweep12", "x", NOW)).await.unwrap();
+        let idle = numbered_session(12, 1, NOW, NOW + 7200);
+        store.insert_session(&idle, &event("sweep12", "x", NOW)).await.unwrap();
+        // An expired and a live mfa_token (the MFA user's own session expires at NOW + 3600 too).
+        user_with_mfa(store, "cha").await;
+        for (n, expires_at) in [(1, NOW + 300), (2, NOW + 7200)] {
+            store
+                .insert_challenge(&token(n), "cha", NOW, expires_at, HASH, None, &event("cha", "x", NOW))
+                .await
+                .unwrap();
+        }
+        // An expired and a live pending setup, each kept by a live session.
+        for (u, expires_at) in [(13u8, NOW + 600), (14, NOW + 7200)] {
+            let id = format!("sweep{u}");
+            user(store, &id).await;
+            let keep = numbered_session(u, 0, NOW + 3000, NOW + 7200);
+            store.insert_session(&keep, &event(&id, "x", NOW)).await.unwrap();
+            let setup = PendingSetupRecord {
+                sealed_secret: vec![u; 48],
+                created_at: NOW,
+                expires_at,
+            };
+            let put = store
+                .put_pending_setup(&id, &setup, &keep.token_hash, &event(&id, "x", NOW))
+                .await
+                .unwrap();
+            assert_eq!(put, Consumed::Yes, "{name}");
+        }
+
+        let (clock, config) = housekeeping_at(NOW + 3600, false);
+        let report = tessera::housekeeping::sweep(store, &clock, &config, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.sessions, report.mfa_tokens, report.pending_setups),
+            (1200 + 1 + 1, 1, 1),
+            "{name}: expired sessions, the idle one and the MFA user's; one token; one setup"
+        );
+        for u in 0..12u8 {
+            // Had they survived, these would be listed: they were live at NOW + 10.
+            let left = store.list_sessions(&format!("sweep{u}"), NOW + 10, 1800).await.unwrap();
+            assert!(left.is_empty(), "{name}: sweep{u} keeps {} sessions", left.len());
+        }
+        let kept = store.list_sessions("sweep12", NOW + 3600, 1800).await.unwrap();
+        assert_eq!(kept.len(), 1, "{name}");
+        assert_eq!(kept[0].public_id, live.public_id);
+        assert!(
+            store.list_sessions("sweep12", NOW + 10, 1800).await.unwrap().len() == 1,
+            "the idle one is gone"
+        );
+        assert!(store.challenge_user(&token(1), NOW).await.unwrap().is_none(), "{name}");
+        assert_eq!(
+            store.challenge_user(&token(2), NOW + 3600).await.unwrap().as_deref(),
+            Some("cha")
+        );
+        assert!(store.pending_setup("sweep13", NOW).await.unwrap().is_none(), "{name}");
+        assert!(
+            store.pending_setup("sweep14", NOW + 3600).await.unwrap().is_some(),
+            "{name}"
+        );
+
+        let again = tessera::housekeeping::sweep(store, &clock, &config, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            tessera::housekeeping::SweepReport::default(),
+            "{name}: nothing left"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_events_go_after_the_retention_unless_the_webhook_has_not_delivered_them() {
+    // It reads the outbox (see the lease test): no racing writers meanwhile.
+    let _alone = CLUSTER.write().await;
+    const DAY: i64 = 86_400;
+    for backend in backends().await {
+        let name = backend.name;
+        let store = backend.a.as_ref();
+        user(store, "eve").await;
+        let (clock, with_webhook) = housekeeping_at(NOW, true);
+        let (_, without_webhook) = housekeeping_at(NOW, false);
+        let start = store.webhook_cursor().await.unwrap();
+        for kind in ["old_delivered", "old_dead", "old_pending"] {
+            store.insert_event(&event("eve", kind, NOW - 401 * DAY)).await.unwrap();
+        }
+        store
+            .insert_event(&event("eve", "recent", NOW - 399 * DAY))
+            .await
+            .unwrap();
+        let events = outbox(store, start, 4).await;
+        assert!(store.acquire_webhook_lease("A", NOW, 30).await.unwrap());
+        assert!(store.set_webhook_cursor("A", events[0].position).await.unwrap());
+        assert!(
+            store
+                .bury_webhook_event("A", &events[1], 10, "HTTP 503", NOW)
+                .await
+                .unwrap()
+        );
+
+        let kinds = || async {
+            let mut kinds: Vec<String> = store
+                .list_events("eve", 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            kinds.sort();
+            kinds
+        };
+        let report = tessera::housekeeping::sweep(store, &clock, &with_webhook, None)
+            .await
+            .unwrap();
+        assert_eq!(report.security_events, 1, "{name}");
+        assert_eq!(
+            kinds().await,
+            ["old_dead", "old_pending", "recent", "user_registered"],
+            "{name}: only the delivered old event went"
+        );
+        // Without a webhook, age alone decides (the dead event's row goes with it).
+        let report = tessera::housekeeping::sweep(store, &clock, &without_webhook, None)
+            .await
+            .unwrap();
+        assert_eq!(report.security_events, 2, "{name}");
+        assert_eq!(kinds().await, ["recent", "user_registered"], "{name}");
+        assert!(store.dead_webhook_events(false, 10).await.unwrap().is_empty(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_webhook_but_no_cursor_yet_no_event_is_deleted() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user(store, "ivy").await;
+        store
+            .insert_event(&event("ivy", "ancient", NOW - 1000 * 86_400))
+            .await
+            .unwrap();
+        let (clock, config) = housekeeping_at(NOW, true);
+        let report = tessera::housekeeping::sweep(store, &clock, &config, None)
+            .await
+            .unwrap();
+        assert_eq!(report.security_events, 0, "{}", backend.name);
+        assert_eq!(store.list_events("ivy", 10).await.unwrap().len(), 2);
+    }
+}
+
+// ---- operator commands (`tessera user set-password|revoke-sessions|unlock|delete`) ----
+
+fn lock_at_once(_failures: u32) -> i64 {
+    60
+}
+
+/// A policy that locks after the first counted failure, for 60 s.
+const LOCK_AT_ONCE: LockPolicy = LockPolicy {
+    lock_secs: lock_at_once,
+    max_secs: 900,
+};
+
+/// Locks both throttles of `user_id` (one failure each, each locked for 60 s).
+async fn lock_both(store: &dyn Store, user_id: &str) {
+    for kind in [AttemptKind::SecondFactor, AttemptKind::Password { network: None }] {
+        store.reserve_attempt(user_id, kind, NOW, LOCK_AT_ONCE).await.unwrap();
+        assert_eq!(
+            store.reserve_attempt(user_id, kind, NOW, LOCK_AT_ONCE).await.unwrap(),
+            AttemptReservation::Locked { until: NOW + 60 }
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_password_revokes_every_session_and_login_and_clears_both_throttles() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user_with_mfa(store, "opa").await;
+        store
+            .insert_session(&session("opa", 3, true), &event("opa", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        store
+            .insert_challenge(&token(4), "opa", NOW, NOW + 300, HASH, None, &event("opa", "x", NOW))
+            .await
+            .unwrap();
+        lock_both(store, "opa").await;
+
+        let set = backend
+            .b
+            .operator_set_password("opa", "$argon2id$new", &event("opa", "password_set_by_operator", NOW))
+            .await
+            .unwrap();
+        assert!(set, "{}", backend.name);
+
+        let after = store.user_by_id("opa").await.unwrap().unwrap();
+        assert_eq!(after.password_hash, "$argon2id$new");
+        assert_eq!(after.throttle, ThrottleRecord::default(), "{}", backend.name);
+        assert_eq!(after.password_throttle, ThrottleRecord::default(), "{}", backend.name);
+        assert!(after.mfa.is_some(), "MFA stays on");
+        for n in [3, 200] {
+            assert!(store.active_session(&token(n), NOW, 1800).await.unwrap().is_none());
+        }
+        assert_eq!(store.challenge_user(&token(4), NOW).await.unwrap(), None);
+        assert_eq!(kinds_of(store, "opa", "password_set_by_operator").await, 1);
+
+        let unknown = store
+            .operator_set_password(
+                "nobody",
+                "$argon2id$x",
+                &event("nobody", "password_set_by_operator", NOW),
+            )
+            .await
+            .unwrap();
+        assert!(!unknown, "{}", backend.name);
+        assert_eq!(
+            kinds_of(store, "nobody", "password_set_by_operator").await,
+            0,
+            "no event"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoking_all_sessions_ends_every_session_and_pending_login_and_counts_them() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user_with_mfa(store, "orv").await;
+        user(store, "other").await;
+        for n in [1, 2, 3] {
+            store
+                .insert_session(&session("orv", n, false), &event("orv", "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        store
+            .insert_session(&session("other", 9, false), &event("other", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        store
+            .insert_challenge(&token(5), "orv", NOW, NOW + 300, HASH, None, &event("orv", "x", NOW))
+            .await
+            .unwrap();
+
+        let revoked = backend
+            .b
+            .operator_revoke_sessions("orv", &event("orv", "sessions_revoked_by_operator", NOW))
+            .await
+            .unwrap()
+            .expect("the account exists");
+        // Session 200 is the one `user_with_mfa` logged in with.
+        assert_eq!(
+            revoked,
+            RevokedSessions {
+                sessions: 4,
+                challenges: 1
+            },
+            "{}",
+            backend.name
+        );
+        for n in [1, 2, 3, 200] {
+            assert!(store.active_session(&token(n), NOW, 1800).await.unwrap().is_none());
+        }
+        assert!(
+            store.active_session(&token(9), NOW, 1800).await.unwrap().is_some(),
+            "another account's session stays"
+        );
+        assert_eq!(store.challenge_user(&token(5), NOW).await.unwrap(), None);
+        assert_eq!(kinds_of(store, "orv", "sessions_revoked_by_operator").await, 1);
+
+        let again = store
+            .operator_revoke_sessions("orv", &event("orv", "sessions_revoked_by_operator", NOW))
+            .await
+            .unwrap();
+        assert_eq!(again, Some(RevokedSessions::default()), "{}", backend.name);
+        let unknown = store
+            .operator_revoke_sessions("nobody", &event("nobody", "sessions_revoked_by_operator", NOW))
+            .await
+            .unwrap();
+        assert_eq!(unknown, None);
+        assert_eq!(kinds_of(store, "nobody", "sessions_revoked_by_operator").await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unlocking_clears_both_throttles_and_lifts_a_totp_suspension_only_when_asked() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user_with_mfa(store, "oul").await;
+        lock_both(store, "oul").await;
+        assert!(
+            store
+                .suspend_totp("oul", &event("oul", "mfa_totp_suspended", NOW))
+                .await
+                .unwrap()
+        );
+
+        let unlocked = backend
+            .b
+            .operator_unlock("oul", false, &event("oul", "account_unlocked_by_operator", NOW))
+            .await
+            .unwrap();
+        assert!(unlocked);
+        let after = store.user_by_id("oul").await.unwrap().unwrap();
+        assert_eq!(after.throttle, ThrottleRecord::default(), "{}", backend.name);
+        assert_eq!(after.password_throttle, ThrottleRecord::default(), "{}", backend.name);
+        assert_eq!(after.mfa.unwrap().totp_suspended_at, Some(NOW), "the suspension stays");
+        assert_eq!(
+            store
+                .reserve_attempt("oul", AttemptKind::SecondFactor, NOW, LOCK_AT_ONCE)
+                .await
+                .unwrap(),
+            AttemptReservation::Granted { failures: 1 },
+            "an attempt is evaluated again"
+        );
+
+        assert!(
+            store
+                .operator_unlock("oul", true, &event("oul", "account_unlocked_by_operator", NOW))
+                .await
+                .unwrap()
+        );
+        let lifted = store.user_by_id("oul").await.unwrap().unwrap();
+        assert_eq!(lifted.mfa.unwrap().totp_suspended_at, None, "{}", backend.name);
+        assert_eq!(kinds_of(store, "oul", "account_unlocked_by_operator").await, 2);
+
+        let unknown = store
+            .operator_unlock("nobody", true, &event("nobody", "account_unlocked_by_operator", NOW))
+            .await
+            .unwrap();
+        assert!(!unknown);
+        assert_eq!(kinds_of(store, "nobody", "account_unlocked_by_operator").await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_an_account_removes_everything_it_owns_but_keeps_its_events() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        user_with_mfa(store, "odl").await;
+        store
+            .insert_challenge(&token(6), "odl", NOW, NOW + 300, HASH, None, &event("odl", "x", NOW))
+            .await
+            .unwrap();
+        // An account with a pending setup (MFA off) and a session.
+        user(store, "opd").await;
+        store
+            .insert_session(&session("opd", 7, false), &event("opd", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        let setup = PendingSetupRecord {
+            sealed_secret: vec![8; 48],
+            created_at: NOW,
+            expires_at: NOW + 600,
+        };
+        let put = store
+            .put_pending_setup("opd", &setup, &token(7), &event("opd", "mfa_setup_started", NOW))
+            .await
+            .unwrap();
+        assert_eq!(put, Consumed::Yes);
+        user(store, "keep").await;
+        store
+            .insert_session(&session("keep", 8, false), &event("keep", "login_succeeded", NOW))
+            .await
+            .unwrap();
+
+        for id in ["odl", "opd"] {
+            let deleted = backend
+                .b
+                .operator_delete_user(id, &event(id, "user_deleted", NOW + 1))
+                .await
+                .unwrap();
+            assert!(deleted, "{}: {id}", backend.name);
+            assert!(store.user_by_id(id).await.unwrap().is_none());
+            assert!(
+                store
+                    .user_by_email(&format!("{id}@example.com"))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert_eq!(store.backup_codes_remaining(id).await.unwrap(), 0);
+            assert!(store.pending_setup(id, NOW).await.unwrap().is_none());
+            // The audit trail stays, ending with the deletion.
+            let events = store.list_events(id, 50).await.unwrap();
+            assert_eq!(events[0].kind, "user_deleted", "{}: {events:?}", backend.name);
+            assert!(events.iter().any(|e| e.kind == "user_registered"));
+        }
+        for n in [6, 7, 200] {
+            assert!(store.active_session(&token(n), NOW, 1800).await.unwrap().is_none());
+        }
+        assert_eq!(store.challenge_user(&token(6), NOW).await.unwrap(), None);
+        assert!(
+            store.any_sealed_secret().await.unwrap().is_none(),
+            "no sealed secret is left"
+        );
+        assert!(store.user_by_id("keep").await.unwrap().is_some(), "other accounts stay");
+        assert!(store.active_session(&token(8), NOW, 1800).await.unwrap().is_some());
+        let ids: Vec<String> = store.list_users().await.unwrap().into_iter().map(|u| u.id).collect();
+        assert_eq!(ids, ["keep"]);
+
+        // The email is free again; a second delete finds nothing and writes nothing.
+        store
+            .insert_user(
+                &NewUser {
+                    id: "odl-again".into(),
+                    email: "odl@example.com".into(),
+                    password_hash: HASH.into(),
+                    created_at: NOW,
+                },
+                &event("odl-again", "user_registered", NOW),
+            )
+            .await
+            .unwrap();
+        assert!(
+            !store
+                .operator_delete_user("nobody", &event("nobody", "user_deleted", NOW))
+                .await
+                .unwrap()
+        );
+        assert_eq!(kinds_of(store, "nobody", "user_deleted").await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_recorded_before_migration_6_survive_it_in_order_and_outlive_their_account() {
+    let _shared = CLUSTER.read().await;
+    // SQLite rebuilds the table: ids, order and the AUTOINCREMENT sequence must survive (an id
+    // is never handed out twice, even the one of a deleted last row).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    tessera::store::sqlite::MIGRATOR.run_to(5, &pool).await.unwrap();
+    sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES ('mig', 'mig@example.com', 'x', 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for kind in ["first", "second", "third"] {
+        sqlx::query("INSERT INTO security_events (user_id, kind, at) VALUES ('mig', ?, 0)")
+            .bind(kind)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("DELETE FROM security_events WHERE kind = 'third'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = SqliteStore::open_file(&path).await.unwrap();
+    store.migrate().await.unwrap();
+    store.insert_event(&event("mig", "after", NOW)).await.unwrap();
+    let outbox = store.events_after(OutboxPosition::default(), 10).await.unwrap();
+    let ids: Vec<(i64, &str)> = outbox.iter().map(|e| (e.id, e.record.kind.as_str())).collect();
+    assert_eq!(ids, [(1, "first"), (2, "second"), (4, "after")], "id 3 is not reused");
+    assert!(
+        store
+            .operator_delete_user("mig", &event("mig", "user_deleted", NOW))
+            .await
+            .unwrap()
+    );
+    let kinds: Vec<String> = store
+        .list_events("mig", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["user_deleted", "after", "second", "first"]);
+
+    if postgres_url().is_some() {
+        let database = TestDatabase::create().await;
+        let pool = database.pool().await;
+        tessera::store::postgres::MIGRATOR.run_to(5, &pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_at) VALUES ('mig', 'mig@example.com', 'x', 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO security_events (user_id, kind, at) VALUES ('mig', 'first', 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let store = PgStore::connect(&database.url, PgSettings::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        assert!(
+            store
+                .operator_delete_user("mig", &event("mig", "user_deleted", NOW))
+                .await
+                .unwrap()
+        );
+        let kinds: Vec<String> = store
+            .list_events("mig", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["user_deleted", "first"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logins_racing_a_deletion_leave_no_session_behind() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user(backend.a.as_ref(), "gone").await;
+        let results = race(&backend, 12, |store, i| async move {
+            if i == 0 {
+                store
+                    .operator_delete_user("gone", &event("gone", "user_deleted", NOW))
+                    .await
+                    .map(|_| ())
+            } else {
+                let n = u8::try_from(i).unwrap();
+                store
+                    .insert_session(&session("gone", n, false), &event("gone", "login_succeeded", NOW))
+                    .await
+            }
+        })
+        .await;
+        assert!(results[0].is_ok(), "{}: {:?}", backend.name, results[0]);
+        assert!(backend.a.user_by_id("gone").await.unwrap().is_none());
+        for n in 1..12u8 {
+            assert!(
+                backend.b.active_session(&token(n), NOW, 1800).await.unwrap().is_none(),
+                "{}: session {n} outlived its account",
+                backend.name
+            );
+        }
+    }
+}

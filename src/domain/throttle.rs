@@ -1,16 +1,19 @@
 //! The throttle policies: how long an account waits after how many consecutive failures.
 //!
-//! Second factor: from the fifth consecutive failed code on, every failure locks further
-//! attempts for 30 s, doubling with each further failure, capped at 15 minutes; after the 50th
-//! TOTP codes are suspended (NIST SP 800-63B allows at most 100). Password: the same from the
-//! tenth consecutive wrong password on. A success resets a count. Pure arithmetic: the service
-//! stores counts and lock ends in the database.
+//! Second factor: the first four consecutive failed codes cost nothing; the fifth locks further
+//! attempts for 30 s from that failure, and every further failure locks again for twice the
+//! previous lock (60 s, 120 s, ...), capped at 15 minutes. The 50th consecutive failure also
+//! suspends TOTP codes (backup codes keep working; NIST SP 800-63B allows at most 100 failures).
+//! Password: the same doubling from the tenth consecutive wrong password on (nine are free).
+//! A success resets a count. Pure arithmetic: the service counts (before checking) and stores
+//! counts and lock ends in the database.
 
-/// Failed codes allowed before the first lock.
+/// The consecutive failed code that causes the first lock (the four before it are free).
 pub const FREE_FAILURES: u32 = 5;
-/// Wrong passwords allowed before the password step locks.
+/// The consecutive wrong password that causes the first lock of the password step (the nine
+/// before it are free).
 pub const FREE_PASSWORD_FAILURES: u32 = 10;
-/// Consecutive failed codes after which TOTP codes are suspended.
+/// The consecutive failed code that suspends TOTP codes.
 pub const TOTP_SUSPEND_AFTER: u32 = 50;
 /// First lock, in seconds.
 pub const BASE_DELAY_SECS: i64 = 30;

@@ -11,10 +11,12 @@
 //! - [`routes`]: the handlers with their OpenAPI annotations.
 //! - [`openapi`]: the generated document and what is added to every operation.
 //! - [`page`]: the end-user web page (embedded static files over the JSON API).
+//! - [`metrics`]: request counts and durations by route template (when metrics are enabled).
 
 pub mod client_addr;
 pub mod edge;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod problem;
@@ -32,7 +34,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 /// Largest accepted request body (16 KiB).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// Settings of the HTTP layer.
+/// Settings of the HTTP layer (their defaults are in `config.rs`, the one table of settings).
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub request_timeout: Duration,
@@ -42,18 +44,6 @@ pub struct HttpSettings {
     pub ip_rate_limit_per_minute: u32,
     /// One info line per request (see [`edge::EdgeConfig::access_log`]).
     pub access_log: bool,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(30),
-            body_read_timeout: Duration::from_secs(10),
-            trusted_proxies: Vec::new(),
-            ip_rate_limit_per_minute: 30,
-            access_log: false,
-        }
-    }
 }
 
 /// What every handler can reach.
@@ -93,5 +83,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(edge::panic_response))
         .layer(axum::middleware::from_fn_with_state(edge_config, edge::edge))
+        // Outermost, so it counts the status the client gets (problems, timeouts, panics).
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }

@@ -7,7 +7,8 @@ use crate::domain::password::{self, Password, PasswordHashString};
 use crate::domain::throttle;
 use crate::domain::token::{PlainToken, TokenKind};
 use crate::store::{
-    AttemptKind, AttemptReservation, Consumed, LockPolicy, NewUser, SessionRecord, StoreError, UserRecord,
+    AttemptKind, AttemptReservation, Consumed, LockPolicy, NewUser, SecondFactorProof, SessionRecord, StoreError,
+    UserRecord,
 };
 
 /// The password throttle: 10 wrong passwords free, then 30 s doubling to 15 minutes.
@@ -173,6 +174,7 @@ impl Service {
         let failures = match reservation {
             AttemptReservation::Granted { failures } => failures,
             AttemptReservation::Locked { until } => {
+                metrics::counter!("tessera_logins_total", "outcome" => "locked").increment(1);
                 return Err(ServiceError::Throttled {
                     retry_after_secs: (until - now).max(1),
                 });
@@ -187,10 +189,12 @@ impl Service {
         let user = match user {
             Some(user) if matches => user,
             Some(user) => {
+                metrics::counter!("tessera_logins_total", "outcome" => "wrong_password").increment(1);
                 self.store
                     .insert_event(&meta.event(&user.id, "login_failed", now))
                     .await?;
                 if throttle::password_lock_after(failures) > 0 {
+                    metrics::counter!("tessera_lockouts_total", "kind" => "password").increment(1);
                     tracing::warn!(failures, "password step locked after repeated failures");
                     self.store
                         .insert_event(&meta.event(&user.id, "password_lockout", now))
@@ -199,6 +203,7 @@ impl Service {
                 return Err(ServiceError::InvalidCredentials);
             }
             None => {
+                metrics::counter!("tessera_logins_total", "outcome" => "unknown_account").increment(1);
                 // The same write as for a known account, so both failures cost the same time;
                 // the unknown address is not stored.
                 self.store
@@ -208,6 +213,7 @@ impl Service {
             }
         };
         if user.disabled_at.is_some() {
+            metrics::counter!("tessera_logins_total", "outcome" => "disabled").increment(1);
             self.store
                 .insert_event(&meta.event(&user.id, "login_refused_disabled", now))
                 .await?;
@@ -250,10 +256,20 @@ impl Service {
             (stored, LoginOutcome::Session(session))
         };
         match outcome {
-            (Consumed::Yes, outcome) => Ok(outcome),
+            (Consumed::Yes, outcome) => {
+                let counted = match outcome {
+                    LoginOutcome::Session(_) => "success",
+                    LoginOutcome::MfaRequired { .. } => "mfa_required",
+                };
+                metrics::counter!("tessera_logins_total", "outcome" => counted).increment(1);
+                Ok(outcome)
+            }
             // The password was changed, MFA switched or the account disabled after the check:
             // the old password must not open a session any more.
-            (_, _) => Err(ServiceError::InvalidCredentials),
+            (_, _) => {
+                metrics::counter!("tessera_logins_total", "outcome" => "wrong_password").increment(1);
+                Err(ServiceError::InvalidCredentials)
+            }
         }
     }
 
@@ -375,6 +391,7 @@ impl Service {
             }
         };
         let new_hash = self.hash_password(new_password).await?;
+        let backup_code = matches!(proof, Some(SecondFactorProof::BackupCode(_)));
         let event = meta.event(&user.id, "password_changed", now);
         self.checkpoint("change_password").await;
         match self
@@ -389,7 +406,10 @@ impl Service {
             )
             .await?
         {
-            Consumed::Yes => Ok(()),
+            Consumed::Yes => {
+                super::mfa::count_backup_code_used(backup_code);
+                Ok(())
+            }
             Consumed::Rejected => Err(self
                 .second_factor_failed(&user.id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
                 .await),

@@ -95,8 +95,16 @@ impl std::fmt::Debug for FreshBackupCodes {
     }
 }
 
+/// Counts a consumed backup code in `tessera_backup_codes_used_total` when `used` is true (the
+/// proof was a backup code and the store consumed it).
+pub(super) fn count_backup_code_used(used: bool) {
+    if used {
+        metrics::counter!("tessera_backup_codes_used_total").increment(1);
+    }
+}
+
 /// Audit metadata of the operator's CLI.
-fn operator_meta() -> RequestMeta {
+pub(super) fn operator_meta() -> RequestMeta {
     RequestMeta {
         ip: None,
         user_agent: Some("tessera-cli".into()),
@@ -181,6 +189,7 @@ impl Service {
             return store_err.into();
         }
         if failures >= throttle::FREE_FAILURES {
+            metrics::counter!("tessera_lockouts_total", "kind" => "second_factor").increment(1);
             tracing::warn!(failures, "second factor locked after repeated failures");
             if let Err(store_err) = self.store.insert_event(&meta.event(user_id, "mfa_lockout", now)).await {
                 return store_err.into();
@@ -189,7 +198,10 @@ impl Service {
         if failures >= throttle::TOTP_SUSPEND_AFTER {
             let event = meta.event(user_id, "mfa_totp_suspended", now);
             match self.store.suspend_totp(user_id, &event).await {
-                Ok(true) => tracing::warn!(failures, "TOTP codes suspended after repeated failures"),
+                Ok(true) => {
+                    metrics::counter!("tessera_lockouts_total", "kind" => "totp_suspended").increment(1);
+                    tracing::warn!(failures, "TOTP codes suspended after repeated failures");
+                }
                 Ok(false) => {}
                 Err(store_err) => return store_err.into(),
             }
@@ -415,6 +427,7 @@ impl Service {
         let (proof, failures) = self.reauthenticate(auth, password, code, meta, now).await?;
         let (fresh, codes) = self.new_backup_codes().await?;
         let user_id = &auth.user.id;
+        let backup_code = matches!(proof, SecondFactorProof::BackupCode(_));
         let event = meta.event(user_id, "backup_codes_regenerated", now);
         self.checkpoint("regenerate_backup_codes").await;
         match self
@@ -422,7 +435,10 @@ impl Service {
             .replace_backup_codes(user_id, proof, &codes, &auth.session.token_hash, &event)
             .await?
         {
-            Consumed::Yes => Ok(fresh),
+            Consumed::Yes => {
+                count_backup_code_used(backup_code);
+                Ok(fresh)
+            }
             Consumed::Rejected => Err(self
                 .second_factor_failed(user_id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
                 .await),
@@ -442,6 +458,7 @@ impl Service {
         let now = self.now();
         let (proof, failures) = self.reauthenticate(auth, password, code, meta, now).await?;
         let user_id = &auth.user.id;
+        let backup_code = matches!(proof, SecondFactorProof::BackupCode(_));
         let event = meta.event(user_id, "mfa_disabled", now);
         self.checkpoint("mfa_disable").await;
         match self
@@ -449,7 +466,10 @@ impl Service {
             .disable_mfa(user_id, proof, &auth.session.token_hash, &event)
             .await?
         {
-            Consumed::Yes => Ok(()),
+            Consumed::Yes => {
+                count_backup_code_used(backup_code);
+                Ok(())
+            }
             Consumed::Rejected => Err(self
                 .second_factor_failed(user_id, failures, meta, now, ServiceError::InvalidPasswordOrCode)
                 .await),
@@ -509,13 +529,21 @@ impl Service {
         if user.disabled_at.is_some() {
             return Err(ServiceError::AccountDisabled);
         }
-        self.refuse_suspended_totp(&user, &factor)?;
-        let failures = self.reserve_attempt(&user, now).await?;
+        self.refuse_suspended_totp(&user, &factor).inspect_err(|_| {
+            metrics::counter!("tessera_logins_total", "outcome" => "totp_suspended").increment(1);
+        })?;
+        let failures = self.reserve_attempt(&user, now).await.inspect_err(|err| {
+            if matches!(err, ServiceError::Throttled { .. }) {
+                metrics::counter!("tessera_logins_total", "outcome" => "second_factor_locked").increment(1);
+            }
+        })?;
         let Some(proof) = self.check_second_factor(&user, &factor, now).await? else {
+            metrics::counter!("tessera_logins_total", "outcome" => "second_factor_failed").increment(1);
             return Err(self
                 .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
                 .await);
         };
+        let backup_code = matches!(proof, SecondFactorProof::BackupCode(_));
         let (session, record) = self.new_session(&user, true, now, meta);
         let event = meta.event(&user.id, "login_succeeded", now);
         self.checkpoint("second_factor").await;
@@ -524,10 +552,17 @@ impl Service {
             .complete_challenge(&token.hash(), proof, &record, &event)
             .await?
         {
-            Consumed::Yes => Ok(session),
-            Consumed::Rejected | Consumed::SessionGone | Consumed::Stale => Err(self
-                .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
-                .await),
+            Consumed::Yes => {
+                metrics::counter!("tessera_logins_total", "outcome" => "second_factor_ok").increment(1);
+                count_backup_code_used(backup_code);
+                Ok(session)
+            }
+            Consumed::Rejected | Consumed::SessionGone | Consumed::Stale => {
+                metrics::counter!("tessera_logins_total", "outcome" => "second_factor_failed").increment(1);
+                Err(self
+                    .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
+                    .await)
+            }
         }
     }
 

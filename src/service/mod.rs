@@ -6,9 +6,12 @@
 //! - [`accounts`]: registration, login, sessions, password change.
 //! - [`mfa`]: setup, verify, backup codes, disable, second-factor login, operator reset.
 //! - [`sessions`]: the sessions a user sees and ends (list, end one, end all others).
+//! - [`operator`]: the operator's `tessera user` commands (create, set-password, revoke-sessions,
+//!   unlock, delete).
 
 pub mod accounts;
 pub mod mfa;
+pub mod operator;
 pub mod sessions;
 
 use crate::clock::Clock;

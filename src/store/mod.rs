@@ -222,6 +222,22 @@ pub struct EnableMfa {
     pub event: NewEvent,
 }
 
+/// Connections of the store's pool at one moment (for `tessera_database_connections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open, in use or idle.
+    pub size: u32,
+    /// Open connections waiting in the pool, not lent to a query.
+    pub idle: u32,
+}
+
+impl PoolStatus {
+    /// Connections lent to a query or transaction right now.
+    pub fn in_use(&self) -> u32 {
+        self.size.saturating_sub(self.idle)
+    }
+}
+
 /// The persistence interface. Implementations must make each method atomic.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -234,6 +250,8 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+    /// The pool's open and idle connections, read without touching the database.
+    fn pool_status(&self) -> PoolStatus;
     /// Any one sealed TOTP secret (enabled or pending), to check the master key at start.
     async fn any_sealed_secret(&self) -> StoreResult<Option<Vec<u8>>>;
 
@@ -426,6 +444,119 @@ pub trait Store: Send + Sync + 'static {
     /// writes), so the emptiness check it offers stays true until commit. Dropping it without
     /// [`ImportTransaction::commit`] rolls everything back.
     async fn begin_import(&self) -> StoreResult<Box<dyn ImportTransaction>>;
+
+    // --- webhook dead events and housekeeping (`crate::webhook`, `crate::housekeeping`) ---
+    /// Records `event` as dead after `attempts` failed deliveries (or marks a redelivered one
+    /// dead again, clearing its queue mark) and moves the cursor past it, in one transaction,
+    /// only while `holder` holds the lease; false (nothing written) when the lease was lost.
+    async fn bury_webhook_event(
+        &self,
+        holder: &str,
+        event: &StoredEvent,
+        attempts: u32,
+        last_error: &str,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// Deletes the dead-event row of a requeued event that has now been delivered, only while
+    /// `holder` holds the lease; false when nothing was deleted (lease lost, row gone).
+    async fn settle_redelivery(&self, holder: &str, event_id: i64) -> StoreResult<bool>;
+    /// Dead events, oldest event first: all of them, or only those queued for redelivery.
+    async fn dead_webhook_events(&self, only_queued: bool, limit: u32) -> StoreResult<Vec<DeadEvent>>;
+    /// Queues a dead event for redelivery (`tessera events redeliver`); writes nothing unless
+    /// the answer is [`Redelivery::Queued`].
+    async fn requeue_dead_event(&self, event_id: i64, now: i64) -> StoreResult<Redelivery>;
+    /// Gives up the delivery lease if `holder` has it (a graceful stop), so another instance
+    /// takes over at once instead of after the lease's lifetime.
+    async fn release_webhook_lease(&self, holder: &str) -> StoreResult<()>;
+    /// What the webhook has left to do, for the metrics.
+    async fn webhook_backlog(&self) -> StoreResult<WebhookBacklog>;
+    /// Deletes at most `batch` rows that `kind` names as garbage at `now`, in one short
+    /// statement; returns how many. Housekeeping calls it until it returns less than `batch`.
+    async fn sweep(&self, kind: SweepKind, now: i64, batch: u32) -> StoreResult<u64>;
+    // --- operator commands (`tessera user set-password|revoke-sessions|unlock|delete`) ---
+    // Each is one transaction that starts by locking the user's row (PostgreSQL) or the database
+    // (SQLite `BEGIN IMMEDIATE`); `false` / `None` when the account no longer exists, and then
+    // nothing, not even the event, is written.
+    /// Sets a new password hash, revokes every session and pending `mfa_token`, clears both
+    /// throttles (not a TOTP suspension) and records the event.
+    async fn operator_set_password(&self, user_id: &str, new_hash: &str, event: &NewEvent) -> StoreResult<bool>;
+    /// Deletes every session and pending `mfa_token` of the user and records the event.
+    async fn operator_revoke_sessions(&self, user_id: &str, event: &NewEvent) -> StoreResult<Option<RevokedSessions>>;
+    /// Clears the password throttle and the second-factor throttle, and, with `lift_totp_suspension`,
+    /// a TOTP suspension; records the event.
+    async fn operator_unlock(&self, user_id: &str, lift_totp_suspension: bool, event: &NewEvent) -> StoreResult<bool>;
+    /// Deletes the account and every row that hangs off it (sessions, `mfa_token`s, pending setup,
+    /// backup codes; the MFA secret and the throttles are columns of the account row). Its security
+    /// events stay, as the audit trail, and `event` (`user_deleted`) is added to them.
+    async fn operator_delete_user(&self, user_id: &str, event: &NewEvent) -> StoreResult<bool>;
+}
+
+/// A webhook event that failed every delivery attempt.
+#[derive(Debug, Clone)]
+pub struct DeadEvent {
+    pub event: StoredEvent,
+    /// Failed attempts in total, over every redelivery.
+    pub attempts: u32,
+    /// The last failure: an HTTP status or a transport error (never the URL or a secret).
+    pub last_error: String,
+    pub dead_at: i64,
+    /// Set while the event waits for redelivery.
+    pub requeued_at: Option<i64>,
+}
+
+/// The answer of [`Store::requeue_dead_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    Queued,
+    AlreadyQueued,
+    /// The event exists but is not dead (delivered, or still on its way).
+    NotDead,
+    /// No event has this id.
+    Unknown,
+}
+
+/// Counts of [`Store::webhook_backlog`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookBacklog {
+    /// Events past the cursor plus dead events queued for redelivery.
+    pub pending: i64,
+    /// Dead events not queued for redelivery.
+    pub dead: i64,
+}
+
+/// What one [`Store::sweep`] call deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepKind {
+    /// Sessions past their lifetime or idle for `idle_secs` (the ones no request accepts).
+    Sessions { idle_secs: i64 },
+    /// Expired `mfa_token`s of password logins.
+    Challenges,
+    /// Expired pending MFA setups.
+    PendingSetups,
+    /// Security events older than `before`. With `keep_undelivered` (a webhook is configured),
+    /// only events the webhook has passed and that are not dead: none before its cursor exists.
+    Events { before: i64, keep_undelivered: bool },
+}
+
+impl SweepKind {
+    /// The `kind` label of `tessera_housekeeping_deleted_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SweepKind::Sessions { .. } => "sessions",
+            SweepKind::Challenges => "mfa_tokens",
+            SweepKind::PendingSetups => "pending_setups",
+            SweepKind::Events { .. } => "security_events",
+        }
+    }
+}
+
+/// What [`Store::operator_revoke_sessions`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RevokedSessions {
+    /// Session rows (expired ones included: they are gone as well).
+    pub sessions: u64,
+    /// Pending second login steps (`mfa_token`s).
+    pub challenges: u64,
 }
 
 // --- rows of `tessera export` / `tessera import` ---

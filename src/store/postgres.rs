@@ -438,6 +438,16 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn pool_status(&self) -> PoolStatus {
+        let size = self.pool.size();
+        // `num_idle` is a usize; a pool never holds more than u32::MAX connections.
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        PoolStatus {
+            size,
+            idle: idle.min(size),
+        }
+    }
+
     async fn any_sealed_secret(&self) -> StoreResult<Option<Vec<u8>>> {
         sqlx::query_scalar(
             "(SELECT mfa_secret FROM users WHERE mfa_secret IS NOT NULL LIMIT 1) \
@@ -1262,6 +1272,309 @@ impl Store for PgStore {
             .await
             .map_err(map_err)?;
         Ok(Box::new(PgImport { tx }))
+    }
+
+    // --- webhook dead events and housekeeping ---
+
+    async fn bury_webhook_event(
+        &self,
+        holder: &str,
+        event: &StoredEvent,
+        attempts: u32,
+        last_error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // The row lock keeps a takeover out until commit: the dead row and the cursor move
+        // belong to the holder that checked here.
+        let held: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM webhook_cursor WHERE id = 1 AND lease_holder = $1 FOR UPDATE")
+                .bind(holder)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if held.is_none() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO webhook_dead_events (event_id, attempts, last_error, dead_at, requeued_at) \
+             VALUES ($1, $2, $3, $4, NULL) ON CONFLICT (event_id) DO UPDATE SET attempts = excluded.attempts, \
+             last_error = excluded.last_error, dead_at = excluded.dead_at, requeued_at = NULL",
+        )
+        .bind(event.id)
+        .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+        .bind(last_error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "UPDATE webhook_cursor SET last_txid = $1, last_event_id = $2 WHERE id = 1 \
+             AND (last_txid, last_event_id) < ($1, $2)",
+        )
+        .bind(event.position.txid)
+        .bind(event.position.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn settle_redelivery(&self, holder: &str, event_id: i64) -> StoreResult<bool> {
+        let deleted = sqlx::query(
+            "DELETE FROM webhook_dead_events WHERE event_id = $1 AND requeued_at IS NOT NULL \
+             AND EXISTS (SELECT 1 FROM webhook_cursor WHERE id = 1 AND lease_holder = $2)",
+        )
+        .bind(event_id)
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(deleted == 1)
+    }
+
+    async fn dead_webhook_events(&self, only_queued: bool, limit: u32) -> StoreResult<Vec<DeadEvent>> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.txid, e.user_id, e.kind, e.at, e.ip, e.user_agent, e.request_id, \
+             d.attempts, d.last_error, d.dead_at, d.requeued_at \
+             FROM webhook_dead_events d JOIN security_events e ON e.id = d.event_id \
+             WHERE (NOT $1 OR d.requeued_at IS NOT NULL) ORDER BY e.id LIMIT $2",
+        )
+        .bind(only_queued)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let id = row.try_get("id")?;
+                let attempts: i32 = row.try_get("attempts")?;
+                Ok(DeadEvent {
+                    event: StoredEvent {
+                        id,
+                        user_id: row.try_get("user_id")?,
+                        record: event_from_row(row)?,
+                        position: OutboxPosition {
+                            txid: row.try_get("txid")?,
+                            id,
+                        },
+                    },
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    last_error: row.try_get("last_error")?,
+                    dead_at: row.try_get("dead_at")?,
+                    requeued_at: row.try_get("requeued_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(map_err)
+    }
+
+    async fn requeue_dead_event(&self, event_id: i64, now: i64) -> StoreResult<Redelivery> {
+        let queued =
+            sqlx::query("UPDATE webhook_dead_events SET requeued_at = $1 WHERE event_id = $2 AND requeued_at IS NULL")
+                .bind(now)
+                .bind(event_id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+        if queued == 1 {
+            return Ok(Redelivery::Queued);
+        }
+        // Nothing written: only the answer is left to find.
+        let row = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM webhook_dead_events WHERE event_id = $1) AS dead, \
+             EXISTS (SELECT 1 FROM security_events WHERE id = $1) AS known",
+        )
+        .bind(event_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let dead: bool = row.try_get("dead").map_err(map_err)?;
+        let known: bool = row.try_get("known").map_err(map_err)?;
+        Ok(match (dead, known) {
+            (true, _) => Redelivery::AlreadyQueued,
+            (false, true) => Redelivery::NotDead,
+            (false, false) => Redelivery::Unknown,
+        })
+    }
+
+    async fn release_webhook_lease(&self, holder: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE webhook_cursor SET lease_holder = NULL, lease_until = NULL WHERE id = 1 AND lease_holder = $1",
+        )
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn webhook_backlog(&self) -> StoreResult<WebhookBacklog> {
+        let row = sqlx::query(
+            "SELECT \
+             (SELECT COUNT(*) FROM security_events e, webhook_cursor c \
+              WHERE c.id = 1 AND (e.txid, e.id) > (c.last_txid, c.last_event_id)) \
+             + (SELECT COUNT(*) FROM webhook_dead_events WHERE requeued_at IS NOT NULL) AS pending, \
+             (SELECT COUNT(*) FROM webhook_dead_events WHERE requeued_at IS NULL) AS dead",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(WebhookBacklog {
+            pending: row.try_get("pending").map_err(map_err)?,
+            dead: row.try_get("dead").map_err(map_err)?,
+        })
+    }
+
+    async fn sweep(&self, kind: SweepKind, now: i64, batch: u32) -> StoreResult<u64> {
+        // One autocommit DELETE per batch: row locks are held for one batch only.
+        let batch = i64::from(batch);
+        let query = match kind {
+            SweepKind::Sessions { idle_secs } => sqlx::query(
+                "DELETE FROM sessions WHERE token_hash IN (SELECT token_hash FROM sessions \
+                 WHERE expires_at <= $1 OR last_seen_at <= $2 LIMIT $3)",
+            )
+            .bind(now)
+            .bind(now.saturating_sub(idle_secs))
+            .bind(batch),
+            SweepKind::Challenges => sqlx::query(
+                "DELETE FROM mfa_challenges WHERE token_hash IN \
+                 (SELECT token_hash FROM mfa_challenges WHERE expires_at <= $1 LIMIT $2)",
+            )
+            .bind(now)
+            .bind(batch),
+            SweepKind::PendingSetups => sqlx::query(
+                "DELETE FROM mfa_pending WHERE user_id IN \
+                 (SELECT user_id FROM mfa_pending WHERE expires_at <= $1 LIMIT $2)",
+            )
+            .bind(now)
+            .bind(batch),
+            SweepKind::Events {
+                before,
+                keep_undelivered,
+            } => sqlx::query(
+                "DELETE FROM security_events WHERE id IN (SELECT id FROM security_events WHERE at < $1 \
+                 AND (NOT $2 OR ((txid, id) <= (SELECT last_txid, last_event_id FROM webhook_cursor WHERE id = 1) \
+                 AND id NOT IN (SELECT event_id FROM webhook_dead_events))) ORDER BY at LIMIT $3)",
+            )
+            .bind(before)
+            .bind(keep_undelivered)
+            .bind(batch),
+        };
+        Ok(query.execute(&self.pool).await.map_err(map_err)?.rows_affected())
+    }
+
+    async fn operator_set_password(&self, user_id: &str, new_hash: &str, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        let changed = sqlx::query(
+            "UPDATE users SET password_hash = $1, mfa_failures = 0, mfa_locked_until = NULL, \
+             password_failures = 0, password_locked_until = NULL WHERE id = $2",
+        )
+        .bind(new_hash)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if changed != 1 {
+            return Ok(false);
+        }
+        revoke_all_sessions_in(&mut tx, user_id).await.map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn operator_revoke_sessions(&self, user_id: &str, event: &NewEvent) -> StoreResult<Option<RevokedSessions>> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1::BIGINT FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let sessions = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        let challenges = sqlx::query("DELETE FROM mfa_challenges WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(RevokedSessions { sessions, challenges }))
+    }
+
+    async fn operator_unlock(&self, user_id: &str, lift_totp_suspension: bool, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        lock_user(&mut tx, user_id).await.map_err(map_err)?;
+        let changed = sqlx::query(
+            "UPDATE users SET mfa_failures = 0, mfa_locked_until = NULL, password_failures = 0, \
+             password_locked_until = NULL, \
+             mfa_totp_suspended_at = CASE WHEN $1 THEN NULL ELSE mfa_totp_suspended_at END \
+             WHERE id = $2",
+        )
+        .bind(lift_totp_suspension)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if changed != 1 {
+            return Ok(false);
+        }
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn operator_delete_user(&self, user_id: &str, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // `FOR UPDATE`, not `lock_user`'s `FOR NO KEY UPDATE`: the row is going away, so rows that
+        // would reference it (a login's session, a setup) must wait now, then find it gone,
+        // rather than slip in and have this transaction upgrade its lock behind them.
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        // Children first (the foreign keys would cascade, but saying it keeps the list visible).
+        for statement in [
+            "DELETE FROM sessions WHERE user_id = $1",
+            "DELETE FROM mfa_challenges WHERE user_id = $1",
+            "DELETE FROM mfa_pending WHERE user_id = $1",
+            "DELETE FROM backup_codes WHERE user_id = $1",
+        ] {
+            sqlx::query(statement)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if deleted != 1 {
+            return Ok(false);
+        }
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
     }
 }
 

@@ -310,6 +310,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn pool_status(&self) -> PoolStatus {
+        let size = self.pool.size();
+        // `num_idle` is a usize; a pool never holds more than u32::MAX connections.
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        PoolStatus {
+            size,
+            idle: idle.min(size),
+        }
+    }
+
     async fn any_sealed_secret(&self) -> StoreResult<Option<Vec<u8>>> {
         sqlx::query_scalar(
             "SELECT mfa_secret FROM users WHERE mfa_secret IS NOT NULL \
@@ -1072,6 +1082,289 @@ impl Store for SqliteStore {
         Ok(Box::new(SqliteImport {
             tx: self.immediate().await?,
         }))
+    }
+
+    // --- webhook dead events and housekeeping ---
+
+    async fn bury_webhook_event(
+        &self,
+        holder: &str,
+        event: &StoredEvent,
+        attempts: u32,
+        last_error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let mut tx = self.immediate().await?;
+        let held: Option<i64> = sqlx::query_scalar("SELECT 1 FROM webhook_cursor WHERE id = 1 AND lease_holder = ?")
+            .bind(holder)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if held.is_none() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO webhook_dead_events (event_id, attempts, last_error, dead_at, requeued_at) \
+             VALUES (?, ?, ?, ?, NULL) ON CONFLICT (event_id) DO UPDATE SET attempts = excluded.attempts, \
+             last_error = excluded.last_error, dead_at = excluded.dead_at, requeued_at = NULL",
+        )
+        .bind(event.id)
+        .bind(i64::from(attempts))
+        .bind(last_error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query("UPDATE webhook_cursor SET last_event_id = MAX(last_event_id, ?) WHERE id = 1")
+            .bind(event.position.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn settle_redelivery(&self, holder: &str, event_id: i64) -> StoreResult<bool> {
+        let deleted = sqlx::query(
+            "DELETE FROM webhook_dead_events WHERE event_id = ? AND requeued_at IS NOT NULL \
+             AND EXISTS (SELECT 1 FROM webhook_cursor WHERE id = 1 AND lease_holder = ?)",
+        )
+        .bind(event_id)
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(deleted == 1)
+    }
+
+    async fn dead_webhook_events(&self, only_queued: bool, limit: u32) -> StoreResult<Vec<DeadEvent>> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.user_id, e.kind, e.at, e.ip, e.user_agent, e.request_id, \
+             d.attempts, d.last_error, d.dead_at, d.requeued_at \
+             FROM webhook_dead_events d JOIN security_events e ON e.id = d.event_id \
+             WHERE (? = 0 OR d.requeued_at IS NOT NULL) ORDER BY e.id LIMIT ?",
+        )
+        .bind(only_queued)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let id = row.try_get("id")?;
+                let attempts: i64 = row.try_get("attempts")?;
+                Ok(DeadEvent {
+                    event: StoredEvent {
+                        id,
+                        user_id: row.try_get("user_id")?,
+                        record: event_from_row(row)?,
+                        position: OutboxPosition { txid: 0, id },
+                    },
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    last_error: row.try_get("last_error")?,
+                    dead_at: row.try_get("dead_at")?,
+                    requeued_at: row.try_get("requeued_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(map_err)
+    }
+
+    async fn requeue_dead_event(&self, event_id: i64, now: i64) -> StoreResult<Redelivery> {
+        let queued =
+            sqlx::query("UPDATE webhook_dead_events SET requeued_at = ? WHERE event_id = ? AND requeued_at IS NULL")
+                .bind(now)
+                .bind(event_id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+        if queued == 1 {
+            return Ok(Redelivery::Queued);
+        }
+        // Nothing written: only the answer is left to find.
+        let dead: Option<i64> = sqlx::query_scalar("SELECT 1 FROM webhook_dead_events WHERE event_id = ?")
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if dead.is_some() {
+            return Ok(Redelivery::AlreadyQueued);
+        }
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM security_events WHERE id = ?")
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(if exists.is_some() {
+            Redelivery::NotDead
+        } else {
+            Redelivery::Unknown
+        })
+    }
+
+    async fn release_webhook_lease(&self, holder: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE webhook_cursor SET lease_holder = NULL, lease_until = NULL WHERE id = 1 AND lease_holder = ?",
+        )
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn webhook_backlog(&self) -> StoreResult<WebhookBacklog> {
+        let row = sqlx::query(
+            "SELECT \
+             (SELECT COUNT(*) FROM security_events WHERE id > (SELECT last_event_id FROM webhook_cursor WHERE id = 1)) \
+             + (SELECT COUNT(*) FROM webhook_dead_events WHERE requeued_at IS NOT NULL) AS pending, \
+             (SELECT COUNT(*) FROM webhook_dead_events WHERE requeued_at IS NULL) AS dead",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(WebhookBacklog {
+            pending: row.try_get("pending").map_err(map_err)?,
+            dead: row.try_get("dead").map_err(map_err)?,
+        })
+    }
+
+    async fn sweep(&self, kind: SweepKind, now: i64, batch: u32) -> StoreResult<u64> {
+        // One autocommit DELETE per batch: the write lock is held for one batch only.
+        let batch = i64::from(batch);
+        let query = match kind {
+            SweepKind::Sessions { idle_secs } => sqlx::query(
+                "DELETE FROM sessions WHERE rowid IN (SELECT rowid FROM sessions \
+                 WHERE expires_at <= ? OR last_seen_at <= ? LIMIT ?)",
+            )
+            .bind(now)
+            .bind(now.saturating_sub(idle_secs))
+            .bind(batch),
+            SweepKind::Challenges => sqlx::query(
+                "DELETE FROM mfa_challenges WHERE rowid IN \
+                 (SELECT rowid FROM mfa_challenges WHERE expires_at <= ? LIMIT ?)",
+            )
+            .bind(now)
+            .bind(batch),
+            SweepKind::PendingSetups => sqlx::query(
+                "DELETE FROM mfa_pending WHERE rowid IN (SELECT rowid FROM mfa_pending WHERE expires_at <= ? LIMIT ?)",
+            )
+            .bind(now)
+            .bind(batch),
+            SweepKind::Events {
+                before,
+                keep_undelivered,
+            } => sqlx::query(
+                "DELETE FROM security_events WHERE id IN (SELECT id FROM security_events WHERE at < ? \
+                 AND (? = 0 OR (id <= (SELECT last_event_id FROM webhook_cursor WHERE id = 1) \
+                 AND id NOT IN (SELECT event_id FROM webhook_dead_events))) ORDER BY at LIMIT ?)",
+            )
+            .bind(before)
+            .bind(keep_undelivered)
+            .bind(batch),
+        };
+        Ok(query.execute(&self.pool).await.map_err(map_err)?.rows_affected())
+    }
+
+    async fn operator_set_password(&self, user_id: &str, new_hash: &str, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.immediate().await?;
+        let changed = sqlx::query(
+            "UPDATE users SET password_hash = ?, mfa_failures = 0, mfa_locked_until = NULL, \
+             password_failures = 0, password_locked_until = NULL WHERE id = ?",
+        )
+        .bind(new_hash)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if changed != 1 {
+            return Ok(false);
+        }
+        revoke_all_sessions_in(&mut tx, user_id).await.map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn operator_revoke_sessions(&self, user_id: &str, event: &NewEvent) -> StoreResult<Option<RevokedSessions>> {
+        let mut tx = self.immediate().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = ?")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let sessions = sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        let challenges = sqlx::query("DELETE FROM mfa_challenges WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(RevokedSessions { sessions, challenges }))
+    }
+
+    async fn operator_unlock(&self, user_id: &str, lift_totp_suspension: bool, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.immediate().await?;
+        let changed = sqlx::query(
+            "UPDATE users SET mfa_failures = 0, mfa_locked_until = NULL, password_failures = 0, \
+             password_locked_until = NULL, \
+             mfa_totp_suspended_at = CASE WHEN ? THEN NULL ELSE mfa_totp_suspended_at END \
+             WHERE id = ?",
+        )
+        .bind(lift_totp_suspension)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if changed != 1 {
+            return Ok(false);
+        }
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn operator_delete_user(&self, user_id: &str, event: &NewEvent) -> StoreResult<bool> {
+        let mut tx = self.immediate().await?;
+        // Children first (the foreign keys would cascade, but saying it keeps the list visible).
+        for statement in [
+            "DELETE FROM sessions WHERE user_id = ?",
+            "DELETE FROM mfa_challenges WHERE user_id = ?",
+            "DELETE FROM mfa_pending WHERE user_id = ?",
+            "DELETE FROM backup_codes WHERE user_id = ?",
+        ] {
+            sqlx::query(statement)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        let deleted = sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if deleted != 1 {
+            return Ok(false);
+        }
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
     }
 }
 
