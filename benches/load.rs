@@ -574,6 +574,43 @@ async fn bare_read(State(bare): State<Bare>, headers: HeaderMap) -> Response {
     }
 }
 
+/// The very read Tessera's introspection runs (session joined with its user, every column it
+/// decodes), answered with a small JSON: tells the query's cost from the rest of the stack.
+async fn bare_join(State(bare): State<Bare>, headers: HeaderMap) -> Response {
+    let Some(hash) = bearer_hash(&headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let found = match &bare.pool {
+        BarePool::Sqlite { readers: pool, .. } => sqlx::query(
+            "SELECT s.token_hash, s.public_id, s.user_id, s.created_at, s.last_seen_at, s.expires_at, \
+             s.mfa, s.ip, s.user_agent, u.id, u.email, u.password_hash, u.created_at, u.disabled_at, u.mfa_secret, \
+             u.mfa_enabled_at, u.mfa_last_step, u.backup_salt, u.mfa_failures, u.mfa_locked_until, \
+             u.password_failures, u.password_locked_until, u.mfa_totp_suspended_at \
+             FROM users u JOIN sessions s ON s.user_id = u.id WHERE s.token_hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(pool)
+        .await
+        .map(|row| row.map(|row| sqlx::Row::get::<String, _>(&row, 10))),
+        BarePool::Postgres(pool) => sqlx::query(
+            "SELECT s.token_hash, s.public_id, s.user_id, s.created_at, s.last_seen_at, s.expires_at, \
+             s.mfa, s.ip, s.user_agent, u.id, u.email, u.password_hash, u.created_at, u.disabled_at, u.mfa_secret, \
+             u.mfa_enabled_at, u.mfa_last_step, u.backup_salt, u.mfa_failures, u.mfa_locked_until, \
+             u.password_failures, u.password_locked_until, u.mfa_totp_suspended_at \
+             FROM users u JOIN sessions s ON s.user_id = u.id WHERE s.token_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(pool)
+        .await
+        .map(|row| row.map(|row| sqlx::Row::get::<String, _>(&row, 10))),
+    };
+    match found {
+        Ok(Some(email)) => axum::Json(serde_json::json!({"email": email})).into_response(),
+        Ok(None) => StatusCode::UNAUTHORIZED.into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
 /// One conditional single-row update (the shape of the TOTP replay guard), committed alone.
 async fn bare_write(State(bare): State<Bare>, UrlPath(index): UrlPath<usize>) -> Response {
     let user = &bare.write_users[index % bare.write_users.len()];
@@ -626,6 +663,7 @@ async fn serve_bare(dir: PathBuf, port: u16) -> Result<(), String> {
     let app = Router::new()
         .route("/json", get(bare_json))
         .route("/read", get(bare_read))
+        .route("/join", get(bare_join))
         .route("/write/{index}", post(bare_write))
         .with_state(bare);
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -1037,7 +1075,7 @@ async fn run(options: Options) -> Result<(), String> {
             request(Method::GET, bare_address, "/read", Some(token), None)
         })
     };
-    let mut rounds: Vec<[Outcome; 4]> = Vec::new();
+    let mut rounds: Vec<[Outcome; 5]> = Vec::new();
     for round in 1..=options.rounds {
         let tag = format!("round {round}/{}", options.rounds);
         let json = drive(read_load(
@@ -1068,12 +1106,25 @@ async fn run(options: Options) -> Result<(), String> {
             server_on.pid(),
         ))
         .await;
-        rounds.push([json, read, off, on]);
+        let join = drive(read_load(
+            &format!("{tag} bare session+user join read"),
+            bare_address,
+            {
+                let seeded = seeded.clone();
+                Arc::new(move |index| {
+                    let token = &seeded.session_tokens[index % seeded.session_tokens.len()];
+                    request(Method::GET, bare_address, "/join", Some(token), None)
+                })
+            },
+            bare_server.pid(),
+        ))
+        .await;
+        rounds.push([json, read, off, on, join]);
     }
     drop(server_on);
     let touches_began = now_unix() - seeded_at >= tessera::service::accounts::CLOCK_SKEW_SECS + 60;
     let merged = |slot: usize| merge(rounds.iter().map(|round| round[slot].clone()));
-    let per_round = |f: &dyn Fn(&[Outcome; 4]) -> f64| -> (f64, String) {
+    let per_round = |f: &dyn Fn(&[Outcome; 5]) -> f64| -> (f64, String) {
         let mut values: Vec<f64> = rounds.iter().map(f).collect();
         let listed = values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ");
         values.sort_by(|a, b| a.total_cmp(b));
@@ -1084,6 +1135,9 @@ async fn run(options: Options) -> Result<(), String> {
         per_round(&|r| ratio(r[2].percentile_ms(99.0), r[1].percentile_ms(99.0)));
     let (on_vs_off, on_vs_off_rounds) = per_round(&|r| ratio(r[3].rate(), r[2].rate()));
     let (on_vs_read, _) = per_round(&|r| ratio(r[3].rate(), r[1].rate()));
+    let (intro_vs_join, intro_vs_join_rounds) = per_round(&|r| ratio(r[2].rate(), r[4].rate()));
+    let (join_vs_read, _) = per_round(&|r| ratio(r[4].rate(), r[1].rate()));
+    let bare_join_outcome = merged(4);
     let bare_json_outcome = merged(0);
     let bare_read_outcome = merged(1);
     let log_off = merged(2);
@@ -1210,6 +1264,11 @@ async fn run(options: Options) -> Result<(), String> {
         versus: String::new(),
     });
     rows.push(Row {
+        workload: "baseline: bare read of Tessera's session+user join".into(),
+        outcome: bare_join_outcome,
+        versus: format!("{join_vs_read:.2} x bare read"),
+    });
+    rows.push(Row {
         workload: "baseline: bare conditional write".into(),
         versus: String::new(),
         outcome: bare_write_outcome.clone(),
@@ -1218,7 +1277,8 @@ async fn run(options: Options) -> Result<(), String> {
         workload: "session introspection, access log off".into(),
         versus: format!(
             "{intro_vs_read:.2} x bare read (target >= 0.9; rounds {intro_vs_read_rounds}); \
-             p99 {intro_p99_vs_read:.2} x (target <= 1.5; rounds {intro_p99_rounds})"
+             p99 {intro_p99_vs_read:.2} x (target <= 1.5; rounds {intro_p99_rounds}); \
+             {intro_vs_join:.2} x the bare join (rounds {intro_vs_join_rounds})"
         ),
         outcome: log_off.clone(),
     });
