@@ -350,8 +350,9 @@ another instance takes over delivery from one that died.";
             help "Days security events are kept before housekeeping deletes them.";
         housekeeping_interval_secs: u64 = 300 => env "TESSERA_HOUSEKEEPING_INTERVAL_SECS", value "SECS",
             help "Seconds between housekeeping sweeps (expired sessions, mfa tokens, setups, old events).";
-        access_log: bool = true => env "TESSERA_ACCESS_LOG", value "BOOL",
-            help "Whether every finished request is logged (method, route, status, latency, request id).";
+        access_log: bool = false => env "TESSERA_ACCESS_LOG", value "BOOL",
+            help "Whether every finished request is logged (method, route, status, latency, request id); \
+off by default: it costs 5-35 % of the session-introspection rate (BENCHMARKS.md).";
         hashing_threads: usize = 0 => env "TESSERA_HASHING_THREADS", value "N",
             help "Threads that run argon2 (password and backup-code hashing), each holding at most 19 MiB; \
 more logins queue; 0 = one per core.";
@@ -756,6 +757,7 @@ impl Config {
             body_read_timeout: self.body_read_timeout,
             trusted_proxies: self.trusted_proxies.clone(),
             ip_rate_limit_per_minute: self.ip_rate_limit_per_minute,
+            access_log: self.access_log,
         }
     }
 }
@@ -915,7 +917,7 @@ mod tests {
         assert_eq!(defaults.metrics_listen, None);
         assert_eq!(defaults.event_retention_days, 400);
         assert_eq!(defaults.housekeeping_interval, Duration::from_secs(300));
-        assert!(defaults.access_log);
+        assert!(!defaults.access_log);
         assert_eq!(
             (defaults.log.as_str(), defaults.log_format),
             ("info,sqlx=warn", LogFormat::Text)

@@ -1,5 +1,5 @@
-//! Log lines as an operator reads them: every finished request is logged with its request id,
-//! and no log line ever carries a password, a session or MFA token, a TOTP secret or a backup
+//! Log lines as an operator reads them: with the access log on, every finished request is logged
+//! with its request id; with it off (the default) none is; and no log line ever carries a password, a session or MFA token, a TOTP secret or a backup
 //! code. A test binary of its own, because it installs the process-wide tracing subscriber; the
 //! harness runs the server in this process, so its log lines land in the captured buffer.
 
@@ -57,10 +57,19 @@ fn assert_never_logged(logs: &str, what: &str, secret: &str) {
     }
 }
 
+/// An app with the access log on, as an operator enables it (`TESSERA_ACCESS_LOG=true`).
+async fn spawn_logging_app() -> TestApp {
+    spawn_with(Options {
+        configure: Box::new(|config| config.access_log = true),
+        ..Options::default()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn every_finished_request_is_logged_with_its_request_id() {
     let logs = logs();
-    let app = spawn_app().await;
+    let app = spawn_logging_app().await;
     app.register("rita@example.com").await;
     let failing = app
         .send(
@@ -104,7 +113,7 @@ async fn every_finished_request_is_logged_with_its_request_id() {
 #[tokio::test]
 async fn logs_never_contain_passwords_session_tokens_or_mfa_secrets() {
     let logs = logs();
-    let app = spawn_app().await;
+    let app = spawn_logging_app().await;
     let wrong_password = "wrong horse battery staple";
     let new_password = "an entirely new passphrase";
     let token = app.user_with_session("sam@example.com").await;
@@ -170,5 +179,39 @@ async fn logs_never_contain_passwords_session_tokens_or_mfa_secrets() {
     assert_never_logged(&text, "TOTP secret", &secret);
     for code in &backup_codes {
         assert_never_logged(&text, "backup code", code);
+    }
+}
+
+#[tokio::test]
+async fn without_the_access_log_no_request_line_is_written_but_the_request_id_is_answered() {
+    let logs = logs();
+    // The default configuration: the access log is off.
+    let app = spawn_app().await;
+    let failing = app
+        .send(
+            app.client
+                .post(app.url("/api/auth/login"))
+                .header("x-request-id", "quiet-please-789")
+                .json(&json!({"email": "nobody@example.com", "password": "not a known password"})),
+        )
+        .await;
+    failing.assert_problem(401, "/problems/invalid-credentials");
+    assert_eq!(failing.header("x-request-id"), Some("quiet-please-789"));
+    let ok = app
+        .send(
+            app.client
+                .get(app.url("/healthz"))
+                .header("x-request-id", "quiet-please-790"),
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+    let text = logs.text();
+    for id in ["quiet-please-789", "quiet-please-790"] {
+        assert!(
+            !text
+                .lines()
+                .any(|line| line.contains(id) && line.contains("request finished")),
+            "an access line was written for {id} with the access log off:\n{text}"
+        );
     }
 }

@@ -43,6 +43,10 @@ pub fn accept_request_id(incoming: Option<&HeaderValue>) -> Option<String> {
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeConfig {
     pub request_timeout: Duration,
+    /// Write the "request finished" line (status, latency) of every request. Off by default:
+    /// it is the largest cost of a session introspection after the database read (see
+    /// BENCHMARKS.md), and warnings and errors keep their request id either way.
+    pub access_log: bool,
 }
 
 pub async fn edge(State(config): State<EdgeConfig>, mut request: Request, next: Next) -> Response {
@@ -86,11 +90,13 @@ pub async fn edge(State(config): State<EdgeConfig>, mut request: Request, next: 
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
-        tracing::info!(
-            status = response.status().as_u16(),
-            latency_ms = started.elapsed().as_millis() as u64,
-            "request finished"
-        );
+        if config.access_log {
+            tracing::info!(
+                status = response.status().as_u16(),
+                latency_ms = started.elapsed().as_millis() as u64,
+                "request finished"
+            );
+        }
         response
     }
     .instrument(span)

@@ -42,6 +42,8 @@ pub struct HttpSettings {
     pub body_read_timeout: Duration,
     pub trusted_proxies: Vec<IpRange>,
     pub ip_rate_limit_per_minute: u32,
+    /// One info line per request (see [`edge::EdgeConfig::access_log`]).
+    pub access_log: bool,
 }
 
 /// What every handler can reach.
@@ -74,6 +76,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let (api, _) = openapi::api_router().split_for_parts();
     let edge_config = edge::EdgeConfig {
         request_timeout: state.http.request_timeout,
+        access_log: state.http.access_log,
     };
     api.merge(page::router())
         .merge(extra)

@@ -17,7 +17,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqli
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Reads (WAL readers never wait for the writer).
     pool: SqlitePool,
+    /// Every write, through ONE connection: SQLite admits one writer at a time anyway, and
+    /// writers of this process queue here, in order, on an async pool checkout. Several
+    /// connections writing at once would instead collide on the file lock and wait in SQLite's
+    /// busy handler, which sleeps (1, 2, 5, 10 ... 100 ms): a tenth of the throughput of
+    /// queueing (BENCHMARKS.md). Other processes (the CLI next to a server) still meet the
+    /// busy timeout.
+    writer: SqlitePool,
 }
 
 fn map_err(err: sqlx::Error) -> StoreError {
@@ -44,23 +52,51 @@ impl SqliteStore {
     }
 
     async fn connect_with(options: SqliteConnectOptions) -> StoreResult<Self> {
+        let in_memory = options
+            .get_filename()
+            .to_str()
+            .is_some_and(|name| name.contains(":memory:"));
+        let (options, readers, writer) = Self::pool_settings(options);
+        // The writer first: it creates the file and switches it to WAL.
+        let writer = writer.connect_with(options.clone()).await.map_err(map_err)?;
+        // An in-memory database exists once per connection: one pool must do both jobs.
+        let pool = if in_memory {
+            writer.clone()
+        } else {
+            readers.connect_with(options).await.map_err(map_err)?
+        };
+        Ok(Self { pool, writer })
+    }
+
+    /// The connection and pool settings of Tessera's SQLite pools (readers, then the one
+    /// writer); public so the load harness (benches/load.rs) gives its bare baseline endpoints
+    /// the very same pools.
+    ///
+    /// `test_before_acquire(false)`: sqlx's default pings every connection on each checkout, a
+    /// round trip per query that a local file does not need (a broken SQLite connection fails
+    /// its next statement just as well, and the pool replaces it).
+    pub fn pool_settings(
+        options: SqliteConnectOptions,
+    ) -> (SqliteConnectOptions, SqlitePoolOptions, SqlitePoolOptions) {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+        let readers = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(map_err)?;
-        Ok(Self { pool })
+            .test_before_acquire(false);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false);
+        (options, readers, writer)
     }
 
     async fn immediate(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)
     }
 }
 
@@ -259,13 +295,14 @@ impl Store for SqliteStore {
 
     async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR
-            .run(&self.pool)
+            .run(&self.writer)
             .await
             .map_err(|err| StoreError::Other(format!("migration failed: {err}")))
     }
 
     async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -274,9 +311,10 @@ impl Store for SqliteStore {
     }
 
     fn pool_status(&self) -> PoolStatus {
-        let size = self.pool.size();
+        // The readers and the one writer together.
+        let size = self.pool.size() + self.writer.size();
         // `num_idle` is a usize; a pool never holds more than u32::MAX connections.
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        let idle = u32::try_from(self.pool.num_idle() + self.writer.num_idle()).unwrap_or(u32::MAX);
         PoolStatus {
             size,
             idle: idle.min(size),
@@ -349,7 +387,7 @@ impl Store for SqliteStore {
             .bind(new_hash)
             .bind(user_id)
             .bind(old_hash)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_err)?;
         Ok(())
@@ -447,7 +485,7 @@ impl Store for SqliteStore {
                 .bind(now)
                 .bind(token_hash.as_bytes())
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(map_err)?;
             session.last_seen_at = now;
@@ -522,7 +560,7 @@ impl Store for SqliteStore {
             "INSERT INTO webhook_cursor (id, last_event_id) \
              SELECT 1, COALESCE(MAX(id), 0) FROM security_events WHERE true ON CONFLICT (id) DO NOTHING",
         )
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?;
         let id = sqlx::query_scalar("SELECT last_event_id FROM webhook_cursor WHERE id = 1")
@@ -541,7 +579,7 @@ impl Store for SqliteStore {
         .bind(now.saturating_add(ttl_secs))
         .bind(holder)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -554,7 +592,7 @@ impl Store for SqliteStore {
         )
         .bind(position.id)
         .bind(holder)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -1094,7 +1132,7 @@ impl Store for SqliteStore {
         )
         .bind(event_id)
         .bind(holder)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -1139,7 +1177,7 @@ impl Store for SqliteStore {
             sqlx::query("UPDATE webhook_dead_events SET requeued_at = ? WHERE event_id = ? AND requeued_at IS NULL")
                 .bind(now)
                 .bind(event_id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(map_err)?
                 .rows_affected();
@@ -1172,7 +1210,7 @@ impl Store for SqliteStore {
             "UPDATE webhook_cursor SET lease_holder = NULL, lease_until = NULL WHERE id = 1 AND lease_holder = ?",
         )
         .bind(holder)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -1228,7 +1266,7 @@ impl Store for SqliteStore {
             .bind(keep_undelivered)
             .bind(batch),
         };
-        Ok(query.execute(&self.pool).await.map_err(map_err)?.rows_affected())
+        Ok(query.execute(&self.writer).await.map_err(map_err)?.rows_affected())
     }
 
     async fn operator_set_password(&self, user_id: &str, new_hash: &str, event: &NewEvent) -> StoreResult<bool> {
