@@ -225,6 +225,123 @@ async fn an_email_belongs_to_one_account() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lean_session_lookup_follows_the_rules_of_the_full_one() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let name = backend.name;
+        user(backend.a.as_ref(), "dee").await;
+        backend
+            .a
+            .insert_session(&session("dee", 1, true), &event("dee", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        let found = backend
+            .b
+            .active_session_summary(&token(1), NOW + 10, 1800)
+            .await
+            .unwrap();
+        let expected = SessionSummary {
+            user_id: "dee".into(),
+            created_at: NOW,
+            last_seen_at: NOW,
+            expires_at: NOW + 3600,
+            mfa: true,
+            email: "dee@example.com".into(),
+            user_created_at: NOW,
+            user_disabled_at: None,
+            user_mfa_enabled: false,
+        };
+        assert_eq!(found, Some(expected.clone()), "{name}");
+        // Under a minute since last seen: nothing written (the full lookup still reads NOW).
+        let summary = backend
+            .a
+            .active_session_summary(&token(1), NOW + 59, 1800)
+            .await
+            .unwrap();
+        assert_eq!(summary.map(|s| s.last_seen_at), Some(NOW), "{name}");
+        let (full, _) = backend
+            .b
+            .active_session(&token(1), NOW + 30, 1800)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(full.last_seen_at, NOW, "{name}");
+        // A minute or more: refreshed in the database, seen by the other instance's full lookup.
+        let summary = backend
+            .a
+            .active_session_summary(&token(1), NOW + 1000, 1800)
+            .await
+            .unwrap();
+        assert_eq!(summary.map(|s| s.last_seen_at), Some(NOW + 1000), "{name}");
+        let (full, _) = backend
+            .b
+            .active_session(&token(1), NOW + 1030, 1800)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(full.last_seen_at, NOW + 1000, "{name}");
+        // Idle past the limit, and past the absolute end: gone, and nothing refreshed.
+        assert_eq!(
+            backend
+                .b
+                .active_session_summary(&token(1), NOW + 2801, 1800)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            backend
+                .b
+                .active_session_summary(&token(1), NOW + 3600, 100_000)
+                .await
+                .unwrap(),
+            None,
+            "{name}: absolute"
+        );
+        let (full, _) = backend
+            .b
+            .active_session(&token(1), NOW + 1030, 1800)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(full.last_seen_at, NOW + 1000, "{name}");
+        // An unknown token: none.
+        assert_eq!(
+            backend.b.active_session_summary(&token(99), NOW, 1800).await.unwrap(),
+            None
+        );
+        // MFA on the account (its session opened without the second factor).
+        user_with_mfa(backend.a.as_ref(), "eve").await;
+        let summary = backend
+            .b
+            .active_session_summary(&token(200), NOW, 1800)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(summary.user_mfa_enabled && !summary.mfa, "{name}");
+        assert_eq!(summary.email, "eve@example.com");
+        // Disabling the account revokes its sessions: the lean lookup finds none.
+        backend
+            .a
+            .set_disabled(
+                "dee",
+                Some(NOW + 1040),
+                &event("dee", "account_disabled_by_operator", NOW + 1040),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            backend
+                .b
+                .active_session_summary(&token(1), NOW + 1040, 1800)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_session_made_through_one_instance_is_seen_by_the_other_until_it_expires_or_idles() {
     let _shared = CLUSTER.read().await;
     for backend in backends().await {

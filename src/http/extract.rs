@@ -187,14 +187,7 @@ impl FromRequestParts<AppState> for Auth {
         if !safe {
             super::rate_limit::take_token(parts, state)?;
         }
-        let (token, source) = match bearer_token(&parts.headers) {
-            Some(Ok(token)) => (token, TokenSource::Bearer),
-            Some(Err(())) => return Err(crate::service::ServiceError::Unauthenticated.into()),
-            None => match session_cookie(&parts.headers) {
-                Some(token) => (token, TokenSource::Cookie),
-                None => return Err(crate::service::ServiceError::Unauthenticated.into()),
-            },
-        };
+        let (token, source) = request_token(&parts.headers)?;
         let authenticated = state.service.authenticate(&token).await?;
         if source == TokenSource::Cookie && !safe && !same_origin(&parts.headers) {
             return Err(Problem::new(
@@ -203,6 +196,33 @@ impl FromRequestParts<AppState> for Auth {
             ));
         }
         Ok(Auth(authenticated))
+    }
+}
+
+/// The session token of a request: the bearer token, else the session cookie.
+fn request_token(headers: &HeaderMap) -> Result<(String, TokenSource), Problem> {
+    match bearer_token(headers) {
+        Some(Ok(token)) => Ok((token, TokenSource::Bearer)),
+        Some(Err(())) => Err(crate::service::ServiceError::Unauthenticated.into()),
+        None => match session_cookie(headers) {
+            Some(token) => Ok((token, TokenSource::Cookie)),
+            None => Err(crate::service::ServiceError::Unauthenticated.into()),
+        },
+    }
+}
+
+/// The live session of a read-only request and the public facts of its user, read lean
+/// ([`crate::service::Service::introspect`]): for `GET /api/auth/session`, the host
+/// applications' hot path. Same tokens and rules as [`Auth`]; only for safe methods, so neither
+/// the rate limit nor the same-origin check applies.
+pub struct SessionAuth(pub crate::store::SessionSummary);
+
+impl FromRequestParts<AppState> for SessionAuth {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (token, _) = request_token(&parts.headers)?;
+        Ok(SessionAuth(state.service.introspect(&token).await?))
     }
 }
 

@@ -7,8 +7,8 @@ use crate::domain::password::{self, Password, PasswordHashString};
 use crate::domain::throttle;
 use crate::domain::token::{PlainToken, TokenKind};
 use crate::store::{
-    AttemptKind, AttemptReservation, Consumed, LockPolicy, NewUser, SecondFactorProof, SessionRecord, StoreError,
-    UserRecord,
+    AttemptKind, AttemptReservation, Consumed, LockPolicy, NewUser, SecondFactorProof, SessionRecord, SessionSummary,
+    StoreError, UserRecord,
 };
 
 /// The password throttle: 10 wrong passwords free, then 30 s doubling to 15 minutes.
@@ -180,10 +180,10 @@ impl Service {
                 });
             }
         };
-        let stored = user.as_ref().map_or_else(
-            || self.dummy_hash.clone(),
-            |u| PasswordHashString(u.password_hash.clone()),
-        );
+        let stored = match &user {
+            Some(u) => PasswordHashString(u.password_hash.clone()),
+            None => self.dummy_hash().await?,
+        };
         let rehash_source = password.clone();
         let matches = self.verify_password(password, stored.clone()).await?;
         let user = match user {
@@ -329,9 +329,36 @@ impl Service {
         }
     }
 
+    /// [`Service::authenticate`] for introspection (`GET /api/auth/session`): the same rules
+    /// (expiry, idle limit, clock skew, disabled accounts) on a lean read of only what the
+    /// answer shows.
+    pub async fn introspect(&self, token: &str) -> ServiceResult<SessionSummary> {
+        let token = PlainToken::parse(TokenKind::Session, token).map_err(|_| ServiceError::Unauthenticated)?;
+        let found = self
+            .store
+            .active_session_summary(&token.hash(), self.now(), self.config.session_idle_secs)
+            .await?;
+        let now = self.now();
+        match found {
+            Some(summary)
+                if summary.created_at <= now + CLOCK_SKEW_SECS
+                    && summary.last_seen_at <= now + CLOCK_SKEW_SECS
+                    && summary.user_disabled_at.is_none() =>
+            {
+                Ok(summary)
+            }
+            _ => Err(ServiceError::Unauthenticated),
+        }
+    }
+
     /// The idle deadline of a session: when it ends unless used again.
     pub fn idle_deadline(&self, session: &SessionRecord) -> i64 {
-        (session.last_seen_at + self.config.session_idle_secs).min(session.expires_at)
+        self.idle_deadline_of(session.last_seen_at, session.expires_at)
+    }
+
+    /// [`Service::idle_deadline`] from the two times it depends on.
+    pub fn idle_deadline_of(&self, last_seen_at: i64, expires_at: i64) -> i64 {
+        (last_seen_at + self.config.session_idle_secs).min(expires_at)
     }
 
     /// `POST /api/auth/logout`: revokes the session server-side.

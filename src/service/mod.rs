@@ -176,8 +176,10 @@ pub struct Service {
     key: MasterKey,
     hashing: HashingPool,
     config: ServiceConfig,
-    /// Verified against when the email is unknown, so both failures cost the same.
-    dummy_hash: PasswordHashString,
+    /// Verified against when the email is unknown, so both failures cost the same. Computed in
+    /// the background right after start, on the hashing pool (off the start path); a login that
+    /// needs it earlier waits for that same computation, so it is hashed once.
+    dummy_hash: Arc<tokio::sync::OnceCell<PasswordHashString>>,
     /// Password failures of emails that have no account, so that they lock like real ones.
     unknown_logins: UnknownLogins,
     /// Test seam: awaited between a use case's checks and its commit (see [`Checkpoint`]).
@@ -236,6 +238,16 @@ impl UnknownLogins {
     }
 }
 
+async fn compute_dummy_hash(pool: &HashingPool) -> ServiceResult<PasswordHashString> {
+    pool.run(|| {
+        let mut random = [0u8; 24];
+        rand::fill(&mut random[..]);
+        password::hash(&Password::candidate(data_encoding::HEXLOWER.encode(&random)))
+    })
+    .await?
+    .map_err(|err| ServiceError::Internal(err.to_string()))
+}
+
 impl Service {
     pub async fn new(
         store: Arc<dyn Store>,
@@ -248,14 +260,12 @@ impl Service {
             threads => threads,
         };
         let hashing = HashingPool::with_priority(threads, config.hashing_nice);
-        let dummy_hash = hashing
-            .run(|| {
-                let mut random = [0u8; 24];
-                rand::fill(&mut random[..]);
-                password::hash(&Password::candidate(data_encoding::HEXLOWER.encode(&random)))
-            })
-            .await?
-            .map_err(|err| ServiceError::Internal(err.to_string()))?;
+        let dummy_hash = Arc::new(tokio::sync::OnceCell::new());
+        {
+            let (cell, pool) = (Arc::clone(&dummy_hash), hashing.clone());
+            // A failure here is retried by the first login that needs the hash.
+            tokio::spawn(async move { drop(cell.get_or_try_init(|| compute_dummy_hash(&pool)).await) });
+        }
         Ok(Self {
             store,
             clock,
@@ -266,6 +276,16 @@ impl Service {
             unknown_logins: UnknownLogins::default(),
             checkpoint: std::sync::RwLock::new(None),
         })
+    }
+
+    /// The dummy hash of the unknown-email path (see the field); waits for the background
+    /// computation started by [`Service::new`] if it has not finished yet.
+    async fn dummy_hash(&self) -> ServiceResult<PasswordHashString> {
+        let pool = &self.hashing;
+        self.dummy_hash
+            .get_or_try_init(|| compute_dummy_hash(pool))
+            .await
+            .cloned()
     }
 
     /// Installs (or removes) the test checkpoint; see [`Checkpoint`].

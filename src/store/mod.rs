@@ -95,6 +95,22 @@ pub struct SessionRecord {
     pub user_agent: Option<String>,
 }
 
+/// A live session and the public facts of its user: what session introspection answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub user_id: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+    /// The session was opened with the second factor.
+    pub mfa: bool,
+    pub email: String,
+    pub user_created_at: i64,
+    pub user_disabled_at: Option<i64>,
+    /// MFA is on for the account (the same rule as [`UserRecord::mfa`] being `Some`).
+    pub user_mfa_enabled: bool,
+}
+
 /// Sessions kept per account. Inserting a session (a login) first evicts the oldest ones beyond
 /// `MAX_SESSIONS_PER_USER - 1`, in the same transaction, each with a `session_evicted` event.
 pub const MAX_SESSIONS_PER_USER: i64 = 100;
@@ -299,6 +315,15 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         idle_secs: i64,
     ) -> StoreResult<Option<(SessionRecord, UserRecord)>>;
+    /// [`Store::active_session`] for introspection: the same rules (expiry, idle limit, the
+    /// once-a-minute `last_seen_at` refresh), but only the columns the answer needs; no password
+    /// hash, secret or throttle state is read.
+    async fn active_session_summary(
+        &self,
+        token_hash: &TokenHash,
+        now: i64,
+        idle_secs: i64,
+    ) -> StoreResult<Option<SessionSummary>>;
     /// Deletes the session; true if it existed.
     async fn delete_session(&self, token_hash: &TokenHash, event: &NewEvent) -> StoreResult<bool>;
 

@@ -493,6 +493,54 @@ impl Store for SqliteStore {
         Ok(Some((session, user)))
     }
 
+    async fn active_session_summary(
+        &self,
+        token_hash: &TokenHash,
+        now: i64,
+        idle_secs: i64,
+    ) -> StoreResult<Option<SessionSummary>> {
+        // Read by position, in this order; nothing secret is selected.
+        let row = sqlx::query(
+            "SELECT s.user_id, s.created_at, s.last_seen_at, s.expires_at, s.mfa, \
+             u.email, u.created_at, u.disabled_at, \
+             (u.mfa_enabled_at IS NOT NULL AND u.mfa_secret IS NOT NULL) \
+             FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.token_hash = ? AND s.expires_at > ? AND s.last_seen_at > ?",
+        )
+        .bind(token_hash.as_bytes())
+        .bind(now)
+        .bind(now.saturating_sub(idle_secs))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let decode = |row: &SqliteRow| -> Result<SessionSummary, sqlx::Error> {
+            Ok(SessionSummary {
+                user_id: row.try_get(0)?,
+                created_at: row.try_get(1)?,
+                last_seen_at: row.try_get(2)?,
+                expires_at: row.try_get(3)?,
+                mfa: row.try_get::<i64, _>(4)? != 0,
+                email: row.try_get(5)?,
+                user_created_at: row.try_get(6)?,
+                user_disabled_at: row.try_get(7)?,
+                user_mfa_enabled: row.try_get::<i64, _>(8)? != 0,
+            })
+        };
+        let mut summary = decode(&row).map_err(map_err)?;
+        if now - summary.last_seen_at >= 60 {
+            sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE token_hash = ? AND last_seen_at < ?")
+                .bind(now)
+                .bind(token_hash.as_bytes())
+                .bind(now)
+                .execute(&self.writer)
+                .await
+                .map_err(map_err)?;
+            summary.last_seen_at = now;
+        }
+        Ok(Some(summary))
+    }
+
     async fn delete_session(&self, token_hash: &TokenHash, event: &NewEvent) -> StoreResult<bool> {
         let mut tx = self.immediate().await?;
         let deleted = sqlx::query("DELETE FROM sessions WHERE token_hash = ?")

@@ -3,7 +3,7 @@
 use super::{IpRateLimit, UserDto};
 use crate::clock::rfc3339;
 use crate::http::AppState;
-use crate::http::extract::{ApiJson, Auth, Meta, SESSION_COOKIE};
+use crate::http::extract::{ApiJson, Auth, Meta, SESSION_COOKIE, SessionAuth};
 use crate::http::problem::{Problem, ProblemBody};
 use crate::service::accounts::{IssuedSession, LoginOutcome};
 use axum::Json;
@@ -222,16 +222,21 @@ pub async fn logout(State(state): State<AppState>, Auth(auth): Auth, Meta(meta):
 #[utoipa::path(get, path = "/api/auth/session", tag = "auth",
     security(("session_token" = []), ("session_cookie" = [])),
     responses((status = 200, description = "The session and its user.", body = SessionIntrospection)))]
-pub async fn session(State(state): State<AppState>, Auth(auth): Auth) -> Json<SessionIntrospection> {
-    let session = &auth.session;
+pub async fn session(State(state): State<AppState>, SessionAuth(found): SessionAuth) -> Json<SessionIntrospection> {
+    let idle_expires_at = state.service.idle_deadline_of(found.last_seen_at, found.expires_at);
     Json(SessionIntrospection {
-        user: crate::service::accounts::UserView::from(&auth.user).into(),
+        user: UserDto {
+            id: found.user_id,
+            email: found.email,
+            mfa_enabled: found.user_mfa_enabled,
+            created_at: rfc3339(found.user_created_at),
+        },
         session: SessionInfo {
-            created_at: rfc3339(session.created_at),
-            expires_at: rfc3339(session.expires_at),
-            last_seen_at: rfc3339(session.last_seen_at),
-            idle_expires_at: rfc3339(state.service.idle_deadline(session)),
-            mfa: session.mfa,
+            created_at: rfc3339(found.created_at),
+            expires_at: rfc3339(found.expires_at),
+            last_seen_at: rfc3339(found.last_seen_at),
+            idle_expires_at: rfc3339(idle_expires_at),
+            mfa: found.mfa,
         },
     })
 }
