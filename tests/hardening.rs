@@ -215,6 +215,49 @@ async fn a_login_checked_before_mfa_is_enabled_gets_no_one_factor_session() {
 }
 
 #[tokio::test]
+async fn a_right_code_checked_before_a_lock_is_refused_and_consumes_nothing() {
+    let app = spawn_app().await;
+    let token = app.user_with_session("late@example.com").await;
+    let (secret, _) = app.enable_mfa(&token).await;
+    app.next_step();
+    let challenge = app.mfa_token("late@example.com").await;
+    let step_before = app.count("SELECT mfa_last_step FROM users").await;
+    let sessions_before = app.count("SELECT COUNT(*) FROM sessions").await;
+    let held = app.hold_at("second_factor");
+    let right = tokio::spawn({
+        let request = app
+            .client
+            .post(app.url("/api/auth/login/mfa"))
+            .json(&json!({"mfa_token": challenge, "code": totp_code(&secret, app.now())}));
+        async move { reply_to(request).await }
+    });
+    held.reached.await.unwrap();
+    // The code was found right; before it commits, five wrong guesses lock the account.
+    let other = app.mfa_token("late@example.com").await;
+    for _ in 0..5 {
+        app.login_mfa(&other, &wrong_code(&secret, app.now()))
+            .await
+            .assert_problem(401, "/problems/invalid-second-factor");
+    }
+    held.release.send(()).unwrap();
+    let locked = right.await.unwrap();
+    locked.assert_problem(429, "/problems/too-many-attempts");
+    assert_eq!(locked.header("retry-after"), Some("30"));
+    assert_eq!(app.count("SELECT COUNT(*) FROM sessions").await, sessions_before);
+    assert_eq!(app.count("SELECT mfa_last_step FROM users").await, step_before);
+    assert_eq!(
+        app.count("SELECT mfa_failures FROM users").await,
+        5,
+        "the refusal is not counted"
+    );
+    // Its mfa_token was not used: after the lock, a right code still completes the login.
+    app.clock.advance(time::Duration::seconds(30));
+    let code = totp_code(&secret, app.now());
+    assert_eq!(app.login_mfa(&challenge, &code).await.status, 200);
+    assert_eq!(app.count("SELECT mfa_failures FROM users").await, 0);
+}
+
+#[tokio::test]
 async fn a_password_change_through_a_session_ended_meanwhile_changes_nothing() {
     let app = spawn_app().await;
     let token = app.user_with_session("gone@example.com").await;

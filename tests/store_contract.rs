@@ -2428,3 +2428,170 @@ async fn logins_racing_a_deletion_leave_no_session_behind() {
         }
     }
 }
+
+// ---- the second login step with a right TOTP code, in one change ----
+
+/// Whether `user_id` still has the challenge `n`, its step, failures and lock, and its sessions.
+async fn totp_state(store: &dyn Store, user_id: &str, n: u8) -> (bool, Option<i64>, u32, Option<i64>, usize) {
+    let user = store.user_by_id(user_id).await.unwrap().unwrap();
+    (
+        store.challenge_user(&token(n), NOW).await.unwrap().is_some(),
+        user.mfa.unwrap().last_step,
+        user.throttle.failures,
+        user.throttle.locked_until,
+        store.list_sessions(user_id, NOW, 1800).await.unwrap().len(),
+    )
+}
+
+/// `complete_challenge_with_totp` of gus's challenge `n` with `step`, at `at`.
+async fn complete(store: &dyn Store, n: u8, step: i64, at: i64) -> TotpCompletion {
+    let session = SessionRecord {
+        created_at: at,
+        last_seen_at: at,
+        ..session("gus", 10 + n, true)
+    };
+    store
+        .complete_challenge_with_totp(&token(n), step, CODES, &session, &event("gus", "login_succeeded", at))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_right_totp_step_completes_the_login_only_while_unlocked_unsuspended_and_newer() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let (a, b) = (backend.a.as_ref(), backend.b.as_ref());
+        let name = backend.name;
+        user_with_mfa(a, "gus").await;
+        a.insert_challenge(&token(1), "gus", NOW, NOW + 300, HASH, None, &event("gus", "x", NOW))
+            .await
+            .unwrap();
+        // One read: the challenge's user, while the challenge is valid.
+        let read = b.challenge_user_record(&token(1), NOW).await.unwrap().unwrap();
+        assert_eq!(
+            (read.id.as_str(), read.mfa.unwrap().last_step),
+            ("gus", Some(100)),
+            "{name}"
+        );
+        assert!(
+            b.challenge_user_record(&token(1), NOW + 300).await.unwrap().is_none(),
+            "{name}"
+        );
+        assert!(
+            b.challenge_user_record(&token(9), NOW).await.unwrap().is_none(),
+            "{name}"
+        );
+        let sessions = totp_state(a, "gus", 1).await.4;
+        // Locked: refused with the lock's end, and nothing changes.
+        a.reserve_attempt("gus", AttemptKind::SecondFactor, NOW, LOCK_AT_ONCE)
+            .await
+            .unwrap();
+        assert_eq!(
+            complete(b, 1, 101, NOW).await,
+            TotpCompletion::Locked { until: NOW + 60 },
+            "{name}"
+        );
+        assert_eq!(
+            totp_state(a, "gus", 1).await,
+            (true, Some(100), 1, Some(NOW + 60), sessions),
+            "{name}"
+        );
+        // A lock longer than the policy's maximum (a clock gone back) is not honoured.
+        assert_eq!(complete(b, 1, 100, NOW - 900).await, TotpCompletion::Rejected, "{name}");
+        // Unlocked but a replayed step: refused, nothing changes.
+        assert_eq!(complete(b, 1, 100, NOW + 60).await, TotpCompletion::Rejected, "{name}");
+        assert_eq!(
+            totp_state(a, "gus", 1).await,
+            (true, Some(100), 1, Some(NOW + 60), sessions),
+            "{name}"
+        );
+        // A newer step: the step advances, the throttle resets, the challenge is used, and the
+        // session and its event exist.
+        assert_eq!(complete(b, 1, 101, NOW + 60).await, TotpCompletion::Completed, "{name}");
+        assert_eq!(
+            totp_state(a, "gus", 1).await,
+            (false, Some(101), 0, None, sessions + 1),
+            "{name}"
+        );
+        assert!(a.active_session(&token(11), NOW + 60, 1800).await.unwrap().is_some());
+        assert_eq!(kinds_of(a, "gus", "login_succeeded").await, 2, "{name}");
+        // The used challenge opens nothing more, even with a newer step.
+        assert_eq!(complete(a, 1, 102, NOW + 60).await, TotpCompletion::Rejected, "{name}");
+        assert_eq!(totp_state(a, "gus", 1).await.1, Some(101), "{name}");
+        // A newer step on a valid challenge of an account whose TOTP codes are suspended.
+        a.insert_challenge(&token(2), "gus", NOW, NOW + 300, HASH, None, &event("gus", "x", NOW))
+            .await
+            .unwrap();
+        assert!(
+            a.suspend_totp("gus", &event("gus", "mfa_totp_suspended", NOW))
+                .await
+                .unwrap()
+        );
+        assert_eq!(complete(b, 2, 103, NOW + 60).await, TotpCompletion::Rejected, "{name}");
+        assert_eq!(
+            totp_state(a, "gus", 2).await,
+            (true, Some(101), 0, None, sessions + 1),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_right_totp_step_on_many_challenges_at_once_opens_one_session() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        user_with_mfa(backend.a.as_ref(), "hal").await;
+        for n in 0..20u8 {
+            backend
+                .a
+                .insert_challenge(
+                    &token(100 + n),
+                    "hal",
+                    NOW,
+                    NOW + 300,
+                    HASH,
+                    None,
+                    &event("hal", "x", NOW),
+                )
+                .await
+                .unwrap();
+        }
+        let before = backend.a.list_sessions("hal", NOW, 1800).await.unwrap().len();
+        let results = race(&backend, 20, |store, i| async move {
+            let n = u8::try_from(i).unwrap();
+            store
+                .complete_challenge_with_totp(
+                    &token(100 + n),
+                    101,
+                    CODES,
+                    &session("hal", 10 + n, true),
+                    &event("hal", "login_succeeded", NOW),
+                )
+                .await
+                .unwrap()
+        })
+        .await;
+        let won = results.iter().filter(|r| **r == TotpCompletion::Completed).count();
+        assert_eq!(won, 1, "{}: {results:?}", backend.name);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, TotpCompletion::Completed | TotpCompletion::Rejected))
+        );
+        let after = backend.b.list_sessions("hal", NOW, 1800).await.unwrap().len();
+        assert_eq!(after, before + 1, "{}", backend.name);
+        let left = challenges_left(&backend, 20).await;
+        assert_eq!(left, 19, "only the winner's challenge is used ({})", backend.name);
+    }
+}
+
+/// How many of the challenges 100..100+count are still unused.
+async fn challenges_left(backend: &Backend, count: u8) -> usize {
+    let mut left = 0;
+    for n in 0..count {
+        if backend.b.challenge_user(&token(100 + n), NOW).await.unwrap().is_some() {
+            left += 1;
+        }
+    }
+    left
+}

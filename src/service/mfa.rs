@@ -17,7 +17,7 @@ use crate::domain::token::{PlainToken, TokenKind};
 use crate::domain::totp::{self, TotpCode, TotpSecret};
 use crate::store::{
     AttemptKind, AttemptReservation, BackupCodeHashes, Consumed, EnableMfa, EventRecord, LockPolicy,
-    PendingSetupRecord, SecondFactorProof, UserRecord,
+    PendingSetupRecord, SecondFactorProof, TotpCompletion, UserRecord,
 };
 
 /// The second-factor throttle: 5 failed codes free, then 30 s doubling to 15 minutes.
@@ -25,6 +25,14 @@ const SECOND_FACTOR_LOCKS: LockPolicy = LockPolicy {
     lock_secs: throttle::lock_after,
     max_secs: throttle::MAX_DELAY_SECS,
 };
+
+/// Whether the second factor of `user`, as read, is locked at `now` (a lock longer than the
+/// maximum is not honoured, as in the store's reservation).
+fn locked_at(user: &UserRecord, now: i64) -> bool {
+    user.throttle
+        .locked_until
+        .is_some_and(|until| until > now && until <= now.saturating_add(SECOND_FACTOR_LOCKS.max_secs))
+}
 
 /// Number of backup codes in a set.
 pub const BACKUP_CODE_COUNT: usize = 10;
@@ -508,6 +516,17 @@ impl Service {
     }
 
     /// `POST /api/auth/login/mfa`: the second login step.
+    ///
+    /// A right TOTP code takes one write transaction: the store checks the lock, the suspension
+    /// and the replay guard in the same conditional statement that advances the step and resets
+    /// the throttle, then consumes the `mfa_token` and creates the session (BENCHMARKS.md: the
+    /// step's cost is its statements). The TOTP code is checked in memory before that, but no
+    /// answer depends on it before the lock has been checked in a write transaction: a wrong
+    /// code, a replayed step or a used `mfa_token` reserve an attempt before their 401, so
+    /// parallel guesses cannot exceed the budget; a right code meeting a lock gets the 429 of a
+    /// refused reservation after the same work (one transaction). While the account is locked
+    /// as read, and for backup codes (an argon2 hash to check), the order is the general one:
+    /// reserve, check, consume.
     pub async fn login_second_factor(
         &self,
         mfa_token: &str,
@@ -517,12 +536,7 @@ impl Service {
         let factor = SecondFactorInput::parse("code", code)?;
         let token = PlainToken::parse(TokenKind::MfaChallenge, mfa_token).map_err(|_| ServiceError::InvalidMfaToken)?;
         let now = self.now();
-        let user_id = self
-            .store
-            .challenge_user(&token.hash(), now)
-            .await?
-            .ok_or(ServiceError::InvalidMfaToken)?;
-        let user = match self.store.user_by_id(&user_id).await? {
+        let user = match self.store.challenge_user_record(&token.hash(), now).await? {
             Some(user) if user.mfa.is_some() => user,
             _ => return Err(ServiceError::InvalidMfaToken),
         };
@@ -532,11 +546,40 @@ impl Service {
         self.refuse_suspended_totp(&user, &factor).inspect_err(|_| {
             metrics::counter!("tessera_logins_total", "outcome" => "totp_suspended").increment(1);
         })?;
-        let failures = self.reserve_attempt(&user, now).await.inspect_err(|err| {
-            if matches!(err, ServiceError::Throttled { .. }) {
-                metrics::counter!("tessera_logins_total", "outcome" => "second_factor_locked").increment(1);
+        if matches!(factor, SecondFactorInput::Totp(_)) && !locked_at(&user, now) {
+            if let Some(SecondFactorProof::TotpStep(step)) = self.check_second_factor(&user, &factor, now).await? {
+                let (session, record) = self.new_session(&user, true, now, meta);
+                let event = meta.event(&user.id, "login_succeeded", now);
+                self.checkpoint("second_factor").await;
+                match self
+                    .store
+                    .complete_challenge_with_totp(&token.hash(), step, SECOND_FACTOR_LOCKS, &record, &event)
+                    .await?
+                {
+                    TotpCompletion::Completed => {
+                        metrics::counter!("tessera_logins_total", "outcome" => "second_factor_ok").increment(1);
+                        return Ok(session);
+                    }
+                    TotpCompletion::Locked { until } => {
+                        metrics::counter!("tessera_logins_total", "outcome" => "second_factor_locked").increment(1);
+                        return Err(ServiceError::Throttled {
+                            retry_after_secs: (until - now).max(1),
+                        });
+                    }
+                    TotpCompletion::Rejected => {}
+                }
             }
-        })?;
+            // A wrong code, or a right one the store refused (replayed, suspended, the
+            // `mfa_token` used meanwhile): counted like any failed attempt, or refused as locked.
+            let failures = self.reserve_login_attempt(&user, now).await?;
+            metrics::counter!("tessera_logins_total", "outcome" => "second_factor_failed").increment(1);
+            return Err(self
+                .second_factor_failed(&user.id, failures, meta, now, ServiceError::SecondFactorRejected)
+                .await);
+        }
+        // A backup code (one argon2 hash to check), or a TOTP code while the account was locked
+        // when read: reserve first, then check, then consume.
+        let failures = self.reserve_login_attempt(&user, now).await?;
         let Some(proof) = self.check_second_factor(&user, &factor, now).await? else {
             metrics::counter!("tessera_logins_total", "outcome" => "second_factor_failed").increment(1);
             return Err(self
@@ -564,6 +607,16 @@ impl Service {
                     .await)
             }
         }
+    }
+
+    /// [`Service::reserve_attempt`] for the second login step, counting a refusal as
+    /// `second_factor_locked`.
+    async fn reserve_login_attempt(&self, user: &UserRecord, now: i64) -> ServiceResult<u32> {
+        self.reserve_attempt(user, now).await.inspect_err(|err| {
+            if matches!(err, ServiceError::Throttled { .. }) {
+                metrics::counter!("tessera_logins_total", "outcome" => "second_factor_locked").increment(1);
+            }
+        })
     }
 
     /// `tessera user reset-mfa EMAIL`: for a user who lost both phone and backup codes.

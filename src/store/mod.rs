@@ -218,6 +218,18 @@ pub enum Consumed {
     Stale,
 }
 
+/// What [`Store::complete_challenge_with_totp`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TotpCompletion {
+    /// The session was created; the step, the challenge and the throttle were updated.
+    Completed,
+    /// The second factor is locked until then: nothing was written.
+    Locked { until: i64 },
+    /// The step was not newer than the last accepted one, TOTP codes are suspended, MFA is off,
+    /// or the challenge expired or was used: nothing was written.
+    Rejected,
+}
+
 /// A fresh backup-code set, as stored.
 #[derive(Clone)]
 pub struct BackupCodeHashes {
@@ -435,6 +447,26 @@ pub trait Store: Send + Sync + 'static {
         session: &SessionRecord,
         event: &NewEvent,
     ) -> StoreResult<Consumed>;
+    /// The user of a challenge that is still valid at `now`, in one read (the second login
+    /// step's only read: the challenge joined with its user).
+    async fn challenge_user_record(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<UserRecord>>;
+    /// The second login step with a TOTP code the service found right, in ONE transaction and
+    /// without a reservation before it: only while the second factor is not locked at
+    /// `session.created_at` (a lock longer than `policy.max_secs` is not honoured, as in
+    /// [`Store::reserve_attempt`]), TOTP codes are not suspended and `step` is newer than the
+    /// last accepted one, it advances the step and resets the throttle (one `UPDATE`), consumes
+    /// the challenge and creates the session (with the eviction of [`Store::insert_session`])
+    /// and `event`. Otherwise nothing is written: `Locked` while the second factor is locked
+    /// (the same answer, after the same work, as a reservation refused by the lock), else
+    /// `Rejected`, and the caller reserves an attempt as for a wrong code.
+    async fn complete_challenge_with_totp(
+        &self,
+        token_hash: &TokenHash,
+        step: i64,
+        policy: LockPolicy,
+        session: &SessionRecord,
+        event: &NewEvent,
+    ) -> StoreResult<TotpCompletion>;
 
     // --- sessions the user sees and ends ---
     /// The user's live sessions (not expired, not idle past `idle_secs` at `now`), newest first.

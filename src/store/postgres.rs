@@ -304,20 +304,19 @@ async fn insert_codes_in(tx: &mut Tx, user_id: &str, codes: &BackupCodeHashes) -
 /// `event`, the login that caused it). The caller holds [`lock_user`]: session inserts of one
 /// user run one after another, so the cap is exact and `seq` (the user's highest + 1) unique.
 async fn insert_session_in(tx: &mut Tx, session: &SessionRecord, event: &NewEvent) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND expires_at <= $2")
-        .bind(&session.user_id)
-        .bind(session.created_at)
-        .execute(&mut **tx)
-        .await?;
-    let evicted = sqlx::query(
-        "DELETE FROM sessions WHERE user_id = $1 AND seq <= \
-         (SELECT seq FROM sessions WHERE user_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+    // One statement for both clean-ups; the cap counts the live sessions only, and each row
+    // deleted says whether it was live (an eviction) or expired.
+    let deleted: Vec<bool> = sqlx::query_scalar(
+        "DELETE FROM sessions WHERE user_id = $1 AND (expires_at <= $2 OR seq <= \
+         (SELECT seq FROM sessions WHERE user_id = $1 AND expires_at > $2 ORDER BY seq DESC LIMIT 1 OFFSET $3)) \
+         RETURNING expires_at > $2",
     )
     .bind(&session.user_id)
+    .bind(session.created_at)
     .bind(MAX_SESSIONS_PER_USER - 1)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    .fetch_all(&mut **tx)
+    .await?;
+    let evicted = deleted.into_iter().filter(|live| *live).count();
     for _ in 0..evicted {
         insert_event_kind_in(tx, event, "session_evicted").await?;
     }
@@ -1213,6 +1212,80 @@ impl Store for PgStore {
         insert_event_in(&mut tx, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Consumed::Yes)
+    }
+
+    async fn challenge_user_record(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(select_user!(
+            "JOIN mfa_challenges c ON c.user_id = u.id WHERE c.token_hash = $1 AND c.expires_at > $2"
+        ))
+        .bind(token_hash.as_bytes())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(user_from_row).transpose().map_err(map_err)
+    }
+
+    async fn complete_challenge_with_totp(
+        &self,
+        token_hash: &TokenHash,
+        step: i64,
+        policy: LockPolicy,
+        session: &SessionRecord,
+        event: &NewEvent,
+    ) -> StoreResult<TotpCompletion> {
+        let now = session.created_at;
+        let mut tx = self.begin().await?;
+        // The user's row first (the one lock order of `lock_user`): this conditional UPDATE takes
+        // it, and a concurrent transaction holding it makes this one wait and then re-evaluate
+        // the lock, suspension and replay conditions against what that one committed.
+        let advanced = sqlx::query(
+            "UPDATE users SET mfa_last_step = $1, mfa_failures = 0, mfa_locked_until = NULL \
+             WHERE id = $2 AND mfa_enabled_at IS NOT NULL AND mfa_totp_suspended_at IS NULL \
+             AND (mfa_last_step IS NULL OR mfa_last_step < $1) \
+             AND (mfa_locked_until IS NULL OR mfa_locked_until <= $3 OR mfa_locked_until > $4)",
+        )
+        .bind(step)
+        .bind(&session.user_id)
+        .bind(now)
+        .bind(now.saturating_add(policy.max_secs))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1;
+        if !advanced {
+            // Why not: a lock is answered like a reservation the lock refuses (one read of it).
+            let until: Option<i64> = sqlx::query_scalar("SELECT mfa_locked_until FROM users WHERE id = $1")
+                .bind(&session.user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .flatten();
+            return Ok(match until {
+                Some(until) if until > now && until <= now.saturating_add(policy.max_secs) => {
+                    TotpCompletion::Locked { until }
+                }
+                _ => TotpCompletion::Rejected,
+            });
+        }
+        let taken =
+            sqlx::query("DELETE FROM mfa_challenges WHERE token_hash = $1 AND user_id = $2 AND expires_at > $3")
+                .bind(token_hash.as_bytes())
+                .bind(&session.user_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected()
+                == 1;
+        if !taken {
+            return Ok(TotpCompletion::Rejected);
+        }
+        insert_session_in(&mut tx, session, event).await.map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(TotpCompletion::Completed)
     }
 
     async fn list_sessions(&self, user_id: &str, now: i64, idle_secs: i64) -> StoreResult<Vec<SessionRecord>> {

@@ -1045,6 +1045,78 @@ impl Store for SqliteStore {
         Ok(Consumed::Yes)
     }
 
+    async fn challenge_user_record(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(select_user!(
+            "JOIN mfa_challenges c ON c.user_id = u.id WHERE c.token_hash = ? AND c.expires_at > ?"
+        ))
+        .bind(token_hash.as_bytes())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(user_from_row).transpose().map_err(map_err)
+    }
+
+    async fn complete_challenge_with_totp(
+        &self,
+        token_hash: &TokenHash,
+        step: i64,
+        policy: LockPolicy,
+        session: &SessionRecord,
+        event: &NewEvent,
+    ) -> StoreResult<TotpCompletion> {
+        let now = session.created_at;
+        let mut tx = self.immediate().await?;
+        // The lock check, the replay guard and the throttle reset in one conditional statement:
+        // the write lock is held from BEGIN IMMEDIATE, so nothing changes between them.
+        let advanced = sqlx::query(
+            "UPDATE users SET mfa_last_step = ?1, mfa_failures = 0, mfa_locked_until = NULL \
+             WHERE id = ?2 AND mfa_enabled_at IS NOT NULL AND mfa_totp_suspended_at IS NULL \
+             AND (mfa_last_step IS NULL OR mfa_last_step < ?1) \
+             AND (mfa_locked_until IS NULL OR mfa_locked_until <= ?3 OR mfa_locked_until > ?4)",
+        )
+        .bind(step)
+        .bind(&session.user_id)
+        .bind(now)
+        .bind(now.saturating_add(policy.max_secs))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1;
+        if !advanced {
+            // Why not: a lock is answered like a reservation the lock refuses (one read of it).
+            let until: Option<i64> = sqlx::query_scalar("SELECT mfa_locked_until FROM users WHERE id = ?")
+                .bind(&session.user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .flatten();
+            return Ok(match until {
+                Some(until) if until > now && until <= now.saturating_add(policy.max_secs) => {
+                    TotpCompletion::Locked { until }
+                }
+                _ => TotpCompletion::Rejected,
+            });
+        }
+        let taken = sqlx::query("DELETE FROM mfa_challenges WHERE token_hash = ? AND user_id = ? AND expires_at > ?")
+            .bind(token_hash.as_bytes())
+            .bind(&session.user_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected()
+            == 1;
+        if !taken {
+            return Ok(TotpCompletion::Rejected);
+        }
+        insert_session_in(&mut tx, session, event).await.map_err(map_err)?;
+        insert_event_in(&mut tx, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(TotpCompletion::Completed)
+    }
+
     async fn list_sessions(&self, user_id: &str, now: i64, idle_secs: i64) -> StoreResult<Vec<SessionRecord>> {
         let rows = sqlx::query(
             "SELECT token_hash, public_id, user_id, created_at AS s_created_at, last_seen_at, expires_at, mfa, \
@@ -1426,21 +1498,19 @@ async fn insert_session_in(
     session: &SessionRecord,
     event: &NewEvent,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM sessions WHERE user_id = ? AND expires_at <= ?")
-        .bind(&session.user_id)
-        .bind(session.created_at)
-        .execute(&mut **tx)
-        .await?;
-    let evicted = sqlx::query(
-        "DELETE FROM sessions WHERE user_id = ? AND seq <= \
-         (SELECT seq FROM sessions WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+    // One statement for both clean-ups; the cap counts the live sessions only, and each row
+    // deleted says whether it was live (an eviction) or expired.
+    let deleted: Vec<i64> = sqlx::query_scalar(
+        "DELETE FROM sessions WHERE user_id = ?1 AND (expires_at <= ?2 OR seq <= \
+         (SELECT seq FROM sessions WHERE user_id = ?1 AND expires_at > ?2 ORDER BY seq DESC LIMIT 1 OFFSET ?3)) \
+         RETURNING expires_at > ?2",
     )
     .bind(&session.user_id)
-    .bind(&session.user_id)
+    .bind(session.created_at)
     .bind(MAX_SESSIONS_PER_USER - 1)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    .fetch_all(&mut **tx)
+    .await?;
+    let evicted = deleted.into_iter().filter(|live| *live != 0).count();
     for _ in 0..evicted {
         insert_event_kind_in(tx, event, "session_evicted").await?;
     }
