@@ -20,7 +20,7 @@ use crate::store::{
     PendingSetupRecord, SecondFactorProof, TotpCompletion, UserRecord,
 };
 
-/// The second-factor throttle: 5 failed codes free, then 30 s doubling to 15 minutes.
+/// The second-factor throttle: four failed codes free, the fifth locks for 30 s, doubling to 15 minutes.
 const SECOND_FACTOR_LOCKS: LockPolicy = LockPolicy {
     lock_secs: throttle::lock_after,
     max_secs: throttle::MAX_DELAY_SECS,
