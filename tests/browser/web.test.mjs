@@ -429,6 +429,9 @@ describe('a phone-sized screen, 360 px wide', () => {
     await checkScreen(page, '18-narrow-log-in');
 
     await page.getByRole('link', { name: 'Create an account' }).click();
+    // Wait for the view to switch: until then the log-in form's Email field is the visible one,
+    // and a fill aimed at it waits forever once it is hidden.
+    await heading(page).filter({ hasText: 'Create account' }).waitFor();
     await field(page, 'Email').fill('narrow@example.com');
     await field(page, 'Password').fill(PASSWORD);
     await button(page, 'Create account').click();
