@@ -273,11 +273,8 @@ async fn event_ids(database: &TestDatabase) -> Vec<i64> {
     ids
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_webhook_delivers_each_event_from_one_instance_and_survives_the_holder_dying() {
-    if postgres_or_skip().is_none() {
-        return;
-    }
+/// A local webhook receiver; returns what it records and its URL.
+async fn start_receiver() -> (Hook, String) {
     let received = Hook::default();
     let router = axum::Router::new()
         .route("/hook", axum::routing::post(hook))
@@ -285,15 +282,29 @@ async fn the_webhook_delivers_each_event_from_one_instance_and_survives_the_hold
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let env = [
+    (received, url)
+}
+
+/// The settings of an instance that delivers to `url` under a lease of `lease_secs`.
+fn webhook_env<'a>(url: &'a str, lease_secs: &'a str) -> [(&'static str, &'a str); 4] {
+    [
         ("TESSERA_IP_RATE_LIMIT_PER_MINUTE", "0"),
-        ("TESSERA_EVENTS_WEBHOOK_URL", url.as_str()),
+        ("TESSERA_EVENTS_WEBHOOK_URL", url),
         (
             "TESSERA_EVENTS_WEBHOOK_SECRET",
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         ),
-        ("TESSERA_EVENTS_WEBHOOK_LEASE_SECS", "3"),
-    ];
+        ("TESSERA_EVENTS_WEBHOOK_LEASE_SECS", lease_secs),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_webhook_delivers_each_event_from_one_instance_and_survives_the_holder_dying() {
+    if postgres_or_skip().is_none() {
+        return;
+    }
+    let (received, url) = start_receiver().await;
+    let env = webhook_env(&url, "3");
     let database = TestDatabase::create().await;
     let key = MasterKey::generate().to_base64();
     let dir = tempfile::tempdir().unwrap();
@@ -337,23 +348,9 @@ async fn a_gracefully_stopped_holder_hands_the_webhook_over_at_once() {
     if postgres_or_skip().is_none() {
         return;
     }
-    let received = Hook::default();
-    let router = axum::Router::new()
-        .route("/hook", axum::routing::post(hook))
-        .with_state(received.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let (received, url) = start_receiver().await;
     // A lease of ten minutes: B can only take over within this test if A gives the lease back.
-    let env = [
-        ("TESSERA_IP_RATE_LIMIT_PER_MINUTE", "0"),
-        ("TESSERA_EVENTS_WEBHOOK_URL", url.as_str()),
-        (
-            "TESSERA_EVENTS_WEBHOOK_SECRET",
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        ),
-        ("TESSERA_EVENTS_WEBHOOK_LEASE_SECS", "600"),
-    ];
+    let env = webhook_env(&url, "600");
     let database = TestDatabase::create().await;
     let key = MasterKey::generate().to_base64();
     let dir = tempfile::tempdir().unwrap();
