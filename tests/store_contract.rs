@@ -1330,6 +1330,75 @@ async fn a_second_factor_login_is_capped_like_a_password_login() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_right_totp_step_is_capped_like_a_password_login() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        let name = backend.name;
+        // Session 200 (opened while enabling MFA) is the oldest of 100; an expired one goes
+        // with the next login without counting as an eviction.
+        user_with_mfa(store, "cat").await;
+        let expired = SessionRecord {
+            created_at: NOW - 7200,
+            last_seen_at: NOW - 7200,
+            expires_at: NOW - 3600,
+            ..session("cat", 251, true)
+        };
+        store
+            .insert_session(&expired, &event("cat", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        for n in 1..=99u8 {
+            store
+                .insert_session(&session("cat", n, true), &event("cat", "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        store
+            .insert_challenge(&token(250), "cat", NOW, NOW + 300, HASH, None, &event("cat", "x", NOW))
+            .await
+            .unwrap();
+        let before = kinds_of(store, "cat", "login_succeeded").await;
+        let completed = store
+            .complete_challenge_with_totp(
+                &token(250),
+                101,
+                CODES,
+                &session("cat", 150, true),
+                &event("cat", "login_succeeded", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(completed, TotpCompletion::Completed, "{name}");
+        let listed = store.list_sessions("cat", NOW, 1800).await.unwrap();
+        assert_eq!(listed.len() as i64, MAX_SESSIONS_PER_USER, "{name}");
+        assert_eq!(listed[0].public_id, public_id("cat", 150), "newest first ({name})");
+        assert!(
+            store.active_session(&token(200), NOW, 1800).await.unwrap().is_none(),
+            "{name}"
+        );
+        assert!(
+            store.active_session(&token(1), NOW, 1800).await.unwrap().is_some(),
+            "{name}"
+        );
+        assert_eq!(kinds_of(store, "cat", "session_evicted").await, 1, "{name}");
+        assert_eq!(kinds_of(store, "cat", "login_succeeded").await, before + 1, "{name}");
+        // The expired session's row is gone, not merely hidden.
+        let expired_left = store
+            .active_session(&token(251), NOW - 7100, i64::MAX / 4)
+            .await
+            .unwrap();
+        assert!(expired_left.is_none(), "{name}");
+        let state = totp_state(store, "cat", 250).await;
+        assert_eq!(
+            (state.0, state.1),
+            (false, Some(101)),
+            "the mfa_token used, the step advanced ({name})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_logins_through_both_instances_never_exceed_the_cap() {
     let _shared = CLUSTER.read().await;
     for backend in backends().await {

@@ -91,12 +91,77 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .test_before_acquire(false);
+            .test_before_acquire(false)
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(connection, sqlx::raw_sql(WRITER_SETUP)).await?;
+                    Ok(())
+                })
+            });
         (options, readers, writer)
     }
 
     async fn immediate(&self) -> StoreResult<Transaction<'static, Sqlite>> {
         self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)
+    }
+}
+
+/// Run on each new writer connection: `temp.expect_one`, the precondition check of one-round-trip
+/// batches (`complete_challenge_with_totp`). `INSERT INTO temp.expect_one VALUES ('step',
+/// changes())` right after a statement raises ROLLBACK (the whole transaction undone, the batch
+/// stopped there) unless that statement changed exactly one row; the view stores nothing.
+/// Temporary objects live in the connection, not in the database file.
+const WRITER_SETUP: &str = "\
+    CREATE TEMP VIEW IF NOT EXISTS expect_one (what, changed) AS SELECT NULL, NULL; \
+    CREATE TEMP TRIGGER IF NOT EXISTS expect_one_row INSTEAD OF INSERT ON expect_one \
+    WHEN NEW.changed IS NOT 1 BEGIN \
+    SELECT CASE NEW.what \
+    WHEN 'step' THEN RAISE(ROLLBACK, 'tessera: expected one row: step') \
+    ELSE RAISE(ROLLBACK, 'tessera: expected one row: mfa_token') END; \
+    END";
+
+/// The messages `temp.expect_one` raises (see [`WRITER_SETUP`]).
+const EXPECTED_ONE_STEP: &str = "tessera: expected one row: step";
+const EXPECTED_ONE_MFA_TOKEN: &str = "tessera: expected one row: mfa_token";
+
+/// Which precondition of a batch failed.
+enum ExpectationFailed {
+    Step,
+    MfaToken,
+}
+
+/// The writer connection while a self-contained batch (BEGIN ... COMMIT in one query) runs on
+/// it. Unless marked settled (the transaction known to be over), dropping it closes the
+/// connection instead of returning it to the pool: a request abandoned mid-batch must not hand
+/// the next writer a connection inside a transaction (closing rolls it back; the pool opens a
+/// new one).
+struct UnsettledWriter {
+    connection: sqlx::pool::PoolConnection<Sqlite>,
+    settled: bool,
+}
+
+impl UnsettledWriter {
+    fn new(connection: sqlx::pool::PoolConnection<Sqlite>) -> Self {
+        Self {
+            connection,
+            settled: false,
+        }
+    }
+
+    fn connection(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.connection
+    }
+
+    fn settled(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for UnsettledWriter {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.connection.close_on_drop();
+        }
     }
 }
 
@@ -1066,55 +1131,127 @@ impl Store for SqliteStore {
         event: &NewEvent,
     ) -> StoreResult<TotpCompletion> {
         let now = session.created_at;
-        let mut tx = self.immediate().await?;
-        // The lock check, the replay guard and the throttle reset in one conditional statement:
-        // the write lock is held from BEGIN IMMEDIATE, so nothing changes between them.
-        let advanced = sqlx::query(
-            "UPDATE users SET mfa_last_step = ?1, mfa_failures = 0, mfa_locked_until = NULL \
-             WHERE id = ?2 AND mfa_enabled_at IS NOT NULL AND mfa_totp_suspended_at IS NULL \
-             AND (mfa_last_step IS NULL OR mfa_last_step < ?1) \
-             AND (mfa_locked_until IS NULL OR mfa_locked_until <= ?3 OR mfa_locked_until > ?4)",
+        // The whole change in ONE round trip to the writer's worker thread (BENCHMARKS.md: each
+        // statement costs a hand-off to it, and the step's cost was its statements): a batch
+        // from BEGIN IMMEDIATE to COMMIT, sent as one query. Its two preconditions are checked
+        // inside it by `expect_one` (a temporary view whose trigger raises ROLLBACK unless the
+        // statement before changed exactly one row, see `WRITER_SETUP`): a failed one rolls the
+        // whole transaction back and stops the batch before anything else runs.
+        //  - the lock check, the suspension, the replay guard and the throttle reset in one
+        //    conditional UPDATE (the write lock is held from BEGIN IMMEDIATE), expected once;
+        //  - the `mfa_token` consumed, expected once;
+        //  - a `session_evicted` event for each live session beyond the cap, then the clean-up
+        //    (expired and evicted sessions), as in `insert_session_in`;
+        //  - the new session and its event; COMMIT.
+        // Plain `?` placeholders, bound in order of appearance: sqlx numbers a batch's unnamed
+        // parameters on from one statement to the next (a numbered one that skips a number
+        // would shift them).
+        let user = &session.user_id;
+        let until = now.saturating_add(policy.max_secs);
+        let cap = MAX_SESSIONS_PER_USER - 1;
+        let batch = sqlx::query(
+            "BEGIN IMMEDIATE; \
+             UPDATE users SET mfa_last_step = ?, mfa_failures = 0, mfa_locked_until = NULL \
+             WHERE id = ? AND mfa_enabled_at IS NOT NULL AND mfa_totp_suspended_at IS NULL \
+             AND (mfa_last_step IS NULL OR mfa_last_step < ?) \
+             AND (mfa_locked_until IS NULL OR mfa_locked_until <= ? OR mfa_locked_until > ?); \
+             INSERT INTO temp.expect_one (what, changed) VALUES ('step', changes()); \
+             DELETE FROM mfa_challenges WHERE token_hash = ? AND user_id = ? AND expires_at > ?; \
+             INSERT INTO temp.expect_one (what, changed) VALUES ('mfa_token', changes()); \
+             INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) \
+             SELECT ?, 'session_evicted', ?, ?, ?, ? FROM sessions \
+             WHERE user_id = ? AND expires_at > ? AND seq <= (SELECT seq FROM sessions \
+             WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?); \
+             DELETE FROM sessions WHERE user_id = ? AND (expires_at <= ? OR seq <= \
+             (SELECT seq FROM sessions WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?)); \
+             INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, \
+             ip, user_agent, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, \
+             (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions WHERE user_id = ?)); \
+             INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) \
+             VALUES (?, ?, ?, ?, ?, ?); \
+             COMMIT",
         )
+        // the conditional UPDATE
         .bind(step)
-        .bind(&session.user_id)
+        .bind(user)
+        .bind(step)
         .bind(now)
-        .bind(now.saturating_add(policy.max_secs))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?
-        .rows_affected()
-            == 1;
-        if !advanced {
-            // Why not: a lock is answered like a reservation the lock refuses (one read of it).
-            let until: Option<i64> = sqlx::query_scalar("SELECT mfa_locked_until FROM users WHERE id = ?")
-                .bind(&session.user_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?
-                .flatten();
-            return Ok(match until {
-                Some(until) if until > now && until <= now.saturating_add(policy.max_secs) => {
-                    TotpCompletion::Locked { until }
+        .bind(until)
+        // the `mfa_token`
+        .bind(token_hash.as_bytes())
+        .bind(user)
+        .bind(now)
+        // the eviction events
+        .bind(&event.user_id)
+        .bind(event.at)
+        .bind(&event.ip)
+        .bind(&event.user_agent)
+        .bind(&event.request_id)
+        .bind(user)
+        .bind(now)
+        .bind(user)
+        .bind(now)
+        .bind(cap)
+        // the clean-up
+        .bind(user)
+        .bind(now)
+        .bind(user)
+        .bind(now)
+        .bind(cap)
+        // the session
+        .bind(session.token_hash.as_bytes())
+        .bind(&session.public_id)
+        .bind(user)
+        .bind(session.created_at)
+        .bind(session.last_seen_at)
+        .bind(session.expires_at)
+        .bind(i64::from(session.mfa))
+        .bind(&session.ip)
+        .bind(&session.user_agent)
+        .bind(user)
+        // its event
+        .bind(&event.user_id)
+        .bind(event.kind)
+        .bind(event.at)
+        .bind(&event.ip)
+        .bind(&event.user_agent)
+        .bind(&event.request_id);
+        let mut writer = UnsettledWriter::new(self.writer.acquire().await.map_err(map_err)?);
+        let outcome = sqlx::Executor::execute(writer.connection(), batch).await;
+        let failed = match outcome {
+            Ok(_) => {
+                writer.settled();
+                return Ok(TotpCompletion::Completed);
+            }
+            Err(sqlx::Error::Database(db)) if db.message() == EXPECTED_ONE_STEP => ExpectationFailed::Step,
+            Err(sqlx::Error::Database(db)) if db.message() == EXPECTED_ONE_MFA_TOKEN => ExpectationFailed::MfaToken,
+            Err(err) => {
+                // Any other failure may leave the transaction open: end it before the connection
+                // goes back to the pool (if this is abandoned first, the guard closes it).
+                let _ = sqlx::Executor::execute(writer.connection(), "ROLLBACK").await;
+                writer.settled();
+                return Err(map_err(err));
+            }
+        };
+        // RAISE(ROLLBACK) ended the transaction: the connection is clean.
+        writer.settled();
+        drop(writer);
+        Ok(match failed {
+            // Why not: a lock is answered like a reservation the lock refuses.
+            ExpectationFailed::Step => {
+                let locked: Option<i64> = sqlx::query_scalar("SELECT mfa_locked_until FROM users WHERE id = ?")
+                    .bind(user)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?
+                    .flatten();
+                match locked {
+                    Some(locked) if locked > now && locked <= until => TotpCompletion::Locked { until: locked },
+                    _ => TotpCompletion::Rejected,
                 }
-                _ => TotpCompletion::Rejected,
-            });
-        }
-        let taken = sqlx::query("DELETE FROM mfa_challenges WHERE token_hash = ? AND user_id = ? AND expires_at > ?")
-            .bind(token_hash.as_bytes())
-            .bind(&session.user_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?
-            .rows_affected()
-            == 1;
-        if !taken {
-            return Ok(TotpCompletion::Rejected);
-        }
-        insert_session_in(&mut tx, session, event).await.map_err(map_err)?;
-        insert_event_in(&mut tx, event).await.map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(TotpCompletion::Completed)
+            }
+            ExpectationFailed::MfaToken => TotpCompletion::Rejected,
+        })
     }
 
     async fn list_sessions(&self, user_id: &str, now: i64, idle_secs: i64) -> StoreResult<Vec<SessionRecord>> {
