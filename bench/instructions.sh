@@ -53,7 +53,7 @@ run() {
     kill -0 "$pid" 2>/dev/null || { echo "instructions.sh: the server exited; see below" >&2; tail -5 "$dir/server.log" >&2; exit 1; }
     sleep 0.2
   done
-  python3 - "$port" "$requests" "$work/token" "$target" <<'EOF' || { kill -TERM "$pid"; wait "$pid" || true; echo "instructions.sh: the client failed" >&2; exit 1; }
+  python3 - "$port" "$requests" "$work/run-$few/token" "$target" "$few" <<'EOF' || { kill -TERM "$pid"; wait "$pid" || true; echo "instructions.sh: the client failed" >&2; exit 1; }
 import http.client, json, sys, threading
 port, total, token_file, target = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 def call(conn, method, path, body=None, token=None):
@@ -74,7 +74,8 @@ else:
     status, data = call(conn, "POST", "/api/auth/login", credentials)
     assert status == 200, (status, data)
     token = json.loads(data)["token"]
-    open(token_file, "w").write(token)
+    if total == int(sys.argv[5]):
+        open(token_file, "w").write(token)
 path = target or "/api/auth/session"
 failures = []
 def worker(count):

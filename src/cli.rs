@@ -263,6 +263,7 @@ pub fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     init_logging(storage_args(&matches).as_ref())?;
+    crate::service::hashing::limit_allocator_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(dispatch(cli.command, &matches))
 }
@@ -386,6 +387,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let webhook = config.webhook.clone().map(|webhook| start_webhook(&opened, webhook));
     let housekeeping = start_housekeeping(&opened, &config);
+    let checkpoints = start_checkpoints(&opened);
     tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
     server::run(listener, server::router(&opened), config.connections, shutdown).await?;
     // The background tasks end after the last request: an in-flight webhook delivery may finish
@@ -394,10 +396,26 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(task) = webhook {
         task.shutdown().await;
     }
+    checkpoints.abort();
     drop(metrics);
     opened.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Checkpoints the write-ahead log in the background ([`crate::store::Store::checkpoint`]).
+fn start_checkpoints(opened: &server::Opened) -> tokio::task::JoinHandle<()> {
+    let store = opened.store.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(crate::store::CHECKPOINT_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(err) = store.checkpoint().await {
+                tracing::debug!(error = %err, "background checkpoint failed");
+            }
+        }
+    })
 }
 
 fn start_housekeeping(opened: &server::Opened, config: &Config) -> crate::housekeeping::HousekeepingTask {

@@ -1399,6 +1399,31 @@ async fn a_right_totp_step_is_capped_like_a_password_login() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_moves_the_whole_write_ahead_log_into_the_database_file() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let (a, b) = (backend.a.as_ref(), backend.b.as_ref());
+        let name = backend.name;
+        user(a, "chk").await;
+        for n in 1..=20u8 {
+            a.insert_session(&session("chk", n, false), &event("chk", "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        // From the other instance's connections, as `tessera serve` runs it beside its writer.
+        let (frames, done) = b.checkpoint().await.unwrap();
+        if name == "sqlite" {
+            assert!(frames > 0, "the writes are in the log ({name})");
+            assert_eq!(done, frames, "all of the log is in the database file ({name})");
+        } else {
+            assert_eq!((frames, done), (0, 0), "PostgreSQL checkpoints by itself");
+        }
+        // Nothing was lost on the way.
+        assert_eq!(b.list_sessions("chk", NOW, 1800).await.unwrap().len(), 20, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_logins_through_both_instances_never_exceed_the_cap() {
     let _shared = CLUSTER.read().await;
     for backend in backends().await {

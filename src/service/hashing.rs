@@ -280,6 +280,19 @@ fn lower_priority(nice: i32) {
     }
 }
 
+/// Caps glibc's malloc arenas at two (its default is eight per core). Each thread that
+/// allocates otherwise gets an arena of its own as contention appears, and every arena keeps its
+/// freed memory: with two tokio workers, nine SQLite worker threads and the hashing threads that
+/// held several MiB of a loaded server's RSS (BENCHMARKS.md, memory). Called once at start,
+/// before any thread exists; other allocators ignore it.
+pub fn limit_allocator_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tunable of the allocator; called before threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Makes glibc serve every allocation of 1 MiB or more (argon2's 19 MiB blocks) with its own
 /// `mmap`, unmapped again when freed. By default glibc raises that threshold to the size of the
 /// first large block freed, after which 19 MiB blocks come from, and stay in, the allocating

@@ -115,6 +115,9 @@ pub struct SessionSummary {
 /// `MAX_SESSIONS_PER_USER - 1`, in the same transaction, each with a `session_evicted` event.
 pub const MAX_SESSIONS_PER_USER: i64 = 100;
 
+/// How often `tessera serve` runs [`Store::checkpoint`].
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A pending (not yet verified) MFA setup.
 #[derive(Clone)]
 pub struct PendingSetupRecord {
@@ -276,6 +279,13 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> StoreResult<()>;
     /// Closes the pool: later calls fail as [`StoreError::Unavailable`].
     async fn close(&self);
+    /// Moves what the write-ahead log holds into the database file, without blocking writers
+    /// or readers (SQLite's PASSIVE checkpoint), so that the writer rarely has to (`tessera
+    /// serve` calls it every [`CHECKPOINT_INTERVAL`]). Returns the log's frames and how many of
+    /// them are now in the database file. PostgreSQL checkpoints by itself: (0, 0).
+    async fn checkpoint(&self) -> StoreResult<(i64, i64)> {
+        Ok((0, 0))
+    }
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
     /// The pool's open and idle connections, read without touching the database.
