@@ -90,7 +90,7 @@ impl SqliteStore {
             .pragma("cache_size", "-512")
             .foreign_keys(true);
         let readers = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             .test_before_acquire(false);
         let writer = SqlitePoolOptions::new()
