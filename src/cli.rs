@@ -396,17 +396,23 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(task) = webhook {
         task.shutdown().await;
     }
-    checkpoints.abort();
+    if let Some(task) = checkpoints {
+        task.abort();
+    }
     drop(metrics);
     opened.store.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Checkpoints the write-ahead log in the background ([`crate::store::Store::checkpoint`]).
-fn start_checkpoints(opened: &server::Opened) -> tokio::task::JoinHandle<()> {
+/// Checkpoints SQLite's write-ahead log in the background ([`crate::store::Store::checkpoint`]);
+/// nothing for PostgreSQL, which checkpoints by itself.
+fn start_checkpoints(opened: &server::Opened) -> Option<tokio::task::JoinHandle<()>> {
+    if opened.store.backend() != "sqlite" {
+        return None;
+    }
     let store = opened.store.clone();
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let mut interval = tokio::time::interval(crate::store::CHECKPOINT_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -415,7 +421,7 @@ fn start_checkpoints(opened: &server::Opened) -> tokio::task::JoinHandle<()> {
                 tracing::debug!(error = %err, "background checkpoint failed");
             }
         }
-    })
+    }))
 }
 
 fn start_housekeeping(opened: &server::Opened, config: &Config) -> crate::housekeeping::HousekeepingTask {

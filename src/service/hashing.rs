@@ -282,8 +282,8 @@ fn lower_priority(nice: i32) {
 
 /// Caps glibc's malloc arenas at two (its default is eight per core). Each thread that
 /// allocates otherwise gets an arena of its own as contention appears, and every arena keeps its
-/// freed memory: with two tokio workers, nine SQLite worker threads and the hashing threads that
-/// held several MiB of a loaded server's RSS (BENCHMARKS.md, memory). Called once at start,
+/// freed memory: with two tokio workers, five SQLite worker threads and the hashing threads that
+/// would be up to sixteen arenas (BENCHMARKS.md, memory). Called once at start,
 /// before any thread exists; other allocators ignore it.
 pub fn limit_allocator_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -84,9 +84,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             // 512 KiB of page cache per connection (SQLite's default is 2 MB): nine connections
-            // with the default held 18 MB of a server's RSS over a 100,000-user database, and
-            // a hot read misses its leaf page either way (BENCHMARKS.md, memory). The interior
-            // pages that every lookup walks fit many times over.
+            // (eight readers then) with the default held 18 MB of a loaded server's RSS over a
+            // 100,000-user database, and a random read misses its leaf page either way
+            // (BENCHMARKS.md, memory). The interior pages that every lookup walks fit.
             .pragma("cache_size", "-512")
             .foreign_keys(true);
         let readers = SqlitePoolOptions::new()
