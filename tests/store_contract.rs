@@ -1399,6 +1399,53 @@ async fn a_right_totp_step_is_capped_like_a_password_login() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_totp_completion_is_all_or_nothing_and_writes_go_on() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let store = backend.a.as_ref();
+        let name = backend.name;
+        user_with_mfa(store, "abe").await;
+        for n in 1..=6u8 {
+            store
+                .insert_challenge(&token(n), "abe", NOW, NOW + 300, HASH, None, &event("abe", "x", NOW))
+                .await
+                .unwrap();
+        }
+        // Requests abandoned after 0 to 400 microseconds: before, during or after the store's
+        // work (on SQLite the batch may still be running on the writer's thread).
+        for n in 1..=5u8 {
+            let session = session("abe", 10 + n, true);
+            let login = event("abe", "login_succeeded", NOW);
+            let challenge = token(n);
+            let completion =
+                store.complete_challenge_with_totp(&challenge, 100 + i64::from(n), CODES, &session, &login);
+            let wait = std::time::Duration::from_micros(100 * u64::from(n - 1));
+            let _ = tokio::time::timeout(wait, completion).await;
+        }
+        // The writer goes on: the next completion succeeds...
+        let done = store
+            .complete_challenge_with_totp(
+                &token(6),
+                200,
+                CODES,
+                &session("abe", 16, true),
+                &event("abe", "login_succeeded", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(done, TotpCompletion::Completed, "{name}");
+        // ...and each abandoned one happened completely or not at all: its session exists
+        // exactly when its `mfa_token` is gone.
+        for n in 1..=5u8 {
+            let opened = store.active_session(&token(10 + n), NOW, 1800).await.unwrap().is_some();
+            let left = store.challenge_user(&token(n), NOW).await.unwrap().is_some();
+            assert_ne!(opened, left, "completion {n} was half done ({name})");
+        }
+        assert_eq!(totp_state(store, "abe", 6).await.1, Some(200), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_checkpoint_moves_the_whole_write_ahead_log_into_the_database_file() {
     let _shared = CLUSTER.read().await;
     for backend in backends().await {
