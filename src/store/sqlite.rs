@@ -234,22 +234,60 @@ async fn insert_event_in(tx: &mut Transaction<'static, Sqlite>, event: &NewEvent
     insert_event_kind_in(tx, event, event.kind).await
 }
 
+/// The insert of one security event, shared by `insert_event_kind_in` and the one-query second
+/// step; its parameters are bound by [`bind_event`].
+macro_rules! insert_event_sql {
+    () => {
+        "INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) VALUES (?, ?, ?, ?, ?, ?)"
+    };
+}
+
+/// The insert of one session (its `seq` the user's highest + 1), shared by `insert_session_in`
+/// and the one-query second step; its parameters are bound by [`bind_session`].
+macro_rules! insert_session_sql {
+    () => {
+        "INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, \
+         ip, user_agent, seq) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions WHERE user_id = ?))"
+    };
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Binds the parameters of [`insert_event_sql`], in order.
+fn bind_event<'q>(query: SqliteQuery<'q>, event: &'q NewEvent, kind: &'q str) -> SqliteQuery<'q> {
+    query
+        .bind(&event.user_id)
+        .bind(kind)
+        .bind(event.at)
+        .bind(&event.ip)
+        .bind(&event.user_agent)
+        .bind(&event.request_id)
+}
+
+/// Binds the parameters of [`insert_session_sql`], in order.
+fn bind_session<'q>(query: SqliteQuery<'q>, session: &'q SessionRecord) -> SqliteQuery<'q> {
+    query
+        .bind(session.token_hash.as_bytes())
+        .bind(&session.public_id)
+        .bind(&session.user_id)
+        .bind(session.created_at)
+        .bind(session.last_seen_at)
+        .bind(session.expires_at)
+        .bind(i64::from(session.mfa))
+        .bind(&session.ip)
+        .bind(&session.user_agent)
+        .bind(&session.user_id)
+}
+
 async fn insert_event_kind_in(
     tx: &mut Transaction<'static, Sqlite>,
     event: &NewEvent,
     kind: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&event.user_id)
-    .bind(kind)
-    .bind(event.at)
-    .bind(&event.ip)
-    .bind(&event.user_agent)
-    .bind(&event.request_id)
-    .execute(&mut **tx)
-    .await?;
+    bind_event(sqlx::query(insert_event_sql!()), event, kind)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -1173,7 +1211,7 @@ impl Store for SqliteStore {
         let user = &session.user_id;
         let until = now.saturating_add(policy.max_secs);
         let cap = MAX_SESSIONS_PER_USER - 1;
-        let batch = sqlx::query(
+        let batch = sqlx::query(concat!(
             "BEGIN IMMEDIATE; \
              UPDATE users SET mfa_last_step = ?, mfa_failures = 0, mfa_locked_until = NULL \
              WHERE id = ? AND mfa_enabled_at IS NOT NULL AND mfa_totp_suspended_at IS NULL \
@@ -1187,14 +1225,12 @@ impl Store for SqliteStore {
              WHERE user_id = ? AND expires_at > ? AND seq <= (SELECT seq FROM sessions \
              WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?); \
              DELETE FROM sessions WHERE user_id = ? AND (expires_at <= ? OR seq <= \
-             (SELECT seq FROM sessions WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?)); \
-             INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, \
-             ip, user_agent, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, \
-             (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions WHERE user_id = ?)); \
-             INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) \
-             VALUES (?, ?, ?, ?, ?, ?); \
-             COMMIT",
-        )
+             (SELECT seq FROM sessions WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?)); ",
+            insert_session_sql!(),
+            "; ",
+            insert_event_sql!(),
+            "; COMMIT"
+        ))
         // the conditional UPDATE
         .bind(step)
         .bind(user)
@@ -1221,25 +1257,9 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(user)
         .bind(now)
-        .bind(cap)
-        // the session
-        .bind(session.token_hash.as_bytes())
-        .bind(&session.public_id)
-        .bind(user)
-        .bind(session.created_at)
-        .bind(session.last_seen_at)
-        .bind(session.expires_at)
-        .bind(i64::from(session.mfa))
-        .bind(&session.ip)
-        .bind(&session.user_agent)
-        .bind(user)
-        // its event
-        .bind(&event.user_id)
-        .bind(event.kind)
-        .bind(event.at)
-        .bind(&event.ip)
-        .bind(&event.user_agent)
-        .bind(&event.request_id);
+        .bind(cap);
+        // the session and its event
+        let batch = bind_event(bind_session(batch, session), event, event.kind);
         let mut writer = UnsettledWriter::new(self.writer.acquire().await.map_err(map_err)?);
         let outcome = sqlx::Executor::execute(writer.connection(), batch).await;
         let failed = match outcome {
@@ -1675,23 +1695,9 @@ async fn insert_session_in(
     for _ in 0..evicted {
         insert_event_kind_in(tx, event, "session_evicted").await?;
     }
-    sqlx::query(
-        "INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, \
-         ip, user_agent, seq) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions WHERE user_id = ?))",
-    )
-    .bind(session.token_hash.as_bytes())
-    .bind(&session.public_id)
-    .bind(&session.user_id)
-    .bind(session.created_at)
-    .bind(session.last_seen_at)
-    .bind(session.expires_at)
-    .bind(i64::from(session.mfa))
-    .bind(&session.ip)
-    .bind(&session.user_agent)
-    .bind(&session.user_id)
-    .execute(&mut **tx)
-    .await?;
+    bind_session(sqlx::query(insert_session_sql!()), session)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
