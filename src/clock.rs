@@ -54,18 +54,35 @@ impl Clock for ManualClock {
 /// formatter writes for them, at a fraction of its cost: four of these per introspection); other
 /// times go through `time`, and a time it cannot write is answered as the number of seconds.
 pub fn rfc3339(unix_seconds: i64) -> String {
-    let Ok(t) = OffsetDateTime::from_unix_timestamp(unix_seconds) else {
-        return unix_seconds.to_string();
-    };
-    let year = t.year();
-    if !(0..=9999).contains(&year) {
-        return t
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| unix_seconds.to_string());
+    /// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the four-digit years.
+    const FIRST: i64 = -62_167_219_200;
+    const LAST: i64 = 253_402_300_799;
+    if !(FIRST..=LAST).contains(&unix_seconds) {
+        return OffsetDateTime::from_unix_timestamp(unix_seconds)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_else(|| unix_seconds.to_string());
     }
-    let (hour, minute, second) = t.to_hms();
+    // The proleptic Gregorian date of a day number by whole 400-year eras (Howard Hinnant's
+    // `civil_from_days`): a few integer operations, where the calendar types cost ~600
+    // instructions a call, five calls an introspection (BENCHMARKS.md).
+    let days = unix_seconds.div_euclid(86_400);
+    let second_of_day = unix_seconds.rem_euclid(86_400);
+    let z = days + 719_468; // days since 0000-03-01
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153; // 0 = March
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
     // Every part is below 10,000, so each digit fits a byte.
-    let digits = |value: u32, width: usize, out: &mut [u8]| {
+    let digits = |value: i64, width: usize, out: &mut [u8]| {
         let mut value = value;
         for slot in out[..width].iter_mut().rev() {
             *slot = b'0' + (value % 10) as u8;
@@ -73,13 +90,13 @@ pub fn rfc3339(unix_seconds: i64) -> String {
         }
     };
     let mut out = *b"0000-00-00T00:00:00Z";
-    digits(year as u32, 4, &mut out[0..]);
-    digits(u32::from(u8::from(t.month())), 2, &mut out[5..]);
-    digits(u32::from(t.day()), 2, &mut out[8..]);
-    digits(u32::from(hour), 2, &mut out[11..]);
-    digits(u32::from(minute), 2, &mut out[14..]);
-    digits(u32::from(second), 2, &mut out[17..]);
-    out.iter().map(|&b| char::from(b)).collect()
+    digits(year, 4, &mut out[0..]);
+    digits(month, 2, &mut out[5..]);
+    digits(day, 2, &mut out[8..]);
+    digits(second_of_day / 3_600, 2, &mut out[11..]);
+    digits(second_of_day / 60 % 60, 2, &mut out[14..]);
+    digits(second_of_day % 60, 2, &mut out[17..]);
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 #[cfg(test)]

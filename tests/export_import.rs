@@ -215,17 +215,20 @@ fn records(file: &[u8]) -> (Vec<String>, Vec<String>) {
     (rows, events)
 }
 
-/// What users see of their account: MFA status and security events.
-async fn visible_state(app: &TestApp, sessions: &[&str]) -> Vec<(Value, Value)> {
+/// What users see of their account: session introspection (the user's facts on the session
+/// row), MFA status and security events.
+async fn visible_state(app: &TestApp, sessions: &[&str]) -> Vec<(Value, Value, Value)> {
     let mut state = Vec::new();
     for session in sessions {
+        let introspection = app.get("/api/auth/session", Some(session)).await;
+        assert_eq!(introspection.status, 200, "{}", introspection.text);
         let mfa = app.get("/api/user/profile/mfa", Some(session)).await;
         assert_eq!(mfa.status, 200, "{}", mfa.text);
         let events = app
             .get("/api/user/profile/security-events?limit=200", Some(session))
             .await;
         assert_eq!(events.status, 200, "{}", events.text);
-        state.push((mfa.body, events.body));
+        state.push((introspection.body, mfa.body, events.body));
     }
     state
 }

@@ -341,6 +341,63 @@ async fn the_lean_session_lookup_follows_the_rules_of_the_full_one() {
     }
 }
 
+/// Introspection reads the user's public facts from the session row (migration 0009): every
+/// change of the user row that alters one must reach every session of the user, in the same
+/// transaction, and agree with the full lookup (which reads the user row itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_user_facts_on_a_session_follow_the_user_row() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let name = backend.name;
+        let (a, b) = (backend.a.as_ref(), backend.b.as_ref());
+        let agree = |tag: &'static str, token_hash: TokenHash, mfa_on: bool| async move {
+            let summary = b
+                .active_session_summary(&token_hash, NOW, 1800)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{name} {tag}: no session"));
+            let (_, user) = b.active_session(&token_hash, NOW, 1800).await.unwrap().unwrap();
+            assert_eq!(summary.user_mfa_enabled, mfa_on, "{name} {tag}");
+            assert_eq!(user.mfa.is_some(), mfa_on, "{name} {tag}: full lookup");
+            assert_eq!(summary.email, user.email, "{name} {tag}");
+            assert_eq!(summary.user_created_at, user.created_at, "{name} {tag}");
+            assert_eq!(summary.user_disabled_at, None, "{name} {tag}");
+        };
+        // Opened while MFA was off, kept by the enabling transaction: now says MFA on.
+        user_with_mfa(a, "fay").await;
+        agree("kept by enable", token(200), true).await;
+        // Opened while MFA is on.
+        a.insert_session(&session("fay", 201, true), &event("fay", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        agree("opened with MFA on", token(201), true).await;
+        // Disabling MFA keeps the acting session and rewrites its facts.
+        let disabled = a
+            .disable_mfa(
+                "fay",
+                SecondFactorProof::BackupCode([3; 32]),
+                &token(201),
+                &event("fay", "mfa_disabled", NOW),
+            )
+            .await
+            .unwrap();
+        assert_eq!(disabled, Consumed::Yes, "{name}");
+        agree("kept by disable", token(201), false).await;
+        assert_eq!(
+            b.active_session_summary(&token(200), NOW, 1800).await.unwrap(),
+            None,
+            "{name}"
+        );
+        // Another user's sessions are untouched by fay's changes.
+        user(a, "gil").await;
+        a.insert_session(&session("gil", 202, false), &event("gil", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        user_with_mfa(a, "hal").await;
+        agree("another user", token(202), false).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_session_made_through_one_instance_is_seen_by_the_other_until_it_expires_or_idles() {
     let _shared = CLUSTER.read().await;

@@ -14,12 +14,16 @@
 
 use super::problem::{Problem, ProblemKind};
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::any::Any;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tower::{Layer, Service};
 use tracing::Instrument;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -39,6 +43,20 @@ pub fn accept_request_id(incoming: Option<&HeaderValue>) -> Option<String> {
     valid.then(|| value.to_owned())
 }
 
+/// A fresh request id: a UUIDv7 (time-ordered) whose random bits come from the thread's
+/// generator. `Uuid::now_v7` reads the operating system's generator, one `getrandom` system call
+/// per request (BENCHMARKS.md); a request id is a label for logs, not a secret.
+pub fn new_request_id() -> String {
+    let mut random = [0u8; 10];
+    rand::fill(&mut random[..]);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut text).to_owned()
+}
+
 /// Settings of the edge.
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeConfig {
@@ -49,9 +67,62 @@ pub struct EdgeConfig {
     pub access_log: bool,
 }
 
-pub async fn edge(State(config): State<EdgeConfig>, mut request: Request, next: Next) -> Response {
-    let request_id =
-        accept_request_id(request.headers().get(&X_REQUEST_ID)).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+/// The edge as one tower layer around every route (with the request metrics of
+/// [`super::metrics`], outermost, so they count the status the client gets). A hand-written
+/// service rather than `axum::middleware::from_fn`: each `from_fn` layer clones and boxes the
+/// inner service and boxes two futures per request; here the route's future is awaited inside
+/// the one boxed future of this layer (BENCHMARKS.md: the allocator was ~11 % of an
+/// introspection's instructions with two `from_fn` layers).
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLayer(pub EdgeConfig);
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge { inner, config: self.0 }
+    }
+}
+
+/// The service of [`EdgeLayer`].
+#[derive(Debug, Clone)]
+pub struct Edge<S> {
+    inner: S,
+    config: EdgeConfig,
+}
+
+impl<S> Service<Request> for Edge<S>
+where
+    S: Service<Request, Error = Infallible> + Clone + Send + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The service that was polled ready answers; a clone takes its place (tower's rule).
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let config = self.config;
+        Box::pin(async move {
+            let response = super::metrics::track(request, |request| edge(config, request, ready)).await;
+            Ok(response)
+        })
+    }
+}
+
+async fn edge<S>(config: EdgeConfig, mut request: Request, mut inner: S) -> Response
+where
+    S: Service<Request, Error = Infallible>,
+    S::Response: IntoResponse,
+{
+    let request_id = accept_request_id(request.headers().get(&X_REQUEST_ID)).unwrap_or_else(new_request_id);
     request.extensions_mut().insert(RequestId(request_id.clone()));
     let path = request.uri().path().to_owned();
     // The span carries the request id, and only it: the fmt layer formats a span's fields when
@@ -73,7 +144,13 @@ pub async fn edge(State(config): State<EdgeConfig>, mut request: Request, next: 
             )
             .into_response())
         } else {
-            tokio::time::timeout(config.request_timeout, next.run(request)).await
+            tokio::time::timeout(config.request_timeout, async move {
+                match inner.call(request).await {
+                    Ok(response) => response.into_response(),
+                    Err(never) => match never {},
+                }
+            })
+            .await
         };
         let mut response = match outcome {
             Ok(response) => response,
@@ -172,6 +249,28 @@ pub fn panic_response(_payload: Box<dyn Any + Send + 'static>) -> Response {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn fresh_request_ids_are_distinct_uuid_v7_in_time_order() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let ids: Vec<String> = (0..1000).map(|_| new_request_id()).collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            let parsed = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(parsed.get_version_num(), 7, "{id}");
+            assert_eq!(id, &parsed.hyphenated().to_string(), "lower-case, hyphenated");
+            let (seconds, nanos) = parsed.get_timestamp().unwrap().to_unix();
+            let millis = seconds * 1000 + u64::from(nanos) / 1_000_000;
+            assert!(
+                millis >= before && millis <= before + 60_000,
+                "{id}: {millis} vs {before}"
+            );
+        }
+    }
 
     #[test]
     fn request_ids_of_1_to_128_visible_ascii_are_kept() {

@@ -12,12 +12,14 @@
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{Counter, Histogram};
 use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::future::Future;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
+use tower::{Layer, Service};
 
 /// The route label of requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -87,16 +89,74 @@ fn observe(route: &str, status: StatusCode, seconds: f64) {
     }
 }
 
-/// The middleware (`axum::middleware::from_fn`): times the request and counts its response
-/// under its route template and status class. Does nothing while metrics are off.
-pub async fn track(request: Request, next: Next) -> Response {
+/// Runs `next` (the rest of the edge, see [`super::edge::EdgeLayer`]), timing the request and
+/// counting its response under its route template and status class. Does nothing while
+/// metrics are off.
+///
+/// The edge wraps the router from outside (a layer inside the router is cloned, boxed and
+/// called per route and request), so the route template is not known here: a [`RouteSlot`]
+/// travels with the request, [`RouteLabel`] (the one layer inside the router, on every route)
+/// fills it as the route is entered, and it is read here whatever the outcome (a response, a
+/// problem, a timeout, a caught panic). A request that matched no route leaves it empty.
+pub async fn track<F, Fut>(mut request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if !crate::metrics::enabled() {
-        return next.run(request).await;
+        return next(request).await;
     }
-    let route = request.extensions().get::<MatchedPath>().cloned();
+    let slot = RouteSlot::default();
+    request.extensions_mut().insert(slot.clone());
     let started = Instant::now();
-    let response = next.run(request).await;
-    let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    let response = next(request).await;
+    let route = slot.0.get().map_or(UNMATCHED, MatchedPath::as_str);
     observe(route, response.status(), started.elapsed().as_secs_f64());
     response
+}
+
+/// Where [`RouteLabel`] leaves the matched route template for [`track`].
+#[derive(Debug, Clone, Default)]
+pub struct RouteSlot(Arc<OnceLock<MatchedPath>>);
+
+/// The layer of [`RouteLabel`], applied inside the router with `route_layer`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteLabelLayer;
+
+impl<S> Layer<S> for RouteLabelLayer {
+    type Service = RouteLabel<S>;
+
+    fn layer(&self, inner: S) -> RouteLabel<S> {
+        RouteLabel { inner }
+    }
+}
+
+/// Copies the matched route template into the request's [`RouteSlot`] (present only while
+/// metrics are on), then calls the route: no future of its own, nothing allocated.
+#[derive(Debug, Clone)]
+pub struct RouteLabel<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for RouteLabel<S>
+where
+    S: Service<Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if let (Some(slot), Some(route)) = (
+            request.extensions().get::<RouteSlot>(),
+            request.extensions().get::<MatchedPath>(),
+        ) {
+            let _ = slot.0.set(route.clone());
+        }
+        self.inner.call(request)
+    }
 }

@@ -1,7 +1,7 @@
 //! The HTTP edge: routes, extractors, problems, request ids, cookies and the OpenAPI document.
 //!
 //! Handlers are thin: extract, call one service function, shape the response. Everything that
-//! can fail becomes a [`problem::Problem`], rendered by [`edge::edge`].
+//! can fail becomes a [`problem::Problem`], rendered by [`edge::EdgeLayer`].
 //!
 //! - [`edge`]: request ids, timeout, access log, problem rendering, panic response.
 //! - [`problem`]: the RFC 7807 envelope and the one mapping from service errors.
@@ -78,12 +78,21 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         request_timeout: state.http.request_timeout,
         access_log: state.http.access_log,
     };
-    api.merge(page::router())
+    // The edge and its two helpers wrap the router once, from outside: a layer added with
+    // `Router::layer` is applied to every route and cloned, boxed and called per request at each
+    // level (BENCHMARKS.md: 13 boxed clones per introspection with four such layers). Inside the
+    // router only `RouteLabel` remains, which tells the metrics the route template.
+    let app = api
+        .merge(page::router())
         .merge(extra)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(metrics::RouteLabelLayer)
+        .with_state(state);
+    let app = tower::ServiceBuilder::new()
+        // Outermost: the edge, with the metrics around it (they count the status the client
+        // gets: problems, timeouts, panics).
+        .layer(edge::EdgeLayer(edge_config))
         .layer(CatchPanicLayer::custom(edge::panic_response))
-        .layer(axum::middleware::from_fn_with_state(edge_config, edge::edge))
-        // Outermost, so it counts the status the client gets (problems, timeouts, panics).
-        .layer(axum::middleware::from_fn(metrics::track))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .service(app);
+    Router::new().fallback_service(app)
 }

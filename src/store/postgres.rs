@@ -320,10 +320,14 @@ async fn insert_session_in(tx: &mut Tx, session: &SessionRecord, event: &NewEven
     for _ in 0..evicted {
         insert_event_kind_in(tx, event, "session_evicted").await?;
     }
-    sqlx::query(
+    // The public facts of the user are copied from the user row (migration 0009).
+    let inserted = sqlx::query(
         "INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, \
-         ip, user_agent, seq) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions WHERE user_id = $3))",
+         ip, user_agent, seq, user_email, user_created_at, user_disabled_at, user_mfa) \
+         SELECT $1, $2, u.id, $4, $5, $6, $7, $8, $9, \
+         (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions WHERE user_id = $3), \
+         u.email, u.created_at, u.disabled_at, (u.mfa_enabled_at IS NOT NULL AND u.mfa_secret IS NOT NULL) \
+         FROM users AS u WHERE u.id = $3 FOR SHARE",
     )
     .bind(session.token_hash.as_bytes())
     .bind(&session.public_id)
@@ -336,6 +340,10 @@ async fn insert_session_in(tx: &mut Tx, session: &SessionRecord, event: &NewEven
     .bind(&session.user_agent)
     .execute(&mut **tx)
     .await?;
+    // The user row is locked by the caller, so it exists; no row here would be a lost session.
+    if inserted.rows_affected() != 1 {
+        return Err(sqlx::Error::RowNotFound);
+    }
     Ok(())
 }
 
@@ -630,13 +638,12 @@ impl Store for PgStore {
         now: i64,
         idle_secs: i64,
     ) -> StoreResult<Option<SessionSummary>> {
-        // Read by position, in this order; nothing secret is selected.
+        // One primary-key read: the user's public facts are copied onto the session row
+        // (migration 0009). Read by position, in this order; nothing secret is selected.
         let row = sqlx::query(
-            "SELECT s.user_id, s.created_at, s.last_seen_at, s.expires_at, s.mfa, \
-             u.email, u.created_at, u.disabled_at, \
-             (u.mfa_enabled_at IS NOT NULL AND u.mfa_secret IS NOT NULL) \
-             FROM sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.token_hash = $1 AND s.expires_at > $2 AND s.last_seen_at > $3",
+            "SELECT user_id, created_at, last_seen_at, expires_at, mfa, \
+             user_email, user_created_at, user_disabled_at, user_mfa \
+             FROM sessions WHERE token_hash = $1 AND expires_at > $2 AND last_seen_at > $3",
         )
         .bind(token_hash.as_bytes())
         .bind(now)
@@ -1926,10 +1933,17 @@ impl ImportTransaction for PgImport {
             return Ok(());
         }
         sqlx::query(
+            // The user's public facts are copied from the (already imported) user row, as on
+            // every session insert (migration 0009); a missing user fails on `user_email`.
             "INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, ip, \
-             user_agent, seq) \
-             SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
-             $7::boolean[], $8::text[], $9::text[], $10::bigint[])",
+             user_agent, seq, user_email, user_created_at, user_disabled_at, user_mfa) \
+             SELECT v.token_hash, v.public_id, v.user_id, v.created_at, v.last_seen_at, v.expires_at, v.mfa, v.ip, \
+             v.user_agent, v.seq, u.email, u.created_at, u.disabled_at, \
+             (u.mfa_enabled_at IS NOT NULL AND u.mfa_secret IS NOT NULL) \
+             FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
+             $7::boolean[], $8::text[], $9::text[], $10::bigint[]) \
+             AS v(token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, ip, user_agent, seq) \
+             LEFT JOIN users AS u ON u.id = v.user_id",
         )
         .bind(
             rows.iter()

@@ -242,13 +242,17 @@ macro_rules! insert_event_sql {
     };
 }
 
-/// The insert of one session (its `seq` the user's highest + 1), shared by `insert_session_in`
-/// and the one-query second step; its parameters are bound by [`bind_session`].
+/// The insert of one session (its `seq` the user's highest + 1, the public facts of its user
+/// copied from the user row: migration 0009), shared by `insert_session_in` and the one-query
+/// second step; its parameters are bound by [`bind_session`]. A missing user fails on
+/// `user_email NOT NULL` (the left join keeps the row) as it would on the foreign key.
 macro_rules! insert_session_sql {
     () => {
         "INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, \
-         ip, user_agent, seq) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions WHERE user_id = ?))"
+         ip, user_agent, seq, user_email, user_created_at, user_disabled_at, user_mfa) \
+         SELECT ?, ?, k.id, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions WHERE user_id = k.id), \
+         u.email, u.created_at, u.disabled_at, (u.mfa_enabled_at IS NOT NULL AND u.mfa_secret IS NOT NULL) \
+         FROM (SELECT ? AS id) AS k LEFT JOIN users AS u ON u.id = k.id"
     };
 }
 
@@ -270,7 +274,6 @@ fn bind_session<'q>(query: SqliteQuery<'q>, session: &'q SessionRecord) -> Sqlit
     query
         .bind(session.token_hash.as_bytes())
         .bind(&session.public_id)
-        .bind(&session.user_id)
         .bind(session.created_at)
         .bind(session.last_seen_at)
         .bind(session.expires_at)
@@ -626,13 +629,12 @@ impl Store for SqliteStore {
         now: i64,
         idle_secs: i64,
     ) -> StoreResult<Option<SessionSummary>> {
-        // Read by position, in this order; nothing secret is selected.
+        // One primary-key read: the user's public facts are copied onto the session row
+        // (migration 0009). Read by position, in this order; nothing secret is selected.
         let row = sqlx::query(
-            "SELECT s.user_id, s.created_at, s.last_seen_at, s.expires_at, s.mfa, \
-             u.email, u.created_at, u.disabled_at, \
-             (u.mfa_enabled_at IS NOT NULL AND u.mfa_secret IS NOT NULL) \
-             FROM sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.token_hash = ? AND s.expires_at > ? AND s.last_seen_at > ?",
+            "SELECT user_id, created_at, last_seen_at, expires_at, mfa, \
+             user_email, user_created_at, user_disabled_at, user_mfa \
+             FROM sessions WHERE token_hash = ? AND expires_at > ? AND last_seen_at > ?",
         )
         .bind(token_hash.as_bytes())
         .bind(now)
@@ -1993,11 +1995,16 @@ impl ImportTransaction for SqliteImport {
 
     async fn insert_sessions(&mut self, rows: &[SessionRow]) -> StoreResult<()> {
         for chunk in rows.chunks(IMPORT_BATCH_ROWS) {
-            sqlx::QueryBuilder::<Sqlite>::new(
+            // The user's public facts are copied from the (already imported) user row, as on
+            // every session insert (migration 0009); a missing user fails on `user_email`.
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
                 "INSERT INTO sessions (token_hash, public_id, user_id, created_at, last_seen_at, expires_at, mfa, \
-                 ip, user_agent, seq) ",
-            )
-            .push_values(chunk, |mut values, row| {
+                 ip, user_agent, seq, user_email, user_created_at, user_disabled_at, user_mfa) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, \
+                 v.column9, v.column10, u.email, u.created_at, u.disabled_at, \
+                 (u.mfa_enabled_at IS NOT NULL AND u.mfa_secret IS NOT NULL) FROM (",
+            );
+            query.push_values(chunk, |mut values, row| {
                 let session = &row.record;
                 values
                     .push_bind(session.token_hash.as_bytes().to_vec())
@@ -2010,11 +2017,13 @@ impl ImportTransaction for SqliteImport {
                     .push_bind(session.ip.clone())
                     .push_bind(session.user_agent.clone())
                     .push_bind(row.seq);
-            })
-            .build()
-            .execute(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
+            });
+            query
+                .push(") AS v LEFT JOIN users AS u ON u.id = v.column3")
+                .build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
         }
         Ok(())
     }
