@@ -398,6 +398,86 @@ async fn the_user_facts_on_a_session_follow_the_user_row() {
     }
 }
 
+/// Rows written under the schema of migration 0008 (before the user's facts moved onto the
+/// session row and `mfa_challenges` was rebuilt) come through migrations 0009 and 0010 intact:
+/// the session answers introspection with its user's facts, the challenge still leads to its
+/// user, and new sessions are written as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_and_challenges_of_an_older_schema_survive_the_upgrade() {
+    let _shared = CLUSTER.read().await;
+    // Literal values, so the same statements run on both backends.
+    let seed = [
+        "INSERT INTO users (id, email, password_hash, created_at, mfa_secret, mfa_enabled_at, mfa_last_step) \
+         VALUES ('old', 'old@example.com', '$argon2id$placeholder', 1700000000, x'070707', 1700000100, 5)",
+        "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, mfa, public_id, seq) \
+         VALUES (x'0101010101010101010101010101010101010101010101010101010101010101', 'old', 1800000000, \
+         1800000000, 1800003600, TRUE, 'f4c1b3a2-0000-4000-8000-000000000001', 1)",
+        "INSERT INTO mfa_challenges (token_hash, user_id, created_at, expires_at) \
+         VALUES (x'0202020202020202020202020202020202020202020202020202020202020202', 'old', 1800000000, 1800000300)",
+    ];
+    let mut upgraded: Vec<(&str, Arc<dyn Store>, Option<tempfile::TempDir>, Option<TestDatabase>)> = Vec::new();
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.db");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        tessera::store::sqlite::MIGRATOR.run_to(8, &pool).await.unwrap();
+        for statement in seed {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+        let store = SqliteStore::open_file(&path).await.unwrap();
+        store.migrate().await.unwrap();
+        upgraded.push(("sqlite", Arc::new(store), Some(dir), None));
+    }
+    if postgres_url().is_some() {
+        let database = TestDatabase::create().await;
+        let pool = database.pool().await;
+        tessera::store::postgres::MIGRATOR.run_to(8, &pool).await.unwrap();
+        for statement in seed {
+            sqlx::query(sqlx::AssertSqlSafe(statement.replace("x'", "'\\x")))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+        let store = PgStore::connect(&database.url, PgSettings::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        upgraded.push(("postgres", Arc::new(store), None, Some(database)));
+    }
+    for (name, store, _dir, _database) in &upgraded {
+        let summary = store
+            .active_session_summary(&token(1), NOW + 10, 1800)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}: the old session is gone"));
+        assert_eq!(summary.email, "old@example.com", "{name}");
+        assert_eq!(summary.user_created_at, 1_700_000_000, "{name}");
+        assert!(summary.user_mfa_enabled && summary.mfa, "{name}");
+        let found = store.challenge_user_record(&token(2), NOW + 10).await.unwrap();
+        assert_eq!(
+            found.map(|found| found.id).as_deref(),
+            Some("old"),
+            "{name}: the challenge"
+        );
+        // New sessions after the upgrade carry their user's facts too.
+        user(store.as_ref(), "new").await;
+        store
+            .insert_session(&session("new", 3, false), &event("new", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        let fresh = store
+            .active_session_summary(&token(3), NOW + 10, 1800)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(fresh.email, "new@example.com", "{name}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_session_made_through_one_instance_is_seen_by_the_other_until_it_expires_or_idles() {
     let _shared = CLUSTER.read().await;

@@ -1547,8 +1547,8 @@ impl Store for SqliteStore {
             .bind(now.saturating_sub(idle_secs))
             .bind(batch),
             SweepKind::Challenges => sqlx::query(
-                "DELETE FROM mfa_challenges WHERE rowid IN \
-                 (SELECT rowid FROM mfa_challenges WHERE expires_at <= ? LIMIT ?)",
+                "DELETE FROM mfa_challenges WHERE token_hash IN \
+                 (SELECT token_hash FROM mfa_challenges WHERE expires_at <= ? LIMIT ?)",
             )
             .bind(now)
             .bind(batch),
