@@ -415,7 +415,7 @@ async fn sessions_and_challenges_of_an_older_schema_survive_the_upgrade() {
         "INSERT INTO mfa_challenges (token_hash, user_id, created_at, expires_at) \
          VALUES (x'0202020202020202020202020202020202020202020202020202020202020202', 'old', 1800000000, 1800000300)",
     ];
-    let mut upgraded: Vec<(&str, Arc<dyn Store>, Option<tempfile::TempDir>, Option<TestDatabase>)> = Vec::new();
+    let mut upgraded: Vec<Backend> = Vec::new();
     {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tessera.db");
@@ -431,7 +431,14 @@ async fn sessions_and_challenges_of_an_older_schema_survive_the_upgrade() {
         pool.close().await;
         let store = SqliteStore::open_file(&path).await.unwrap();
         store.migrate().await.unwrap();
-        upgraded.push(("sqlite", Arc::new(store), Some(dir), None));
+        let store: Arc<dyn Store> = Arc::new(store);
+        upgraded.push(Backend {
+            name: "sqlite",
+            a: store.clone(),
+            b: store,
+            _dir: Some(dir),
+            _database: None,
+        });
     }
     if postgres_url().is_some() {
         let database = TestDatabase::create().await;
@@ -446,9 +453,17 @@ async fn sessions_and_challenges_of_an_older_schema_survive_the_upgrade() {
         pool.close().await;
         let store = PgStore::connect(&database.url, PgSettings::default()).await.unwrap();
         store.migrate().await.unwrap();
-        upgraded.push(("postgres", Arc::new(store), None, Some(database)));
+        let store: Arc<dyn Store> = Arc::new(store);
+        upgraded.push(Backend {
+            name: "postgres",
+            a: store.clone(),
+            b: store,
+            _dir: None,
+            _database: Some(database),
+        });
     }
-    for (name, store, _dir, _database) in &upgraded {
+    for backend in &upgraded {
+        let (name, store) = (backend.name, &backend.a);
         let summary = store
             .active_session_summary(&token(1), NOW + 10, 1800)
             .await
