@@ -10,7 +10,6 @@ use crate::service::{Service, ServiceError};
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -281,7 +280,7 @@ impl Default for ConnectionLimits {
 /// `axum::serve` exposes.
 pub async fn run(
     listener: TcpListener,
-    router: Router,
+    router: impl http::App,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -318,7 +317,8 @@ pub async fn run(
         };
         let service = router
             .clone()
-            .map_request(move |mut request: axum::extract::Request<Incoming>| {
+            .map_request(move |request: axum::extract::Request<Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
             });
@@ -379,8 +379,8 @@ impl Drop for ClientSlot {
     }
 }
 
-/// The whole application router for an opened service.
-pub fn router(opened: &Opened) -> Router {
+/// The whole application for an opened service.
+pub fn router(opened: &Opened) -> impl http::App {
     http::router(opened.state.clone())
 }
 

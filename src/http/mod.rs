@@ -25,8 +25,10 @@ pub mod routes;
 
 use crate::service::Service;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::Response;
 use client_addr::IpRange;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -65,14 +67,30 @@ impl AppState {
     }
 }
 
-/// The whole application.
-pub fn router(state: AppState) -> Router {
+/// The whole application: the edge around the router, one service for
+/// [`crate::server::run`].
+pub fn router(state: AppState) -> impl App {
     router_with(state, Router::new())
+}
+
+/// What [`router`] returns: a cloneable service answering every request.
+pub trait App:
+    tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static> + Clone + Send + Sync + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// The application with `extra` routes merged in under the same edge (tests use this to
 /// mount a handler that panics or blocks).
-pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+pub fn router_with(state: AppState, extra: Router<AppState>) -> impl App {
     let (api, _) = openapi::api_router().split_for_parts();
     let edge_config = edge::EdgeConfig {
         request_timeout: state.http.request_timeout,
@@ -87,12 +105,11 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(extra)
         .route_layer(metrics::RouteLabelLayer)
         .with_state(state);
-    let app = tower::ServiceBuilder::new()
+    tower::ServiceBuilder::new()
         // Outermost: the edge, with the metrics around it (they count the status the client
         // gets: problems, timeouts, panics).
         .layer(edge::EdgeLayer(edge_config))
         .layer(CatchPanicLayer::custom(edge::panic_response))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .service(app);
-    Router::new().fallback_service(app)
+        .service(app)
 }
