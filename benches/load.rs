@@ -574,8 +574,9 @@ async fn bare_read(State(bare): State<Bare>, headers: HeaderMap) -> Response {
     }
 }
 
-/// The very read Tessera's introspection runs (session joined with its user, every column it
-/// decodes), answered with a small JSON: tells the query's cost from the rest of the stack.
+/// The session joined with its user, every column of both (what introspection read before
+/// migration 0009 copied the user's public facts onto the session row), answered with a small
+/// JSON: a reference for what the join cost, and for a lookup that needs the whole user row.
 async fn bare_join(State(bare): State<Bare>, headers: HeaderMap) -> Response {
     let Some(hash) = bearer_hash(&headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
@@ -1264,7 +1265,7 @@ async fn run(options: Options) -> Result<(), String> {
         versus: String::new(),
     });
     rows.push(Row {
-        workload: "baseline: bare read of Tessera's session+user join".into(),
+        workload: "baseline: bare session+user join (introspection's read before migration 0009)".into(),
         outcome: bare_join_outcome,
         versus: format!("{join_vs_read:.2} x bare read"),
     });
