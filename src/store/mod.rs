@@ -12,7 +12,7 @@ use crate::domain::token::TokenHash;
 use async_trait::async_trait;
 
 /// Errors of the persistence layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached (closed pool, timeout, I/O): the service answers 503.
     #[error("database unavailable: {0}")]

@@ -10,7 +10,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 /// Migrations embedded at compile time and applied at start and by `tessera migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -26,6 +28,9 @@ pub struct SqliteStore {
     /// queueing (BENCHMARKS.md). Other processes (the CLI next to a server) still meet the
     /// busy timeout.
     writer: SqlitePool,
+    /// The queue of the group commit of second-factor logins ([`group_commit`]), started on
+    /// first use, started again if its task ended (its runtime shut down).
+    totp_jobs: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<TotpJob>>>>,
 }
 
 fn map_err(err: sqlx::Error) -> StoreError {
@@ -65,7 +70,25 @@ impl SqliteStore {
         } else {
             readers.connect_with(options).await.map_err(map_err)?
         };
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            totp_jobs: Arc::default(),
+        })
+    }
+
+    /// The sender of the group commit's queue, its task started if none runs.
+    fn totp_jobs(&self) -> mpsc::UnboundedSender<TotpJob> {
+        let mut slot = self.totp_jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match slot.as_ref() {
+            Some(sender) if !sender.is_closed() => sender.clone(),
+            _ => {
+                let (sender, jobs) = mpsc::unbounded_channel();
+                tokio::spawn(group_commit(self.writer.clone(), jobs));
+                *slot = Some(sender.clone());
+                sender
+            }
+        }
     }
 
     /// The connection and pool settings of Tessera's SQLite pools (readers, then the one
@@ -130,8 +153,8 @@ const WRITER_SETUP: &str = "\
     CREATE TEMP TRIGGER IF NOT EXISTS expect_one_row INSTEAD OF INSERT ON expect_one \
     WHEN NEW.changed IS NOT 1 BEGIN \
     SELECT CASE NEW.what \
-    WHEN 'step' THEN RAISE(ROLLBACK, 'tessera: expected one row: step') \
-    ELSE RAISE(ROLLBACK, 'tessera: expected one row: mfa_token') END; \
+    WHEN 'step' THEN RAISE(ABORT, 'tessera: expected one row: step') \
+    ELSE RAISE(ABORT, 'tessera: expected one row: mfa_token') END; \
     END";
 
 /// The messages `temp.expect_one` raises (see [`WRITER_SETUP`]).
@@ -142,41 +165,6 @@ const EXPECTED_ONE_MFA_TOKEN: &str = "tessera: expected one row: mfa_token";
 enum ExpectationFailed {
     Step,
     MfaToken,
-}
-
-/// The writer connection while a self-contained batch (BEGIN ... COMMIT in one query) runs on
-/// it. Unless marked settled (the transaction known to be over), dropping it closes the
-/// connection instead of returning it to the pool: a request abandoned mid-batch must not hand
-/// the next writer a connection inside a transaction (closing rolls it back; the pool opens a
-/// new one).
-struct UnsettledWriter {
-    connection: sqlx::pool::PoolConnection<Sqlite>,
-    settled: bool,
-}
-
-impl UnsettledWriter {
-    fn new(connection: sqlx::pool::PoolConnection<Sqlite>) -> Self {
-        Self {
-            connection,
-            settled: false,
-        }
-    }
-
-    fn connection(&mut self) -> &mut sqlx::SqliteConnection {
-        &mut self.connection
-    }
-
-    fn settled(&mut self) {
-        self.settled = true;
-    }
-}
-
-impl Drop for UnsettledWriter {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.connection.close_on_drop();
-        }
-    }
 }
 
 // One SELECT shape for users, so every lookup decodes the same columns.
@@ -281,6 +269,160 @@ fn bind_session<'q>(query: SqliteQuery<'q>, session: &'q SessionRecord) -> Sqlit
         .bind(&session.ip)
         .bind(&session.user_agent)
         .bind(&session.user_id)
+}
+
+/// Second-factor logins committed together, at most this many per transaction.
+const GROUP_COMMIT_MAX: usize = 64;
+
+/// One second login step with a right TOTP code, waiting for [`group_commit`].
+struct TotpJob {
+    token_hash: TokenHash,
+    step: i64,
+    /// Locks ending later than this are not honoured (`policy.max_secs` from now).
+    until: i64,
+    session: SessionRecord,
+    event: NewEvent,
+    reply: oneshot::Sender<StoreResult<Option<ExpectationFailed>>>,
+}
+
+/// The group commit of second-factor logins (SQLite only): one task owns the queue; it takes
+/// every job waiting (up to [`GROUP_COMMIT_MAX`]), runs them in ONE write transaction on the
+/// writer connection, each inside a savepoint of its own, commits once and then answers each
+/// job. A job whose precondition fails (`temp.expect_one` raises `ABORT`) is rolled back to its
+/// savepoint alone; the others commit. So N logins waiting behind each other share one
+/// `BEGIN IMMEDIATE`/`COMMIT`, one checkout of the writer and the pages they all touch (the
+/// ends of `sessions` and `security_events` and their time index), and every answer is sent
+/// only after its commit (BENCHMARKS.md, "group commit"). The jobs run in the order they came,
+/// each seeing the ones before it, as separate transactions would.
+///
+/// A request abandoned while its job waits does not withdraw it: the job runs, and its answer
+/// finds no one (the login happened; the client never saw its token). Nothing runs half.
+async fn group_commit(writer: SqlitePool, mut jobs: mpsc::UnboundedReceiver<TotpJob>) {
+    let mut batch: Vec<TotpJob> = Vec::with_capacity(GROUP_COMMIT_MAX);
+    while let Some(job) = jobs.recv().await {
+        batch.push(job);
+        while batch.len() < GROUP_COMMIT_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcomes = commit_group(&writer, &batch).await;
+        for (job, outcome) in batch.drain(..).zip(outcomes) {
+            let _ = job.reply.send(outcome);
+        }
+    }
+}
+
+/// Runs `batch` in one transaction (see [`group_commit`]); one outcome per job, in order.
+async fn commit_group(writer: &SqlitePool, batch: &[TotpJob]) -> Vec<StoreResult<Option<ExpectationFailed>>> {
+    let failed_all = |err: sqlx::Error| {
+        let err = map_err(err);
+        batch.iter().map(|_| Err(err.clone())).collect()
+    };
+    // Dropped before its commit (the task aborted), the transaction rolls back.
+    let mut tx = match writer.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(err) => return failed_all(err),
+    };
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        match totp_job_query(job).execute(&mut *tx).await {
+            Ok(_) => outcomes.push(Ok(None)),
+            Err(err) => {
+                let failed = match &err {
+                    sqlx::Error::Database(db) if db.message() == EXPECTED_ONE_STEP => Some(ExpectationFailed::Step),
+                    sqlx::Error::Database(db) if db.message() == EXPECTED_ONE_MFA_TOKEN => {
+                        Some(ExpectationFailed::MfaToken)
+                    }
+                    _ => None,
+                };
+                // Undo this job alone; if even that fails, nothing of the group is kept.
+                if let Err(undo) = sqlx::query("ROLLBACK TO totp_job; RELEASE totp_job")
+                    .execute(&mut *tx)
+                    .await
+                {
+                    drop(tx);
+                    return failed_all(undo);
+                }
+                outcomes.push(match failed {
+                    Some(failed) => Ok(Some(failed)),
+                    None => Err(map_err(err)),
+                });
+            }
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => outcomes,
+        Err(err) => failed_all(err),
+    }
+}
+
+/// One job of the group: its preconditions, the change and the release of its savepoint, in
+/// one query (one round trip to the writer's worker thread). Plain `?` placeholders, bound in
+/// order of appearance: sqlx numbers a batch's unnamed parameters on from one statement to the
+/// next (a numbered one that skips a number would shift them).
+///  - the lock check, the suspension, the replay guard and the throttle reset in one
+///    conditional UPDATE, expected to change one row;
+///  - the `mfa_token` consumed, expected once;
+///  - a `session_evicted` event for each live session beyond the cap, then the clean-up
+///    (expired and evicted sessions), as in `insert_session_in`;
+///  - the new session and its event.
+fn totp_job_query(job: &TotpJob) -> SqliteQuery<'_> {
+    let session = &job.session;
+    let event = &job.event;
+    let user = &session.user_id;
+    let now = session.created_at;
+    let cap = MAX_SESSIONS_PER_USER - 1;
+    let query = sqlx::query(concat!(
+        "SAVEPOINT totp_job; \
+         UPDATE users SET mfa_last_step = ?, mfa_failures = 0, mfa_locked_until = NULL \
+         WHERE id = ? AND mfa_enabled_at IS NOT NULL AND mfa_totp_suspended_at IS NULL \
+         AND (mfa_last_step IS NULL OR mfa_last_step < ?) \
+         AND (mfa_locked_until IS NULL OR mfa_locked_until <= ? OR mfa_locked_until > ?); \
+         INSERT INTO temp.expect_one (what, changed) VALUES ('step', changes()); \
+         DELETE FROM mfa_challenges WHERE token_hash = ? AND user_id = ? AND expires_at > ?; \
+         INSERT INTO temp.expect_one (what, changed) VALUES ('mfa_token', changes()); \
+         INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) \
+         SELECT ?, 'session_evicted', ?, ?, ?, ? FROM sessions \
+         WHERE user_id = ? AND expires_at > ? AND seq <= (SELECT seq FROM sessions \
+         WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?); \
+         DELETE FROM sessions WHERE user_id = ? AND (expires_at <= ? OR seq <= \
+         (SELECT seq FROM sessions WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?)); ",
+        insert_session_sql!(),
+        "; ",
+        insert_event_sql!(),
+        "; RELEASE totp_job"
+    ))
+    // the conditional UPDATE
+    .bind(job.step)
+    .bind(user)
+    .bind(job.step)
+    .bind(now)
+    .bind(job.until)
+    // the `mfa_token`
+    .bind(job.token_hash.as_bytes())
+    .bind(user)
+    .bind(now)
+    // the eviction events
+    .bind(&event.user_id)
+    .bind(event.at)
+    .bind(&event.ip)
+    .bind(&event.user_agent)
+    .bind(&event.request_id)
+    .bind(user)
+    .bind(now)
+    .bind(user)
+    .bind(now)
+    .bind(cap)
+    // the clean-up
+    .bind(user)
+    .bind(now)
+    .bind(user)
+    .bind(now)
+    .bind(cap);
+    // the session and its event
+    bind_event(bind_session(query, session), event, event.kind)
 }
 
 async fn insert_event_kind_in(
@@ -1195,93 +1337,28 @@ impl Store for SqliteStore {
         event: &NewEvent,
     ) -> StoreResult<TotpCompletion> {
         let now = session.created_at;
-        // The whole change in ONE round trip to the writer's worker thread (BENCHMARKS.md: each
-        // statement costs a hand-off to it, and the step's cost was its statements): a batch
-        // from BEGIN IMMEDIATE to COMMIT, sent as one query. Its two preconditions are checked
-        // inside it by `expect_one` (a temporary view whose trigger raises ROLLBACK unless the
-        // statement before changed exactly one row, see `WRITER_SETUP`): a failed one rolls the
-        // whole transaction back and stops the batch before anything else runs.
-        //  - the lock check, the suspension, the replay guard and the throttle reset in one
-        //    conditional UPDATE (the write lock is held from BEGIN IMMEDIATE), expected once;
-        //  - the `mfa_token` consumed, expected once;
-        //  - a `session_evicted` event for each live session beyond the cap, then the clean-up
-        //    (expired and evicted sessions), as in `insert_session_in`;
-        //  - the new session and its event; COMMIT.
-        // Plain `?` placeholders, bound in order of appearance: sqlx numbers a batch's unnamed
-        // parameters on from one statement to the next (a numbered one that skips a number
-        // would shift them).
         let user = &session.user_id;
         let until = now.saturating_add(policy.max_secs);
-        let cap = MAX_SESSIONS_PER_USER - 1;
-        let batch = sqlx::query(concat!(
-            "BEGIN IMMEDIATE; \
-             UPDATE users SET mfa_last_step = ?, mfa_failures = 0, mfa_locked_until = NULL \
-             WHERE id = ? AND mfa_enabled_at IS NOT NULL AND mfa_totp_suspended_at IS NULL \
-             AND (mfa_last_step IS NULL OR mfa_last_step < ?) \
-             AND (mfa_locked_until IS NULL OR mfa_locked_until <= ? OR mfa_locked_until > ?); \
-             INSERT INTO temp.expect_one (what, changed) VALUES ('step', changes()); \
-             DELETE FROM mfa_challenges WHERE token_hash = ? AND user_id = ? AND expires_at > ?; \
-             INSERT INTO temp.expect_one (what, changed) VALUES ('mfa_token', changes()); \
-             INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) \
-             SELECT ?, 'session_evicted', ?, ?, ?, ? FROM sessions \
-             WHERE user_id = ? AND expires_at > ? AND seq <= (SELECT seq FROM sessions \
-             WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?); \
-             DELETE FROM sessions WHERE user_id = ? AND (expires_at <= ? OR seq <= \
-             (SELECT seq FROM sessions WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?)); ",
-            insert_session_sql!(),
-            "; ",
-            insert_event_sql!(),
-            "; COMMIT"
-        ))
-        // the conditional UPDATE
-        .bind(step)
-        .bind(user)
-        .bind(step)
-        .bind(now)
-        .bind(until)
-        // the `mfa_token`
-        .bind(token_hash.as_bytes())
-        .bind(user)
-        .bind(now)
-        // the eviction events
-        .bind(&event.user_id)
-        .bind(event.at)
-        .bind(&event.ip)
-        .bind(&event.user_agent)
-        .bind(&event.request_id)
-        .bind(user)
-        .bind(now)
-        .bind(user)
-        .bind(now)
-        .bind(cap)
-        // the clean-up
-        .bind(user)
-        .bind(now)
-        .bind(user)
-        .bind(now)
-        .bind(cap);
-        // the session and its event
-        let batch = bind_event(bind_session(batch, session), event, event.kind);
-        let mut writer = UnsettledWriter::new(self.writer.acquire().await.map_err(map_err)?);
-        let outcome = sqlx::Executor::execute(writer.connection(), batch).await;
-        let failed = match outcome {
-            Ok(_) => {
-                writer.settled();
-                return Ok(TotpCompletion::Completed);
-            }
-            Err(sqlx::Error::Database(db)) if db.message() == EXPECTED_ONE_STEP => ExpectationFailed::Step,
-            Err(sqlx::Error::Database(db)) if db.message() == EXPECTED_ONE_MFA_TOKEN => ExpectationFailed::MfaToken,
-            Err(err) => {
-                // Any other failure may leave the transaction open: end it before the connection
-                // goes back to the pool (if this is abandoned first, the guard closes it).
-                let _ = sqlx::Executor::execute(writer.connection(), "ROLLBACK").await;
-                writer.settled();
-                return Err(map_err(err));
-            }
+        // Handed to the group commit (see `group_commit`): one transaction for every second
+        // step waiting at that moment, each in a savepoint, each answered after the commit.
+        let (reply, answer) = oneshot::channel();
+        let job = TotpJob {
+            token_hash: *token_hash,
+            step,
+            until,
+            session: session.clone(),
+            event: event.clone(),
+            reply,
         };
-        // RAISE(ROLLBACK) ended the transaction: the connection is clean.
-        writer.settled();
-        drop(writer);
+        self.totp_jobs()
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the group commit stopped".into()))?;
+        let failed = match answer.await {
+            Ok(Ok(None)) => return Ok(TotpCompletion::Completed),
+            Ok(Ok(Some(failed))) => failed,
+            Ok(Err(err)) => return Err(err),
+            Err(_) => return Err(StoreError::Unavailable("the group commit stopped".into())),
+        };
         Ok(match failed {
             // Why not: a lock is answered like a reservation the lock refuses.
             ExpectationFailed::Step => {
