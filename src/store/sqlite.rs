@@ -135,10 +135,11 @@ impl SqliteStore {
 }
 
 /// Run on each new writer connection: `temp.expect_one`, the precondition check of one-round-trip
-/// batches (`complete_challenge_with_totp`). `INSERT INTO temp.expect_one VALUES ('step',
-/// changes())` right after a statement raises ROLLBACK (the whole transaction undone, the batch
-/// stopped there) unless that statement changed exactly one row; the view stores nothing.
-/// Temporary objects live in the connection, not in the database file.
+/// batches (the jobs of [`group_commit`]). `INSERT INTO temp.expect_one VALUES ('step',
+/// changes())` right after a statement raises ABORT (that statement fails, the batch stops
+/// there, the transaction stays open for the caller to roll back to its savepoint) unless that
+/// statement changed exactly one row; the view stores nothing. Temporary objects live in the
+/// connection, not in the database file.
 ///
 /// And the writer checkpoints the write-ahead log only once it holds 8,000 pages (SQLite's
 /// default is 1,000): `tessera serve` checkpoints every 100 ms on a reader
