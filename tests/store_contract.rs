@@ -398,6 +398,48 @@ async fn the_user_facts_on_a_session_follow_the_user_row() {
     }
 }
 
+/// Introspection reads abandoned at any point (the request dropped mid-read) leave the store
+/// answering: on SQLite they run on connections kept outside sqlx's pool, and a connection whose
+/// read was abandoned must be dropped, never handed to the next read half-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abandoned_introspection_reads_leave_later_reads_right() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let name = backend.name;
+        user(backend.a.as_ref(), "ivy").await;
+        backend
+            .a
+            .insert_session(&session("ivy", 1, true), &event("ivy", "login_succeeded", NOW))
+            .await
+            .unwrap();
+        for micros in (0..400).step_by(10) {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_micros(micros),
+                backend.b.active_session_summary(&token(1), NOW + 10, 1800),
+            )
+            .await;
+        }
+        for _ in 0..8 {
+            let found = backend
+                .b
+                .active_session_summary(&token(1), NOW + 10, 1800)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{name}: the session is gone"));
+            assert_eq!(found.email, "ivy@example.com", "{name}");
+            assert_eq!(
+                backend
+                    .b
+                    .active_session_summary(&token(9), NOW + 10, 1800)
+                    .await
+                    .unwrap(),
+                None,
+                "{name}"
+            );
+        }
+    }
+}
+
 /// Rows written under the schema of migration 0008 (before the user's facts moved onto the
 /// session row and `mfa_challenges` was rebuilt) come through migrations 0009 and 0010 intact:
 /// the session answers introspection with its user's facts, the challenge still leads to its

@@ -31,6 +31,74 @@ pub struct SqliteStore {
     /// The queue of the group commit of second-factor logins ([`group_commit`]), started on
     /// first use, started again if its task ended (its runtime shut down).
     totp_jobs: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<TotpJob>>>>,
+    /// The connections of session introspection ([`IntrospectionReaders`]); none for an
+    /// in-memory database (whose one pool must do everything).
+    introspection: Option<Arc<IntrospectionReaders>>,
+}
+
+/// Introspection's read connections, kept beside sqlx's pool (BENCHMARKS.md): a checkout is a
+/// semaphore permit and a pop, a return is a push. sqlx 0.9 returns every pooled connection
+/// through a spawned task that pings it first (one more round trip to the connection's worker
+/// thread per query), to guard against a query abandoned half-way; here a connection goes back
+/// to the idle list only after its query completed, and one whose query failed or was abandoned
+/// (the request dropped mid-read) is dropped, which closes it. Opened on demand, at most
+/// [`INTROSPECTION_READERS`], with the readers' settings.
+struct IntrospectionReaders {
+    options: SqliteConnectOptions,
+    idle: std::sync::Mutex<Vec<sqlx::SqliteConnection>>,
+    permits: tokio::sync::Semaphore,
+}
+
+/// Connections for introspection (each with its own 512 KiB page cache and worker thread).
+const INTROSPECTION_READERS: usize = 2;
+
+impl std::fmt::Debug for IntrospectionReaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionReaders")
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntrospectionReaders {
+    fn new(options: SqliteConnectOptions) -> Self {
+        Self {
+            options,
+            idle: std::sync::Mutex::new(Vec::with_capacity(INTROSPECTION_READERS)),
+            permits: tokio::sync::Semaphore::new(INTROSPECTION_READERS),
+        }
+    }
+
+    async fn fetch_optional<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<Option<SqliteRow>, sqlx::Error> {
+        let _permit = self.permits.acquire().await.map_err(|_| sqlx::Error::PoolClosed)?;
+        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let mut connection = match idle {
+            Some(connection) => connection,
+            None => <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&self.options).await?,
+        };
+        let row = query.fetch_optional(&mut connection).await?;
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(connection);
+        Ok(row)
+    }
+
+    async fn close(&self) {
+        self.permits.close();
+        let idle: Vec<_> = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .drain(..)
+            .collect();
+        for connection in idle {
+            let _ = sqlx::Connection::close(connection).await;
+        }
+    }
 }
 
 fn map_err(err: sqlx::Error) -> StoreError {
@@ -65,14 +133,19 @@ impl SqliteStore {
         // The writer first: it creates the file and switches it to WAL.
         let writer = writer.connect_with(options.clone()).await.map_err(map_err)?;
         // An in-memory database exists once per connection: one pool must do both jobs.
-        let pool = if in_memory {
-            writer.clone()
+        let (pool, introspection) = if in_memory {
+            (writer.clone(), None)
         } else {
-            readers.connect_with(options).await.map_err(map_err)?
+            let introspection = Arc::new(IntrospectionReaders::new(options.clone()));
+            (
+                readers.connect_with(options).await.map_err(map_err)?,
+                Some(introspection),
+            )
         };
         Ok(Self {
             pool,
             writer,
+            introspection,
             totp_jobs: Arc::default(),
         })
     }
@@ -564,6 +637,9 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Some(introspection) = &self.introspection {
+            introspection.close().await;
+        }
         self.pool.close().await;
         self.writer.close().await;
     }
@@ -774,16 +850,19 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<SessionSummary>> {
         // One primary-key read: the user's public facts are copied onto the session row
         // (migration 0009). Read by position, in this order; nothing secret is selected.
-        let row = sqlx::query(
+        let query = sqlx::query(
             "SELECT user_id, created_at, last_seen_at, expires_at, mfa, \
              user_email, user_created_at, user_disabled_at, user_mfa \
              FROM sessions WHERE token_hash = ? AND expires_at > ? AND last_seen_at > ?",
         )
         .bind(token_hash.as_bytes())
         .bind(now)
-        .bind(now.saturating_sub(idle_secs))
-        .fetch_optional(&self.pool)
-        .await
+        .bind(now.saturating_sub(idle_secs));
+        // On introspection's own connections when there are (see `IntrospectionReaders`).
+        let row = match &self.introspection {
+            Some(introspection) => introspection.fetch_optional(query).await,
+            None => query.fetch_optional(&self.pool).await,
+        }
         .map_err(map_err)?;
         let Some(row) = row else { return Ok(None) };
         let decode = |row: &SqliteRow| -> Result<SessionSummary, sqlx::Error> {
