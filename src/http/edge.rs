@@ -67,12 +67,11 @@ pub struct EdgeConfig {
     pub access_log: bool,
 }
 
-/// The edge as one tower layer around every route (with the request metrics of
-/// [`super::metrics`], outermost, so they count the status the client gets). A hand-written
-/// service rather than `axum::middleware::from_fn`: each `from_fn` layer clones and boxes the
-/// inner service and boxes two futures per request; here the route's future is awaited inside
-/// the one boxed future of this layer (BENCHMARKS.md: the allocator was ~11 % of an
-/// introspection's instructions with two `from_fn` layers).
+/// The edge as one tower layer wrapped around the whole router (see `http::router_with`), with
+/// the request metrics of [`super::metrics`] outermost, so they count the status the client
+/// gets. A hand-written service rather than `axum::middleware::from_fn`: each `from_fn` layer
+/// clones and boxes the inner service and boxes two futures per request; here the inner
+/// future is awaited inside the one boxed future of this layer (BENCHMARKS.md).
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeLayer(pub EdgeConfig);
 

@@ -468,7 +468,9 @@ pub trait Store: Send + Sync + 'static {
     /// the challenge and creates the session (with the eviction of [`Store::insert_session`])
     /// and `event`. Otherwise nothing is written: `Locked` while the second factor is locked
     /// (the same answer, after the same work, as a reservation refused by the lock), else
-    /// `Rejected`, and the caller reserves an attempt as for a wrong code.
+    /// `Rejected`, and the caller reserves an attempt as for a wrong code. (SQLite commits the
+    /// steps waiting at the same moment together, each in a savepoint of its own: still all
+    /// or nothing per step, answered only after the commit.)
     async fn complete_challenge_with_totp(
         &self,
         token_hash: &TokenHash,
