@@ -54,14 +54,37 @@ impl Clock for ManualClock {
 /// formatter writes for them, at a fraction of its cost: four of these per introspection); other
 /// times go through `time`, and a time it cannot write is answered as the number of seconds.
 pub fn rfc3339(unix_seconds: i64) -> String {
+    match rfc3339_four_digit_year(unix_seconds) {
+        Some(bytes) => bytes.iter().map(|&byte| char::from(byte)).collect(),
+        None => rfc3339_slow(unix_seconds),
+    }
+}
+
+/// Appends [`rfc3339`] of `unix_seconds` to `out` without allocating (for years 0 to 9999): the
+/// introspection body is written this way (see `http::routes::auth::introspection_body`).
+pub fn write_rfc3339(unix_seconds: i64, out: &mut Vec<u8>) {
+    match rfc3339_four_digit_year(unix_seconds) {
+        Some(bytes) => out.extend_from_slice(&bytes),
+        None => out.extend_from_slice(rfc3339_slow(unix_seconds).as_bytes()),
+    }
+}
+
+/// Times outside the four-digit years, through `time`; a time it cannot write is answered as
+/// the number of seconds.
+fn rfc3339_slow(unix_seconds: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix_seconds)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix_seconds.to_string())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (ASCII) for years 0 to 9999, `None` outside them.
+fn rfc3339_four_digit_year(unix_seconds: i64) -> Option<[u8; 20]> {
     /// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the four-digit years.
     const FIRST: i64 = -62_167_219_200;
     const LAST: i64 = 253_402_300_799;
     if !(FIRST..=LAST).contains(&unix_seconds) {
-        return OffsetDateTime::from_unix_timestamp(unix_seconds)
-            .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_else(|| unix_seconds.to_string());
+        return None;
     }
     // The proleptic Gregorian date of a day number by whole 400-year eras (Howard Hinnant's
     // `civil_from_days`): a few integer operations, where the calendar types cost ~600
@@ -96,7 +119,7 @@ pub fn rfc3339(unix_seconds: i64) -> String {
     digits(second_of_day / 3_600, 2, &mut out[11..]);
     digits(second_of_day / 60 % 60, 2, &mut out[14..]);
     digits(second_of_day % 60, 2, &mut out[17..]);
-    String::from_utf8(out.to_vec()).unwrap_or_default()
+    Some(out)
 }
 
 #[cfg(test)]
@@ -131,5 +154,22 @@ mod tests {
     fn rfc3339_outside_four_digit_years_falls_back() {
         assert_eq!(rfc3339(253_402_300_800), "253402300800");
         assert_eq!(rfc3339(i64::MAX), i64::MAX.to_string());
+    }
+
+    #[test]
+    fn write_rfc3339_appends_what_rfc3339_returns() {
+        for t in [
+            -62_167_219_200,
+            -1,
+            0,
+            1_800_000_000,
+            253_402_300_799,
+            253_402_300_800,
+            i64::MIN,
+        ] {
+            let mut out = b"x".to_vec();
+            write_rfc3339(t, &mut out);
+            assert_eq!(out, format!("x{}", rfc3339(t)).into_bytes(), "{t}");
+        }
     }
 }

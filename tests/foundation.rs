@@ -412,6 +412,43 @@ async fn a_panicking_handler_is_a_500_problem_without_internals() {
 }
 
 #[tokio::test]
+async fn the_edge_counts_requests_in_flight_for_the_hashing_pool() {
+    // The hashing pool gives way while requests that do not hash are in flight; the edge is
+    // what counts them. A handler sees itself counted; nothing stays counted afterwards, also
+    // when the handler panicked.
+    let extra = axum::Router::new()
+        .route(
+            "/test/in-flight",
+            get(
+                |axum::extract::State(state): axum::extract::State<tessera::http::AppState>| async move {
+                    state.service.traffic().in_flight().to_string()
+                },
+            ),
+        )
+        .route(
+            "/test/panic",
+            get(|| async {
+                if std::hint::black_box(true) {
+                    panic!("boom");
+                }
+                "unreachable"
+            }),
+        );
+    let app = spawn_with(Options {
+        extra_routes: extra,
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(app.service.traffic().in_flight(), 0);
+    let reply = app.get("/test/in-flight", None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text, "1");
+    assert_eq!(app.get("/test/panic", None).await.status, 500);
+    app.get("/nope", None).await.assert_problem(404, "about:blank");
+    assert_eq!(app.service.traffic().in_flight(), 0);
+}
+
+#[tokio::test]
 async fn an_unreachable_database_is_503_on_readyz_and_on_requests() {
     let app = spawn_app().await;
     assert_eq!(app.get("/readyz", None).await.status, 200);

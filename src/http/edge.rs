@@ -13,6 +13,7 @@
 //! and pages, the OpenAPI document) may load nothing and be framed by no one.
 
 use super::problem::{Problem, ProblemKind};
+use crate::service::hashing::Traffic;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -72,14 +73,30 @@ pub struct EdgeConfig {
 /// gets. A hand-written service rather than `axum::middleware::from_fn`: each `from_fn` layer
 /// clones and boxes the inner service and boxes two futures per request; here the inner
 /// future is awaited inside the one boxed future of this layer (BENCHMARKS.md).
-#[derive(Debug, Clone, Copy)]
-pub struct EdgeLayer(pub EdgeConfig);
+///
+/// Every request is counted in `traffic` while it is in flight: the hashing pool gives way to
+/// requests that are not waiting on a hash (see [`crate::service::hashing::Traffic`]).
+#[derive(Debug, Clone)]
+pub struct EdgeLayer {
+    config: EdgeConfig,
+    traffic: Traffic,
+}
+
+impl EdgeLayer {
+    pub fn new(config: EdgeConfig, traffic: Traffic) -> Self {
+        Self { config, traffic }
+    }
+}
 
 impl<S> Layer<S> for EdgeLayer {
     type Service = Edge<S>;
 
     fn layer(&self, inner: S) -> Edge<S> {
-        Edge { inner, config: self.0 }
+        Edge {
+            inner,
+            config: self.config,
+            traffic: self.traffic.clone(),
+        }
     }
 }
 
@@ -88,6 +105,7 @@ impl<S> Layer<S> for EdgeLayer {
 pub struct Edge<S> {
     inner: S,
     config: EdgeConfig,
+    traffic: Traffic,
 }
 
 impl<S> Service<Request> for Edge<S>
@@ -109,7 +127,9 @@ where
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         let config = self.config;
+        let in_flight = self.traffic.enter();
         Box::pin(async move {
+            let _in_flight = in_flight;
             let response = super::metrics::track(request, |request| edge(config, request, ready)).await;
             Ok(response)
         })
@@ -123,7 +143,9 @@ where
 {
     let request_id = accept_request_id(request.headers().get(&X_REQUEST_ID)).unwrap_or_else(new_request_id);
     request.extensions_mut().insert(RequestId(request_id.clone()));
-    let path = request.uri().path().to_owned();
+    // A clone of the URI shares its bytes (no allocation), where the path as a String did not.
+    let uri = request.uri().clone();
+    let path = uri.path();
     // The span carries the request id, and only it: the fmt layer formats a span's fields when
     // the span is created, logged or not, so each field costs every request (see BENCHMARKS.md).
     // Method and path go on the lines that need them: the access line and the timeout warning.
@@ -167,8 +189,8 @@ where
                 .into_response()
             }
         };
-        render_problem(&mut response, &path, &request_id);
-        protect(&mut response, &path);
+        render_problem(&mut response, path, &request_id);
+        protect(&mut response, path);
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }

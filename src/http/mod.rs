@@ -100,6 +100,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> impl App {
     // `Router::layer` is applied to every route and cloned, boxed and called per request at each
     // level (BENCHMARKS.md: 13 boxed clones per introspection with four such layers). Inside the
     // router only `RouteLabel` remains, which tells the metrics the route template.
+    let traffic = state.service.traffic().clone();
     let app = api
         .merge(page::router())
         .merge(extra)
@@ -108,7 +109,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> impl App {
     tower::ServiceBuilder::new()
         // Outermost: the edge, with the metrics around it (they count the status the client
         // gets: problems, timeouts, panics).
-        .layer(edge::EdgeLayer(edge_config))
+        .layer(edge::EdgeLayer::new(edge_config, traffic))
         .layer(CatchPanicLayer::custom(edge::panic_response))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .service(app)

@@ -17,6 +17,13 @@
 //!   [`DEFAULT_NICE`] over the process's own), so the async workers that answer session
 //!   lookups preempt them when both want a core: a flood of password guesses slows password
 //!   logins, not everyone else.
+//! - **Giving way to other requests.** Niceness alone is not enough on two cores: the async
+//!   workers block between requests often enough that two hashing threads still took 1.2-1.7
+//!   cores during a login flood, and introspection's p99 doubled (BENCHMARKS.md, isolation). So
+//!   the pool also counts the requests in flight ([`Traffic`], entered by the HTTP edge) and the
+//!   callers waiting on it: while any request is in flight that is not waiting on a hash, at most
+//!   [`HashingPool::shared_limit`] jobs run at once (half the threads, at least one); with only
+//!   logins in flight, every thread hashes.
 //! - **Visibility.** `tessera_hashing_queue_length` (gauge: jobs waiting for a thread) and
 //!   `tessera_hashing_wait_seconds` (histogram: time from queueing to start) through the
 //!   `metrics` facade; without an installed recorder they cost nothing.
@@ -24,6 +31,7 @@
 use super::{ServiceError, ServiceResult};
 use crate::domain::password::HashingMemory;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -37,6 +45,9 @@ pub const IDLE_RELEASE: Duration = Duration::from_secs(30);
 /// still get every cycle the workers leave idle (the full login rate when nothing else runs).
 /// The measurements and the trade-off: BENCHMARKS.md, "Password hashing".
 pub const DEFAULT_NICE: i32 = 10;
+
+/// How often a hashing thread held back by other requests looks again (see [`Traffic`]).
+const RECHECK: Duration = Duration::from_millis(2);
 
 /// The gauge of jobs waiting for a hashing thread.
 pub const QUEUE_LENGTH_METRIC: &str = "tessera_hashing_queue_length";
@@ -72,18 +83,88 @@ struct Job {
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
+    /// Jobs running on a thread now.
+    running: usize,
     closed: bool,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
+    size: usize,
+    traffic: Traffic,
+    /// Callers awaiting a job of this pool (queued or running), counted until their future is
+    /// done or dropped.
+    waiting: AtomicUsize,
 }
 
 impl Shared {
+    /// How many jobs may run at once now: every thread, unless requests are in flight that are
+    /// not waiting on this pool (a caller that gave up no longer counts as either).
+    fn limit(&self) -> usize {
+        let in_flight = self.traffic.0.load(Ordering::Relaxed);
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        if in_flight > waiting {
+            shared_limit(self.size)
+        } else {
+            self.size
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // A job never runs under this lock, so a poisoned one still holds a consistent queue.
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// At most how many of `size` hashing threads run while other requests are in flight: half,
+/// rounded up (one of two).
+pub fn shared_limit(size: usize) -> usize {
+    size.div_ceil(2).max(1)
+}
+
+/// The count of requests in flight, shared by the HTTP edge (which enters it once per request)
+/// and the hashing pool (which gives way while some of them are not waiting on a hash).
+/// Cloning shares the count.
+#[derive(Debug, Clone, Default)]
+pub struct Traffic(Arc<AtomicUsize>);
+
+impl Traffic {
+    /// Counts one request in flight until the guard is dropped.
+    pub fn enter(&self) -> TrafficGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        TrafficGuard(self.0.clone())
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One request in flight (see [`Traffic::enter`]).
+#[derive(Debug)]
+pub struct TrafficGuard(Arc<AtomicUsize>);
+
+impl Drop for TrafficGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A caller awaiting a job, counted in [`Shared::waiting`] until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -121,13 +202,22 @@ impl HashingPool {
     }
 
     /// `size` threads (at least one) running `nice` steps nicer than the process (0 = the
-    /// priority of the rest of the process; up to 19 lower).
+    /// priority of the rest of the process; up to 19 lower), with traffic nobody enters.
     pub fn with_priority(size: usize, nice: i32) -> Self {
+        Self::with_traffic(size, nice, Traffic::default())
+    }
+
+    /// `size` threads running `nice` steps nicer than the process, giving way to the requests
+    /// counted in `traffic` (see the module documentation).
+    pub fn with_traffic(size: usize, nice: i32, traffic: Traffic) -> Self {
         release_large_allocations_to_the_os();
         let size = size.max(1);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
+            size,
+            traffic,
+            waiting: AtomicUsize::new(0),
         });
         for index in 0..size {
             let shared = shared.clone();
@@ -148,6 +238,11 @@ impl HashingPool {
     /// The number of hashing threads.
     pub fn size(&self) -> usize {
         self.handle.size
+    }
+
+    /// The requests in flight this pool gives way to.
+    pub fn traffic(&self) -> &Traffic {
+        &self.handle.shared.traffic
     }
 
     /// Runs `work` on a hashing thread (work that allocates its own memory, or none).
@@ -176,8 +271,9 @@ impl HashingPool {
                 let _ = sender.send(work(memory));
             }),
         };
+        let shared = &self.handle.shared;
+        let _waiting = Waiting::new(&shared.waiting);
         {
-            let shared = &self.handle.shared;
             let mut queue = shared.lock();
             queue.jobs.push_back(job);
             metrics::gauge!(QUEUE_LENGTH_METRIC).set(queue.jobs.len() as f64);
@@ -212,6 +308,9 @@ fn worker(shared: &Shared, nice: i32) {
                 // (and its memory, which argon2 overwrites before reading) goes on serving.
                 let work = job.work;
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut memory)));
+                shared.lock().running -= 1;
+                // A thread held back by the limit may take the next job now.
+                shared.ready.notify_one();
             }
             Next::ReleaseMemory => memory.release(),
             Next::Exit => return,
@@ -219,13 +318,26 @@ fn worker(shared: &Shared, nice: i32) {
     }
 }
 
-/// Waits for a job; with memory held, for at most [`IDLE_RELEASE`].
+/// Waits for a job it may run (see [`Shared::limit`]); with memory held, for at most
+/// [`IDLE_RELEASE`].
 fn next(shared: &Shared, holding_memory: bool) -> Next {
     let mut queue = shared.lock();
     loop {
-        if let Some(job) = queue.jobs.pop_front() {
-            metrics::gauge!(QUEUE_LENGTH_METRIC).set(queue.jobs.len() as f64);
-            return Next::Run(job);
+        if !queue.jobs.is_empty() {
+            if queue.running < shared.limit() {
+                let job = queue.jobs.pop_front().expect("checked non-empty");
+                queue.running += 1;
+                metrics::gauge!(QUEUE_LENGTH_METRIC).set(queue.jobs.len() as f64);
+                return Next::Run(job);
+            }
+            // Held back while other requests are in flight: look again shortly (the requests
+            // are counted by atomics nobody signals on) or when a running job ends.
+            queue = shared
+                .ready
+                .wait_timeout(queue, RECHECK)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+            continue;
         }
         if queue.closed {
             return Next::Exit;
@@ -398,6 +510,91 @@ mod tests {
             job.await.unwrap().unwrap();
         }
         assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
+
+    /// Runs `logins` jobs of 30 ms at once, each from a caller counted as a request in flight
+    /// (as the HTTP edge counts a login), and returns the most that ran at the same time.
+    async fn most_at_once(pool: &HashingPool, logins: usize) -> usize {
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let jobs: Vec<_> = (0..logins)
+            .map(|_| {
+                let (pool, running, most) = (pool.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    let _request = pool.traffic().enter();
+                    pool.run(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(30));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for job in jobs {
+            job.await.unwrap().unwrap();
+        }
+        most.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn hashing_gives_way_while_other_requests_are_in_flight() {
+        assert_eq!(shared_limit(1), 1);
+        assert_eq!(shared_limit(2), 1);
+        assert_eq!(shared_limit(3), 2);
+        assert_eq!(shared_limit(8), 4);
+        let pool = HashingPool::with_traffic(2, 0, Traffic::default());
+        // Only logins in flight: both threads hash.
+        assert_eq!(most_at_once(&pool, 8).await, 2);
+        assert_eq!(pool.traffic().in_flight(), 0);
+        // A request that does not hash (an introspection) is in flight: one thread at a time.
+        let other = pool.traffic().enter();
+        assert_eq!(pool.traffic().in_flight(), 1);
+        assert_eq!(most_at_once(&pool, 8).await, 1);
+        // Once it is done, both again.
+        drop(other);
+        assert_eq!(pool.traffic().in_flight(), 0);
+        assert_eq!(most_at_once(&pool, 8).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_held_back_job_starts_when_the_other_request_ends() {
+        let pool = HashingPool::with_traffic(2, 0, Traffic::default());
+        let other = pool.traffic().enter();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        // A long hash takes the one thread allowed while `other` is in flight.
+        let long = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let _request = pool.traffic().enter();
+                pool.run(move || {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.recv();
+                })
+                .await
+            }
+        });
+        started_rx.await.unwrap();
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let _request = pool.traffic().enter();
+                pool.run(|| ()).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!second.is_finished(), "held back while another request is in flight");
+        // The other request ends: the second thread takes the job within a few rechecks.
+        drop(other);
+        tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the held-back job runs once only logins are in flight")
+            .unwrap()
+            .unwrap();
+        release_tx.send(()).unwrap();
+        long.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -259,7 +259,7 @@ impl Service {
             0 => hashing::cores(),
             threads => threads,
         };
-        let hashing = HashingPool::with_priority(threads, config.hashing_nice);
+        let hashing = HashingPool::with_traffic(threads, config.hashing_nice, hashing::Traffic::default());
         let dummy_hash = Arc::new(tokio::sync::OnceCell::new());
         {
             let (cell, pool) = (Arc::clone(&dummy_hash), hashing.clone());
@@ -307,6 +307,12 @@ impl Service {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.config
+    }
+
+    /// The count of requests in flight that the HTTP edge keeps and the hashing pool gives way
+    /// to (see [`hashing::Traffic`]).
+    pub fn traffic(&self) -> &hashing::Traffic {
+        self.hashing.traffic()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
