@@ -2920,33 +2920,44 @@ async fn one_right_totp_step_on_many_challenges_at_once_opens_one_session() {
     }
 }
 
-/// Second steps of many users at once (on SQLite they share transactions: the group commit):
-/// a step whose `mfa_token` is gone fails after its `UPDATE` already advanced the step, and
-/// must leave no trace, while the others in the same transaction complete.
+/// Second steps of many users at once (on SQLite they share transactions: the group commit,
+/// several steps to one query): a step whose `mfa_token` is gone fails after its `UPDATE`
+/// already advanced the step, a replayed step fails at its first statement; each must leave no
+/// trace, while the others in the same transaction (and the same query) complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn second_steps_of_many_users_at_once_complete_or_fail_each_alone() {
+    const USERS: u8 = 40;
+    // Which users' steps fail, and how: spread so that failures fall at the start, middle and
+    // end of the chunks a group is cut into, and next to each other.
+    fn no_challenge(n: u8) -> bool {
+        n % 3 == 1
+    }
+    fn replayed(n: u8) -> bool {
+        !no_challenge(n) && n % 5 == 2
+    }
     let _shared = CLUSTER.read().await;
     for backend in backends().await {
         let name = backend.name;
         let a = backend.a.as_ref();
-        for i in 0..16u8 {
-            let id = format!("many{i}");
+        for n in 0..USERS {
+            let id = format!("many{n}");
             user_with_mfa(a, &id).await;
             a.delete_session(&token(200), &event(&id, "logout", NOW)).await.unwrap();
-            // Even users have their challenge; odd users' `mfa_token` names none.
-            if i % 2 == 0 {
-                a.insert_challenge(&token(100 + i), &id, NOW, NOW + 300, HASH, None, &event(&id, "x", NOW))
+            if !no_challenge(n) {
+                a.insert_challenge(&token(100 + n), &id, NOW, NOW + 300, HASH, None, &event(&id, "x", NOW))
                     .await
                     .unwrap();
             }
         }
-        let results = race(&backend, 16, |store, i| async move {
+        let results = race(&backend, usize::from(USERS), |store, i| async move {
             let n = u8::try_from(i).unwrap();
             let id = format!("many{n}");
+            // `user_with_mfa` leaves the last accepted step at 100: 100 again is a replay.
+            let step = if replayed(n) { 100 } else { 101 };
             store
                 .complete_challenge_with_totp(
                     &token(100 + n),
-                    101,
+                    step,
                     CODES,
                     &session(&id, 20 + n, true),
                     &event(&id, "login_succeeded", NOW),
@@ -2960,22 +2971,21 @@ async fn second_steps_of_many_users_at_once_complete_or_fail_each_alone() {
             let id = format!("many{n}");
             let user = a.user_by_id(&id).await.unwrap().unwrap();
             let live = a.list_sessions(&id, NOW, 1800).await.unwrap().len();
-            if n % 2 == 0 {
-                assert_eq!(*result, TotpCompletion::Completed, "{name} {id}");
-                assert_eq!(user.mfa.unwrap().last_step, Some(101), "{name} {id}");
-                assert_eq!(live, 1, "{name} {id}");
-                assert!(
-                    a.challenge_user(&token(100 + n), NOW).await.unwrap().is_none(),
-                    "{name} {id}"
-                );
-            } else {
+            let challenge_left = a.challenge_user(&token(100 + n), NOW).await.unwrap().is_some();
+            if no_challenge(n) || replayed(n) {
                 assert_eq!(*result, TotpCompletion::Rejected, "{name} {id}");
                 assert_eq!(user.mfa.unwrap().last_step, Some(100), "{name} {id}: step kept");
                 assert_eq!(live, 0, "{name} {id}");
                 assert!(a.active_session(&token(20 + n), NOW, 1800).await.unwrap().is_none());
+                assert_eq!(challenge_left, replayed(n), "{name} {id}: the challenge is kept");
+            } else {
+                assert_eq!(*result, TotpCompletion::Completed, "{name} {id}");
+                assert_eq!(user.mfa.unwrap().last_step, Some(101), "{name} {id}");
+                assert_eq!(live, 1, "{name} {id}");
+                assert!(!challenge_left, "{name} {id}");
             }
             // One from `user_with_mfa`'s session, one more for a completed second step.
-            let expected = 1 + usize::from(n % 2 == 0);
+            let expected = if no_challenge(n) || replayed(n) { 1 } else { 2 };
             assert_eq!(kinds_of(a, &id, "login_succeeded").await, expected, "{name} {id}");
         }
     }

@@ -131,7 +131,12 @@ impl SqliteStore {
             .is_some_and(|name| name.contains(":memory:"));
         let (options, readers, writer) = Self::pool_settings(options);
         // The writer first: it creates the file and switches it to WAL.
-        let writer = writer.connect_with(options.clone()).await.map_err(map_err)?;
+        // Room for a whole chunk of second steps' results (see `TOTP_CHUNKS`): the writer's
+        // thread runs the chunk through without waiting for the group commit to drain them.
+        let writer = writer
+            .connect_with(options.clone().row_buffer_size(TOTP_CHUNKS[0] * TOTP_JOB_STATEMENTS))
+            .await
+            .map_err(map_err)?;
         // An in-memory database exists once per connection: one pool must do both jobs.
         let (pool, introspection) = if in_memory {
             (writer.clone(), None)
@@ -400,31 +405,60 @@ async fn commit_group(writer: &SqlitePool, batch: &[TotpJob]) -> Vec<StoreResult
         Err(err) => return failed_all(err),
     };
     let mut outcomes = Vec::with_capacity(batch.len());
-    for job in batch {
-        match totp_job_query(job).execute(&mut *tx).await {
-            Ok(_) => outcomes.push(Ok(None)),
-            Err(err) => {
-                let failed = match &err {
-                    sqlx::Error::Database(db) if db.message() == EXPECTED_ONE_STEP => Some(ExpectationFailed::Step),
-                    sqlx::Error::Database(db) if db.message() == EXPECTED_ONE_MFA_TOKEN => {
-                        Some(ExpectationFailed::MfaToken)
-                    }
-                    _ => None,
-                };
-                // Undo this job alone; if even that fails, nothing of the group is kept.
-                if let Err(undo) = sqlx::query("ROLLBACK TO totp_job; RELEASE totp_job")
-                    .execute(&mut *tx)
-                    .await
-                {
-                    drop(tx);
-                    return failed_all(undo);
+    let mut next = 0;
+    while next < batch.len() {
+        let left = batch.len() - next;
+        let size = TOTP_CHUNKS.iter().copied().find(|&size| size <= left).unwrap_or(1);
+        let chunk = &batch[next..next + size];
+        let query = chunk
+            .iter()
+            .fold(sqlx::query(totp_chunk_sql(size)), |query, job| bind_totp_job(query, job));
+        // Count the statements' results: a failure after `done` of them is in job
+        // `done / TOTP_JOB_STATEMENTS` of the chunk, whose savepoint is still open; the jobs
+        // before it released theirs.
+        let mut results = sqlx::Executor::fetch_many(&mut *tx, query);
+        let mut done = 0;
+        let mut failure = None;
+        while let Some(result) = std::future::poll_fn(|cx| results.as_mut().poll_next(cx)).await {
+            match result {
+                Ok(sqlx::Either::Left(_)) => done += 1,
+                Ok(sqlx::Either::Right(_)) => {}
+                Err(err) => {
+                    failure = Some(err);
+                    break;
                 }
-                outcomes.push(match failed {
-                    Some(failed) => Ok(Some(failed)),
-                    None => Err(map_err(err)),
-                });
             }
         }
+        drop(results);
+        let completed = (done / TOTP_JOB_STATEMENTS).min(size);
+        outcomes.extend((0..completed).map(|_| Ok(None)));
+        next += completed;
+        let Some(err) = failure else {
+            if done != size * TOTP_JOB_STATEMENTS {
+                // Not one result per statement: nothing tells which jobs ran.
+                drop(tx);
+                return failed_all(sqlx::Error::Protocol("a chunk of the group commit ended early".into()));
+            }
+            continue;
+        };
+        let failed = match &err {
+            sqlx::Error::Database(db) if db.message() == EXPECTED_ONE_STEP => Some(ExpectationFailed::Step),
+            sqlx::Error::Database(db) if db.message() == EXPECTED_ONE_MFA_TOKEN => Some(ExpectationFailed::MfaToken),
+            _ => None,
+        };
+        // Undo this job alone; if even that fails, nothing of the group is kept.
+        if let Err(undo) = sqlx::query("ROLLBACK TO totp_job; RELEASE totp_job")
+            .execute(&mut *tx)
+            .await
+        {
+            drop(tx);
+            return failed_all(undo);
+        }
+        outcomes.push(match failed {
+            Some(failed) => Ok(Some(failed)),
+            None => Err(map_err(err)),
+        });
+        next += 1;
     }
     match tx.commit().await {
         Ok(()) => outcomes,
@@ -432,69 +466,100 @@ async fn commit_group(writer: &SqlitePool, batch: &[TotpJob]) -> Vec<StoreResult
     }
 }
 
-/// One job of the group: its preconditions, the change and the release of its savepoint, in
-/// one query (one round trip to the writer's worker thread). Plain `?` placeholders, bound in
-/// order of appearance: sqlx numbers a batch's unnamed parameters on from one statement to the
-/// next (a numbered one that skips a number would shift them).
+/// One job of the group: its preconditions, the change and the release of its savepoint
+/// ([`TOTP_JOB_STATEMENTS`] statements). Plain `?` placeholders, bound in order of appearance by
+/// [`bind_totp_job`]: sqlx numbers a batch's unnamed parameters on from one statement to the
+/// next (a numbered one that skips a number would shift them), so jobs can follow each other in
+/// one query ([`totp_chunk_sql`]).
 ///  - the lock check, the suspension, the replay guard and the throttle reset in one
 ///    conditional UPDATE, expected to change one row;
 ///  - the `mfa_token` consumed, expected once;
 ///  - a `session_evicted` event for each live session beyond the cap, then the clean-up
 ///    (expired and evicted sessions), as in `insert_session_in`;
 ///  - the new session and its event.
-fn totp_job_query(job: &TotpJob) -> SqliteQuery<'_> {
+macro_rules! totp_job_sql {
+    () => {
+        concat!(
+            "SAVEPOINT totp_job; \
+             UPDATE users SET mfa_last_step = ?, mfa_failures = 0, mfa_locked_until = NULL \
+             WHERE id = ? AND mfa_enabled_at IS NOT NULL AND mfa_totp_suspended_at IS NULL \
+             AND (mfa_last_step IS NULL OR mfa_last_step < ?) \
+             AND (mfa_locked_until IS NULL OR mfa_locked_until <= ? OR mfa_locked_until > ?); \
+             INSERT INTO temp.expect_one (what, changed) VALUES ('step', changes()); \
+             DELETE FROM mfa_challenges WHERE token_hash = ? AND user_id = ? AND expires_at > ?; \
+             INSERT INTO temp.expect_one (what, changed) VALUES ('mfa_token', changes()); \
+             INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) \
+             SELECT ?, 'session_evicted', ?, ?, ?, ? FROM sessions \
+             WHERE user_id = ? AND expires_at > ? AND seq <= (SELECT seq FROM sessions \
+             WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?); \
+             DELETE FROM sessions WHERE user_id = ? AND (expires_at <= ? OR seq <= \
+             (SELECT seq FROM sessions WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?)); ",
+            insert_session_sql!(),
+            "; ",
+            insert_event_sql!(),
+            "; RELEASE totp_job;\n"
+        )
+    };
+}
+
+/// The statements of one job in [`totp_job_sql`], each answering one result: a failure after
+/// `n` results is in job `n / TOTP_JOB_STATEMENTS` of its chunk. A chunk that completes with
+/// any other count than this per job fails the whole group, so a wrong count cannot pass the
+/// store contract.
+const TOTP_JOB_STATEMENTS: usize = 10;
+
+/// How many jobs one query to the writer carries, largest first: a group of 23 goes as 16, 4,
+/// 1, 1, 1, so the writer's thread runs a chunk's jobs one after the other without waiting for
+/// the group commit's task between them (one round trip per chunk instead of one per job).
+/// Each size is one cached statement of the writer (21 jobs' prepared statements in all).
+const TOTP_CHUNKS: [usize; 3] = [16, 4, 1];
+
+/// The SQL of `size` jobs in a row (`size` one of [`TOTP_CHUNKS`]).
+fn totp_chunk_sql(size: usize) -> &'static str {
+    static SQL: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| TOTP_CHUNKS.iter().map(|&size| totp_job_sql!().repeat(size)).collect());
+    let index = TOTP_CHUNKS
+        .iter()
+        .position(|&chunk| chunk == size)
+        .unwrap_or(TOTP_CHUNKS.len() - 1);
+    SQL[index].as_str()
+}
+
+/// Binds the parameters of [`totp_job_sql`] for `job`, in order.
+fn bind_totp_job<'q>(query: SqliteQuery<'q>, job: &'q TotpJob) -> SqliteQuery<'q> {
     let session = &job.session;
     let event = &job.event;
     let user = &session.user_id;
     let now = session.created_at;
     let cap = MAX_SESSIONS_PER_USER - 1;
-    let query = sqlx::query(concat!(
-        "SAVEPOINT totp_job; \
-         UPDATE users SET mfa_last_step = ?, mfa_failures = 0, mfa_locked_until = NULL \
-         WHERE id = ? AND mfa_enabled_at IS NOT NULL AND mfa_totp_suspended_at IS NULL \
-         AND (mfa_last_step IS NULL OR mfa_last_step < ?) \
-         AND (mfa_locked_until IS NULL OR mfa_locked_until <= ? OR mfa_locked_until > ?); \
-         INSERT INTO temp.expect_one (what, changed) VALUES ('step', changes()); \
-         DELETE FROM mfa_challenges WHERE token_hash = ? AND user_id = ? AND expires_at > ?; \
-         INSERT INTO temp.expect_one (what, changed) VALUES ('mfa_token', changes()); \
-         INSERT INTO security_events (user_id, kind, at, ip, user_agent, request_id) \
-         SELECT ?, 'session_evicted', ?, ?, ?, ? FROM sessions \
-         WHERE user_id = ? AND expires_at > ? AND seq <= (SELECT seq FROM sessions \
-         WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?); \
-         DELETE FROM sessions WHERE user_id = ? AND (expires_at <= ? OR seq <= \
-         (SELECT seq FROM sessions WHERE user_id = ? AND expires_at > ? ORDER BY seq DESC LIMIT 1 OFFSET ?)); ",
-        insert_session_sql!(),
-        "; ",
-        insert_event_sql!(),
-        "; RELEASE totp_job"
-    ))
-    // the conditional UPDATE
-    .bind(job.step)
-    .bind(user)
-    .bind(job.step)
-    .bind(now)
-    .bind(job.until)
-    // the `mfa_token`
-    .bind(job.token_hash.as_bytes())
-    .bind(user)
-    .bind(now)
-    // the eviction events
-    .bind(&event.user_id)
-    .bind(event.at)
-    .bind(&event.ip)
-    .bind(&event.user_agent)
-    .bind(&event.request_id)
-    .bind(user)
-    .bind(now)
-    .bind(user)
-    .bind(now)
-    .bind(cap)
-    // the clean-up
-    .bind(user)
-    .bind(now)
-    .bind(user)
-    .bind(now)
-    .bind(cap);
+    let query = query
+        // the conditional UPDATE
+        .bind(job.step)
+        .bind(user)
+        .bind(job.step)
+        .bind(now)
+        .bind(job.until)
+        // the `mfa_token`
+        .bind(job.token_hash.as_bytes())
+        .bind(user)
+        .bind(now)
+        // the eviction events
+        .bind(&event.user_id)
+        .bind(event.at)
+        .bind(&event.ip)
+        .bind(&event.user_agent)
+        .bind(&event.request_id)
+        .bind(user)
+        .bind(now)
+        .bind(user)
+        .bind(now)
+        .bind(cap)
+        // the clean-up
+        .bind(user)
+        .bind(now)
+        .bind(user)
+        .bind(now)
+        .bind(cap);
     // the session and its event
     bind_event(bind_session(query, session), event, event.kind)
 }
