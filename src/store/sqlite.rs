@@ -31,41 +31,43 @@ pub struct SqliteStore {
     /// The queue of the group commit of second-factor logins ([`group_commit`]), started on
     /// first use, started again if its task ended (its runtime shut down).
     totp_jobs: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<TotpJob>>>>,
-    /// The connections of session introspection ([`IntrospectionReaders`]); none for an
-    /// in-memory database (whose one pool must do everything).
-    introspection: Option<Arc<IntrospectionReaders>>,
+    /// The read connections of the two hottest point reads, session introspection and the
+    /// second login step's `mfa_token` lookup ([`HotReaders`]); none for an in-memory database
+    /// (whose one pool must do everything).
+    hot_readers: Option<Arc<HotReaders>>,
 }
 
-/// Introspection's read connections, kept beside sqlx's pool (BENCHMARKS.md): a checkout is a
+/// The read connections of session introspection and of the second login step's lookup, kept
+/// beside sqlx's pool (BENCHMARKS.md): a checkout is a
 /// semaphore permit and a pop, a return is a push. sqlx 0.9 returns every pooled connection
 /// through a spawned task that pings it first (one more round trip to the connection's worker
 /// thread per query), to guard against a query abandoned half-way; here a connection goes back
 /// to the idle list only after its query completed, and one whose query failed or was abandoned
 /// (the request dropped mid-read) is dropped, which closes it. Opened on demand, at most
-/// [`INTROSPECTION_READERS`], with the readers' settings.
-struct IntrospectionReaders {
+/// [`HOT_READERS`], with the readers' settings.
+struct HotReaders {
     options: SqliteConnectOptions,
     idle: std::sync::Mutex<Vec<sqlx::SqliteConnection>>,
     permits: tokio::sync::Semaphore,
 }
 
-/// Connections for introspection (each with its own 512 KiB page cache and worker thread).
-const INTROSPECTION_READERS: usize = 2;
+/// Connections of [`HotReaders`] (each with its own 512 KiB page cache and worker thread).
+const HOT_READERS: usize = 2;
 
-impl std::fmt::Debug for IntrospectionReaders {
+impl std::fmt::Debug for HotReaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IntrospectionReaders")
+        f.debug_struct("HotReaders")
             .field("available", &self.permits.available_permits())
             .finish_non_exhaustive()
     }
 }
 
-impl IntrospectionReaders {
+impl HotReaders {
     fn new(options: SqliteConnectOptions) -> Self {
         Self {
             options,
-            idle: std::sync::Mutex::new(Vec::with_capacity(INTROSPECTION_READERS)),
-            permits: tokio::sync::Semaphore::new(INTROSPECTION_READERS),
+            idle: std::sync::Mutex::new(Vec::with_capacity(HOT_READERS)),
+            permits: tokio::sync::Semaphore::new(HOT_READERS),
         }
     }
 
@@ -138,19 +140,16 @@ impl SqliteStore {
             .await
             .map_err(map_err)?;
         // An in-memory database exists once per connection: one pool must do both jobs.
-        let (pool, introspection) = if in_memory {
+        let (pool, hot_readers) = if in_memory {
             (writer.clone(), None)
         } else {
-            let introspection = Arc::new(IntrospectionReaders::new(options.clone()));
-            (
-                readers.connect_with(options).await.map_err(map_err)?,
-                Some(introspection),
-            )
+            let hot_readers = Arc::new(HotReaders::new(options.clone()));
+            (readers.connect_with(options).await.map_err(map_err)?, Some(hot_readers))
         };
         Ok(Self {
             pool,
             writer,
-            introspection,
+            hot_readers,
             totp_jobs: Arc::default(),
         })
     }
@@ -205,6 +204,14 @@ impl SqliteStore {
                 })
             });
         (options, readers, writer)
+    }
+
+    /// One point read on the [`HotReaders`] when there are, else on the pool.
+    async fn fetch_hot<'q>(&self, query: SqliteQuery<'q>) -> Result<Option<SqliteRow>, sqlx::Error> {
+        match &self.hot_readers {
+            Some(hot_readers) => hot_readers.fetch_optional(query).await,
+            None => query.fetch_optional(&self.pool).await,
+        }
     }
 
     async fn immediate(&self) -> StoreResult<Transaction<'static, Sqlite>> {
@@ -410,9 +417,9 @@ async fn commit_group(writer: &SqlitePool, batch: &[TotpJob]) -> Vec<StoreResult
         let left = batch.len() - next;
         let size = TOTP_CHUNKS.iter().copied().find(|&size| size <= left).unwrap_or(1);
         let chunk = &batch[next..next + size];
-        let query = chunk
-            .iter()
-            .fold(sqlx::query(totp_chunk_sql(size)), |query, job| bind_totp_job(query, job));
+        let query = chunk.iter().fold(sqlx::query(totp_chunk_sql(size)), |query, job| {
+            bind_totp_job(query, job)
+        });
         // Count the statements' results: a failure after `done` of them is in job
         // `done / TOTP_JOB_STATEMENTS` of the chunk, whose savepoint is still open; the jobs
         // before it released theirs.
@@ -702,8 +709,8 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        if let Some(introspection) = &self.introspection {
-            introspection.close().await;
+        if let Some(hot_readers) = &self.hot_readers {
+            hot_readers.close().await;
         }
         self.pool.close().await;
         self.writer.close().await;
@@ -923,12 +930,7 @@ impl Store for SqliteStore {
         .bind(token_hash.as_bytes())
         .bind(now)
         .bind(now.saturating_sub(idle_secs));
-        // On introspection's own connections when there are (see `IntrospectionReaders`).
-        let row = match &self.introspection {
-            Some(introspection) => introspection.fetch_optional(query).await,
-            None => query.fetch_optional(&self.pool).await,
-        }
-        .map_err(map_err)?;
+        let row = self.fetch_hot(query).await.map_err(map_err)?;
         let Some(row) = row else { return Ok(None) };
         let decode = |row: &SqliteRow| -> Result<SessionSummary, sqlx::Error> {
             Ok(SessionSummary {
@@ -1462,14 +1464,12 @@ impl Store for SqliteStore {
     }
 
     async fn challenge_user_record(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query(select_user!(
+        let query = sqlx::query(select_user!(
             "JOIN mfa_challenges c ON c.user_id = u.id WHERE c.token_hash = ? AND c.expires_at > ?"
         ))
         .bind(token_hash.as_bytes())
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
+        .bind(now);
+        let row = self.fetch_hot(query).await.map_err(map_err)?;
         row.as_ref().map(user_from_row).transpose().map_err(map_err)
     }
 
