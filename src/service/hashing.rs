@@ -17,13 +17,19 @@
 //!   [`DEFAULT_NICE`] over the process's own), so the async workers that answer session
 //!   lookups preempt them when both want a core: a flood of password guesses slows password
 //!   logins, not everyone else.
-//! - **Giving way to other requests.** Niceness alone is not enough on two cores: the async
-//!   workers block between requests often enough that two hashing threads still took 1.2-1.7
-//!   cores during a login flood, and introspection's p99 doubled (BENCHMARKS.md, isolation). So
-//!   the pool also counts the requests in flight ([`Traffic`], entered by the HTTP edge) and the
-//!   callers waiting on it: while any request is in flight that is not waiting on a hash, at most
-//!   [`HashingPool::shared_limit`] jobs run at once (half the threads, at least one); with only
-//!   logins in flight, every thread hashes.
+//! - **Giving way to other requests.** Niceness alone is not enough: the scheduler lets a
+//!   running hashing thread finish its slice before a waking async worker gets the core, and
+//!   during a login flood two nice hashing threads still took 1.2-1.7 of two cores and doubled
+//!   introspection's p99 (BENCHMARKS.md, isolation). So half the threads (rounded down) are
+//!   *yielding* threads, scheduled `SCHED_IDLE` (any other thread that wakes takes their core at
+//!   once), the others *normal* ones at the lowered niceness. The pool counts the requests in
+//!   flight ([`Traffic`], entered by the HTTP edge) and its own waiting callers: while any
+//!   request that does not wait on a hash is in flight, only the yielding threads take jobs,
+//!   and a normal thread takes a job only once it has waited [`STARVED`] (so hashing yields,
+//!   but logins never starve for long behind a saturated server). With only hashes in flight
+//!   the normal threads take jobs first and the yielding ones help when they are all busy, so
+//!   a lone login is not left to a thread that anything else on the machine preempts. One
+//!   thread (one core) is a normal thread that always takes jobs.
 //! - **Visibility.** `tessera_hashing_queue_length` (gauge: jobs waiting for a thread) and
 //!   `tessera_hashing_wait_seconds` (histogram: time from queueing to start) through the
 //!   `metrics` facade; without an installed recorder they cost nothing.
@@ -48,6 +54,10 @@ pub const DEFAULT_NICE: i32 = 10;
 
 /// How often a hashing thread held back by other requests looks again (see [`Traffic`]).
 const RECHECK: Duration = Duration::from_millis(2);
+
+/// A job that has waited this long is taken by a normal thread even while other requests are
+/// in flight (see the module documentation).
+pub const STARVED: Duration = Duration::from_secs(2);
 
 /// The gauge of jobs waiting for a hashing thread.
 pub const QUEUE_LENGTH_METRIC: &str = "tessera_hashing_queue_length";
@@ -83,15 +93,27 @@ struct Job {
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
-    /// Jobs running on a thread now.
-    running: usize,
+    /// Jobs running on a normal thread now.
+    running_normal: usize,
     closed: bool,
+}
+
+/// What a hashing thread is (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `SCHED_IDLE`; takes jobs while other requests are in flight, or when every normal
+    /// thread is busy.
+    Yielding,
+    /// The lowered niceness; takes jobs while only hashes are in flight, or starved ones.
+    Normal,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
     size: usize,
+    /// Threads of [`Kind::Normal`].
+    normal_threads: usize,
     traffic: Traffic,
     /// Callers awaiting a job of this pool (queued or running), counted until their future is
     /// done or dropped.
@@ -99,16 +121,27 @@ struct Shared {
 }
 
 impl Shared {
-    /// How many jobs may run at once now: every thread, unless requests are in flight that are
-    /// not waiting on this pool (a caller that gave up no longer counts as either).
-    fn limit(&self) -> usize {
-        let in_flight = self.traffic.0.load(Ordering::Relaxed);
-        let waiting = self.waiting.load(Ordering::Relaxed);
-        if in_flight > waiting {
-            shared_limit(self.size)
-        } else {
-            self.size
+    /// Are requests in flight that are not waiting on this pool? (A caller that gave up counts
+    /// as neither.)
+    fn others_in_flight(&self) -> bool {
+        self.traffic.0.load(Ordering::Relaxed) > self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// May a thread of `kind` take the first of `queue`'s jobs now?
+    fn may_take(&self, kind: Kind, queue: &Queue) -> bool {
+        let Some(first) = queue.jobs.front() else {
+            return false;
+        };
+        match kind {
+            Kind::Yielding => self.others_in_flight() || queue.running_normal >= self.normal_threads,
+            Kind::Normal => {
+                self.yielding_threads() == 0 || !self.others_in_flight() || first.queued_at.elapsed() >= STARVED
+            }
         }
+    }
+
+    fn yielding_threads(&self) -> usize {
+        self.size - self.normal_threads
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -117,10 +150,10 @@ impl Shared {
     }
 }
 
-/// At most how many of `size` hashing threads run while other requests are in flight: half,
-/// rounded up (one of two).
-pub fn shared_limit(size: usize) -> usize {
-    size.div_ceil(2).max(1)
+/// How many of `size` hashing threads are yielding threads (half, rounded down: one of two,
+/// none of one); they are the ones that hash while other requests are in flight.
+pub fn yielding_threads(size: usize) -> usize {
+    size / 2
 }
 
 /// The count of requests in flight, shared by the HTTP edge (which enters it once per request)
@@ -212,18 +245,21 @@ impl HashingPool {
     pub fn with_traffic(size: usize, nice: i32, traffic: Traffic) -> Self {
         release_large_allocations_to_the_os();
         let size = size.max(1);
+        let yielding = yielding_threads(size);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
             size,
+            normal_threads: size - yielding,
             traffic,
             waiting: AtomicUsize::new(0),
         });
         for index in 0..size {
             let shared = shared.clone();
+            let kind = if index < yielding { Kind::Yielding } else { Kind::Normal };
             let spawned = std::thread::Builder::new()
                 .name(format!("tessera-hash-{index}"))
-                .spawn(move || worker(&shared, nice));
+                .spawn(move || worker(&shared, kind, nice));
             if let Err(err) = spawned {
                 // The threads that did start serve the queue; none at all is reported by `run`
                 // never answering, so say why here.
@@ -277,7 +313,8 @@ impl HashingPool {
             let mut queue = shared.lock();
             queue.jobs.push_back(job);
             metrics::gauge!(QUEUE_LENGTH_METRIC).set(queue.jobs.len() as f64);
-            shared.ready.notify_one();
+            // Every thread looks: which kind may take the job depends on the traffic.
+            shared.ready.notify_all();
         }
         receiver
             .await
@@ -297,20 +334,25 @@ enum Next {
     Exit,
 }
 
-fn worker(shared: &Shared, nice: i32) {
+fn worker(shared: &Shared, kind: Kind, nice: i32) {
     lower_priority(nice);
+    if kind == Kind::Yielding {
+        schedule_idle();
+    }
     let mut memory = WorkerMemory::default();
     loop {
-        match next(shared, memory.is_held()) {
+        match next(shared, kind, memory.is_held()) {
             Next::Run(job) => {
                 metrics::histogram!(WAIT_METRIC).record(job.queued_at.elapsed().as_secs_f64());
                 // A panicking job drops its sender, so its caller gets an error; the thread
                 // (and its memory, which argon2 overwrites before reading) goes on serving.
                 let work = job.work;
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut memory)));
-                shared.lock().running -= 1;
-                // A thread held back by the limit may take the next job now.
-                shared.ready.notify_one();
+                if kind == Kind::Normal {
+                    shared.lock().running_normal -= 1;
+                    // A yielding thread held back while this one was busy may look again.
+                    shared.ready.notify_all();
+                }
             }
             Next::ReleaseMemory => memory.release(),
             Next::Exit => return,
@@ -318,20 +360,22 @@ fn worker(shared: &Shared, nice: i32) {
     }
 }
 
-/// Waits for a job it may run (see [`Shared::limit`]); with memory held, for at most
-/// [`IDLE_RELEASE`].
-fn next(shared: &Shared, holding_memory: bool) -> Next {
+/// Waits for a job a thread of `kind` may run (see [`Shared::may_take`]); with memory held,
+/// for at most [`IDLE_RELEASE`].
+fn next(shared: &Shared, kind: Kind, holding_memory: bool) -> Next {
     let mut queue = shared.lock();
     loop {
         if !queue.jobs.is_empty() {
-            if queue.running < shared.limit() {
-                let job = queue.jobs.pop_front().expect("checked non-empty");
-                queue.running += 1;
+            if shared.may_take(kind, &queue) {
+                let Some(job) = queue.jobs.pop_front() else { continue };
+                if kind == Kind::Normal {
+                    queue.running_normal += 1;
+                }
                 metrics::gauge!(QUEUE_LENGTH_METRIC).set(queue.jobs.len() as f64);
                 return Next::Run(job);
             }
-            // Held back while other requests are in flight: look again shortly (the requests
-            // are counted by atomics nobody signals on) or when a running job ends.
+            // Held back: look again shortly (requests are counted by atomics nobody signals
+            // on, and a job's wait by the clock) or when a normal thread's job ends.
             queue = shared
                 .ready
                 .wait_timeout(queue, RECHECK)
@@ -387,6 +431,24 @@ fn lower_priority(nice: i32) {
                 nice,
                 error = %std::io::Error::last_os_error(),
                 "could not lower the priority of a password hashing thread"
+            );
+        }
+    }
+}
+
+/// Moves the calling thread to `SCHED_IDLE`: it runs when its core has nothing else to run, and
+/// any other thread that wakes there takes the core at once (where a nice thread would finish
+/// its slice first). Needs no privilege; going back would, so a thread stays yielding. A
+/// failure only loses the isolation, so it is logged, not fatal.
+fn schedule_idle() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: changes the scheduling policy of the calling thread (id 0) only.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "could not make a password hashing thread yield (SCHED_IDLE)"
             );
         }
     }
@@ -540,10 +602,10 @@ mod tests {
 
     #[tokio::test]
     async fn hashing_gives_way_while_other_requests_are_in_flight() {
-        assert_eq!(shared_limit(1), 1);
-        assert_eq!(shared_limit(2), 1);
-        assert_eq!(shared_limit(3), 2);
-        assert_eq!(shared_limit(8), 4);
+        assert_eq!(yielding_threads(1), 0);
+        assert_eq!(yielding_threads(2), 1);
+        assert_eq!(yielding_threads(3), 1);
+        assert_eq!(yielding_threads(8), 4);
         let pool = HashingPool::with_traffic(2, 0, Traffic::default());
         // Only logins in flight: both threads hash.
         assert_eq!(most_at_once(&pool, 8).await, 2);
@@ -593,6 +655,71 @@ mod tests {
             .expect("the held-back job runs once only logins are in flight")
             .unwrap()
             .unwrap();
+        release_tx.send(()).unwrap();
+        long.await.unwrap().unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn jobs_beside_other_requests_run_on_the_yielding_thread() {
+        fn policy() -> i32 {
+            // SAFETY: reads the calling thread's own scheduling policy.
+            unsafe { libc::sched_getscheduler(0) }
+        }
+        let pool = HashingPool::with_traffic(2, 0, Traffic::default());
+        // A lone login: a normal thread.
+        {
+            let _login = pool.traffic().enter();
+            assert_eq!(pool.run(policy).await.unwrap(), libc::SCHED_OTHER);
+        }
+        // Beside a request that does not hash: the yielding thread, scheduled SCHED_IDLE.
+        let _other = pool.traffic().enter();
+        let _login = pool.traffic().enter();
+        assert_eq!(pool.run(policy).await.unwrap(), libc::SCHED_IDLE);
+        // One thread: a normal thread that always takes jobs.
+        let single = HashingPool::with_traffic(1, 0, Traffic::default());
+        let _other = single.traffic().enter();
+        let _login = single.traffic().enter();
+        assert_eq!(single.run(policy).await.unwrap(), libc::SCHED_OTHER);
+    }
+
+    #[tokio::test]
+    async fn a_starved_job_goes_to_a_normal_thread_despite_other_requests() {
+        let pool = HashingPool::with_traffic(2, 0, Traffic::default());
+        let _other = pool.traffic().enter();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        // The yielding thread is busy with a long hash.
+        let long = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let _request = pool.traffic().enter();
+                pool.run(move || {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.recv();
+                })
+                .await
+            }
+        });
+        started_rx.await.unwrap();
+        let queued = Instant::now();
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let _request = pool.traffic().enter();
+                pool.run(Instant::now).await
+            }
+        });
+        let started = tokio::time::timeout(STARVED * 5, second)
+            .await
+            .expect("a starved job is taken by the normal thread")
+            .unwrap()
+            .unwrap();
+        let waited = started - queued;
+        assert!(
+            waited >= STARVED,
+            "held back while other requests were in flight: {waited:?}"
+        );
         release_tx.send(()).unwrap();
         long.await.unwrap().unwrap();
     }
