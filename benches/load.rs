@@ -38,7 +38,7 @@ usage: cargo bench --bench load -- [options]
   --connections N       client connections per workload [64]
   --requests N          requests per read workload and round (introspection with the access
                         log off and on, bare read, bare JSON) [50000]
-  --rounds N            interleaved rounds of the read workloads, 1..=20 [3]
+  --rounds N            interleaved rounds of the read workloads, 1..=20 [5]
   --mfa-requests N      second-factor requests, one per user (at most users/2) [5000]
   --login-requests N    password logins [400]
   --max-seconds S       upper bound of each workload's duration [20]
@@ -71,7 +71,7 @@ fn parse_options() -> Result<Options, String> {
         login_requests: 400,
         max_seconds: 20,
         after_seconds: 0,
-        rounds: 3,
+        rounds: 5,
         binary: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/tessera"),
         database_url: None,
         log_file: None,
