@@ -104,21 +104,24 @@ fn rfc3339_four_digit_year(unix_seconds: i64) -> Option<[u8; 20]> {
         shifted_month - 9
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    // Every part is below 10,000, so each digit fits a byte.
-    let digits = |value: i64, width: usize, out: &mut [u8]| {
-        let mut value = value;
-        for slot in out[..width].iter_mut().rev() {
-            *slot = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
+    // Two digits at a time from a table (every part is below 10,000).
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let pair = |value: i64, out: &mut [u8]| {
+        let at = usize::try_from(value % 100).unwrap_or(0) * 2;
+        out[..2].copy_from_slice(&PAIRS[at..at + 2]);
     };
     let mut out = *b"0000-00-00T00:00:00Z";
-    digits(year, 4, &mut out[0..]);
-    digits(month, 2, &mut out[5..]);
-    digits(day, 2, &mut out[8..]);
-    digits(second_of_day / 3_600, 2, &mut out[11..]);
-    digits(second_of_day / 60 % 60, 2, &mut out[14..]);
-    digits(second_of_day % 60, 2, &mut out[17..]);
+    pair(year / 100, &mut out[0..]);
+    pair(year, &mut out[2..]);
+    pair(month, &mut out[5..]);
+    pair(day, &mut out[8..]);
+    pair(second_of_day / 3_600, &mut out[11..]);
+    pair(second_of_day / 60 % 60, &mut out[14..]);
+    pair(second_of_day % 60, &mut out[17..]);
     Some(out)
 }
 

@@ -58,8 +58,14 @@ impl PlainToken {
         if body.len() != ENCODED_LEN {
             return Err(TokenFormatError);
         }
-        match BASE64URL_NOPAD.decode(body.as_bytes()) {
-            Ok(decoded) if decoded.len() == RANDOM_BYTES => Ok(Self(Zeroizing::new(input.to_owned()))),
+        // Decoded on the stack (only to check it): a token is parsed on every authenticated
+        // request.
+        let mut decoded = Zeroizing::new([0u8; RANDOM_BYTES]);
+        match BASE64URL_NOPAD.decode_len(body.len()) {
+            Ok(RANDOM_BYTES) => match BASE64URL_NOPAD.decode_mut(body.as_bytes(), &mut decoded[..]) {
+                Ok(RANDOM_BYTES) => Ok(Self(Zeroizing::new(input.to_owned()))),
+                _ => Err(TokenFormatError),
+            },
             _ => Err(TokenFormatError),
         }
     }

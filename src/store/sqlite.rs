@@ -927,7 +927,8 @@ impl Store for SqliteStore {
              user_email, user_created_at, user_disabled_at, user_mfa \
              FROM sessions WHERE token_hash = ? AND expires_at > ? AND last_seen_at > ?",
         )
-        .bind(token_hash.as_bytes())
+        // Owned: a borrowed slice is copied once when bound and again for the worker thread.
+        .bind(token_hash.as_bytes().to_vec())
         .bind(now)
         .bind(now.saturating_sub(idle_secs));
         let row = self.fetch_hot(query).await.map_err(map_err)?;
