@@ -23,6 +23,7 @@ pub mod config;
 pub mod domain;
 pub mod housekeeping;
 pub mod http;
+pub mod log_context;
 pub mod metrics;
 pub mod server;
 pub mod service;

@@ -215,3 +215,43 @@ async fn without_the_access_log_no_request_line_is_written_but_the_request_id_is
         );
     }
 }
+
+#[tokio::test]
+async fn warnings_and_errors_during_a_request_carry_its_request_id_with_the_access_log_off() {
+    let logs = logs();
+    let app = spawn_app().await;
+    app.register("lena@example.com").await;
+    // Repeated wrong passwords: the lockout warning is logged inside the request that locks.
+    for n in 0..12 {
+        let reply = app
+            .send(
+                app.client
+                    .post(app.url("/api/auth/login"))
+                    .header("x-request-id", format!("lock-me-{n}"))
+                    .json(&json!({"email": "lena@example.com", "password": "not lena's password"})),
+            )
+            .await;
+        assert!(matches!(reply.status, 401 | 429), "{}", reply.text);
+    }
+    // The database gone: the error is logged inside the request that met it.
+    app.store.close().await;
+    app.send(
+        app.client
+            .post(app.url("/api/auth/login"))
+            .header("x-request-id", "db-gone-42")
+            .json(&json!({"email": "lena@example.com", "password": "not lena's password"})),
+    )
+    .await
+    .assert_problem(503, "/problems/service-unavailable");
+    let text = logs.text();
+    let locked = text
+        .lines()
+        .find(|line| line.contains("password step locked") && line.contains("lock-me-"))
+        .unwrap_or_else(|| panic!("no lockout warning with its request id in:\n{text}"));
+    assert!(locked.contains("request_id=lock-me-"), "{locked}");
+    let unavailable = text
+        .lines()
+        .find(|line| line.contains("database unavailable") && line.contains("db-gone-42"))
+        .unwrap_or_else(|| panic!("no database error with its request id in:\n{text}"));
+    assert!(unavailable.contains("request{request_id=db-gone-42}"), "{unavailable}");
+}

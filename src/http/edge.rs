@@ -13,6 +13,7 @@
 //! and pages, the OpenAPI document) may load nothing and be framed by no one.
 
 use super::problem::{Problem, ProblemKind};
+use crate::log_context::in_request;
 use crate::service::hashing::Traffic;
 use axum::body::Body;
 use axum::extract::Request;
@@ -22,10 +23,10 @@ use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -35,19 +36,19 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// The request id of the current request, for extractors and handlers.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub Arc<str>);
 
 /// Keeps an incoming id of 1..=128 visible ASCII characters; anything else is replaced.
-pub fn accept_request_id(incoming: Option<&HeaderValue>) -> Option<String> {
+pub fn accept_request_id(incoming: Option<&HeaderValue>) -> Option<Arc<str>> {
     let value = incoming?.to_str().ok()?;
     let valid = (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic());
-    valid.then(|| value.to_owned())
+    valid.then(|| Arc::from(value))
 }
 
 /// A fresh request id: a UUIDv7 (time-ordered) whose random bits come from the thread's
 /// generator. `Uuid::now_v7` reads the operating system's generator, one `getrandom` system call
 /// per request (BENCHMARKS.md); a request id is a label for logs, not a secret.
-pub fn new_request_id() -> String {
+pub fn new_request_id() -> Arc<str> {
     let mut random = [0u8; 10];
     rand::fill(&mut random[..]);
     let millis = std::time::SystemTime::now()
@@ -55,7 +56,7 @@ pub fn new_request_id() -> String {
         .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
     let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    id.hyphenated().encode_lower(&mut text).to_owned()
+    Arc::from(&*id.hyphenated().encode_lower(&mut text))
 }
 
 /// Settings of the edge.
@@ -146,12 +147,12 @@ where
     // A clone of the URI shares its bytes (no allocation), where the path as a String did not.
     let uri = request.uri().clone();
     let path = uri.path();
-    // The span carries the request id, and only it: the fmt layer formats a span's fields when
-    // the span is created, logged or not, so each field costs every request (see BENCHMARKS.md).
-    // Method and path go on the lines that need them: the access line and the timeout warning.
+    // No span per request: the lines logged during it open one with its id (see
+    // `crate::log_context`). Method and path go on the lines that need them: the access line
+    // and the timeout warning.
     let method = request.method().clone();
-    let span = tracing::info_span!("request", request_id = %request_id);
-    async move {
+    let scoped_id = request_id.clone();
+    let work = async move {
         // Read only for the access line (a clock read per request otherwise).
         let started = config.access_log.then(Instant::now);
         let header_bytes: usize = request
@@ -177,12 +178,14 @@ where
         let mut response = match outcome {
             Ok(response) => response,
             Err(_) => {
-                tracing::warn!(
-                    %method,
-                    path = %path,
-                    timeout_ms = config.request_timeout.as_millis() as u64,
-                    "request timed out"
-                );
+                in_request(|| {
+                    tracing::warn!(
+                        %method,
+                        path = %path,
+                        timeout_ms = config.request_timeout.as_millis() as u64,
+                        "request timed out"
+                    )
+                });
                 Problem::new(
                     ProblemKind::RequestTimeout,
                     "The request did not complete in time and was abandoned.",
@@ -196,18 +199,19 @@ where
             response.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
         if config.access_log {
-            tracing::info!(
-                %method,
-                path = %path,
-                status = response.status().as_u16(),
-                latency_ms = started.map_or(0, |started| started.elapsed().as_millis() as u64),
-                "request finished"
-            );
+            in_request(|| {
+                tracing::info!(
+                    %method,
+                    path = %path,
+                    status = response.status().as_u16(),
+                    latency_ms = started.map_or(0, |started| started.elapsed().as_millis() as u64),
+                    "request finished"
+                )
+            });
         }
         response
-    }
-    .instrument(span)
-    .await
+    };
+    crate::log_context::scope(scoped_id, work).await
 }
 
 fn is_problem_json(response: &Response) -> bool {
@@ -263,7 +267,7 @@ fn render_problem(response: &mut Response, instance: &str, request_id: &str) {
 /// request id), rendered as a generic 500 by [`edge`]. The panic payload is not logged: it may
 /// quote request data.
 pub fn panic_response(_payload: Box<dyn Any + Send + 'static>) -> Response {
-    tracing::error!("handler panicked");
+    in_request(|| tracing::error!("handler panicked"));
     Problem::internal().into_response()
 }
 
@@ -278,13 +282,13 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        let ids: Vec<String> = (0..1000).map(|_| new_request_id()).collect();
-        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        let ids: Vec<Arc<str>> = (0..1000).map(|_| new_request_id()).collect();
+        let distinct: std::collections::HashSet<&str> = ids.iter().map(|id| &**id).collect();
         assert_eq!(distinct.len(), ids.len());
         for id in &ids {
             let parsed = uuid::Uuid::parse_str(id).unwrap();
             assert_eq!(parsed.get_version_num(), 7, "{id}");
-            assert_eq!(id, &parsed.hyphenated().to_string(), "lower-case, hyphenated");
+            assert_eq!(&**id, parsed.hyphenated().to_string(), "lower-case, hyphenated");
             let (seconds, nanos) = parsed.get_timestamp().unwrap().to_unix();
             let millis = seconds * 1000 + u64::from(nanos) / 1_000_000;
             assert!(

@@ -246,7 +246,7 @@ impl FromRequestParts<AppState> for Meta {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.chars().filter(|c| !c.is_control()).take(512).collect());
-        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.to_string());
         Ok(Meta(RequestMeta {
             ip: ip.map(|ip| ip.to_string()),
             user_agent,

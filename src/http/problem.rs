@@ -436,11 +436,11 @@ impl From<ServiceError> for Problem {
                 )
             },
             ServiceError::Unavailable => {
-                tracing::error!("database unavailable");
+                crate::log_context::in_request(|| tracing::error!("database unavailable"));
                 Problem::new(K::ServiceUnavailable, "The database is unavailable; retry later.")
             }
             ServiceError::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
+                crate::log_context::in_request(|| tracing::error!(%cause, "internal error"));
                 Problem::internal()
             }
         }

@@ -195,7 +195,9 @@ impl Service {
                     .await?;
                 if throttle::password_lock_after(failures) > 0 {
                     metrics::counter!("tessera_lockouts_total", "kind" => "password").increment(1);
-                    tracing::warn!(failures, "password step locked after repeated failures");
+                    crate::log_context::in_request(|| {
+                        tracing::warn!(failures, "password step locked after repeated failures")
+                    });
                     self.store
                         .insert_event(&meta.event(&user.id, "password_lockout", now))
                         .await?;

@@ -198,7 +198,7 @@ impl Service {
         }
         if failures >= throttle::FREE_FAILURES {
             metrics::counter!("tessera_lockouts_total", "kind" => "second_factor").increment(1);
-            tracing::warn!(failures, "second factor locked after repeated failures");
+            crate::log_context::in_request(|| tracing::warn!(failures, "second factor locked after repeated failures"));
             if let Err(store_err) = self.store.insert_event(&meta.event(user_id, "mfa_lockout", now)).await {
                 return store_err.into();
             }
@@ -208,7 +208,9 @@ impl Service {
             match self.store.suspend_totp(user_id, &event).await {
                 Ok(true) => {
                     metrics::counter!("tessera_lockouts_total", "kind" => "totp_suspended").increment(1);
-                    tracing::warn!(failures, "TOTP codes suspended after repeated failures");
+                    crate::log_context::in_request(|| {
+                        tracing::warn!(failures, "TOTP codes suspended after repeated failures")
+                    });
                 }
                 Ok(false) => {}
                 Err(store_err) => return store_err.into(),
@@ -263,7 +265,9 @@ impl Service {
         match self.key.open(sealed, user_id.as_bytes()) {
             Ok(bytes) => Some(TotpSecret::from_bytes(bytes.to_vec())),
             Err(err) => {
-                tracing::error!(error = %err, "stored TOTP secret does not open for this user");
+                crate::log_context::in_request(
+                    || tracing::error!(error = %err, "stored TOTP secret does not open for this user"),
+                );
                 None
             }
         }
