@@ -9,6 +9,11 @@ use time::{Duration, OffsetDateTime};
 /// Source of "now" for the service layer.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> OffsetDateTime;
+
+    /// Now as whole seconds since the Unix epoch (what the service stores and compares).
+    fn now_unix(&self) -> i64 {
+        self.now().unix_timestamp()
+    }
 }
 
 /// The real clock.
@@ -18,6 +23,19 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
+    }
+
+    /// Without the calendar conversion `now` makes (read on every request).
+    fn now_unix(&self) -> i64 {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            // Before the epoch (a badly set clock): the floor, as `unix_timestamp` gives it.
+            Err(before) => {
+                let before = before.duration();
+                let secs = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+                if before.subsec_nanos() == 0 { -secs } else { -secs - 1 }
+            }
+        }
     }
 }
 
@@ -157,6 +175,15 @@ mod tests {
     fn rfc3339_outside_four_digit_years_falls_back() {
         assert_eq!(rfc3339(253_402_300_800), "253402300800");
         assert_eq!(rfc3339(i64::MAX), i64::MAX.to_string());
+    }
+
+    #[test]
+    fn the_system_clock_in_seconds_agrees_with_its_calendar_time() {
+        let clock = SystemClock;
+        let before = clock.now().unix_timestamp();
+        let seconds = clock.now_unix();
+        let after = clock.now().unix_timestamp();
+        assert!(before <= seconds && seconds <= after, "{before} {seconds} {after}");
     }
 
     #[test]

@@ -31,6 +31,18 @@ const RANDOM_BYTES: usize = 32;
 /// Length of the base64url form of 32 bytes without padding.
 const ENCODED_LEN: usize = 43;
 
+/// The 6-bit value of a base64url character (RFC 4648 section 5), `None` for any other byte.
+fn base64url_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'A'..=b'Z' => Some(byte - b'A'),
+        b'a'..=b'z' => Some(byte - b'a' + 26),
+        b'0'..=b'9' => Some(byte - b'0' + 52),
+        b'-' => Some(62),
+        b'_' => Some(63),
+        _ => None,
+    }
+}
+
 /// A token in the clear: exists only between creation and the response that hands it out, or
 /// between parsing a request header and hashing it.
 pub struct PlainToken(Zeroizing<String>);
@@ -58,15 +70,17 @@ impl PlainToken {
         if body.len() != ENCODED_LEN {
             return Err(TokenFormatError);
         }
-        // Decoded on the stack (only to check it): a token is parsed on every authenticated
-        // request.
-        let mut decoded = Zeroizing::new([0u8; RANDOM_BYTES]);
-        match BASE64URL_NOPAD.decode_len(body.len()) {
-            Ok(RANDOM_BYTES) => match BASE64URL_NOPAD.decode_mut(body.as_bytes(), &mut decoded[..]) {
-                Ok(RANDOM_BYTES) => Ok(Self(Zeroizing::new(input.to_owned()))),
-                _ => Err(TokenFormatError),
-            },
-            _ => Err(TokenFormatError),
+        // Checked without decoding (a token is parsed on every authenticated request): 43
+        // characters of the base64url alphabet are 258 bits, of which the last character's two
+        // lowest must be zero for the text to be the one encoding of 32 bytes, as the decoder
+        // requires (a test holds the two equal).
+        let (last, rest) = body.as_bytes().split_last().ok_or(TokenFormatError)?;
+        let canonical = rest.iter().all(|&byte| base64url_value(byte).is_some())
+            && base64url_value(*last).is_some_and(|value| value & 0b11 == 0);
+        if canonical {
+            Ok(Self(Zeroizing::new(input.to_owned())))
+        } else {
+            Err(TokenFormatError)
         }
     }
 
@@ -110,6 +124,44 @@ impl fmt::Debug for TokenHash {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// What `parse` accepted before it stopped decoding: 43 characters that decode to 32 bytes.
+    fn decodes_to_32_bytes(body: &str) -> bool {
+        body.len() == ENCODED_LEN
+            && BASE64URL_NOPAD
+                .decode(body.as_bytes())
+                .is_ok_and(|bytes| bytes.len() == RANDOM_BYTES)
+    }
+
+    proptest! {
+        #[test]
+        fn parse_accepts_exactly_what_decodes_to_32_bytes(
+            body in "[A-Za-z0-9_+/=. -]{43}|[A-Za-z0-9_-]{42}[A-Za-z0-9_-]|[A-Za-z0-9_-]{40,45}"
+        ) {
+            let input = format!("tsr_{body}");
+            prop_assert_eq!(
+                PlainToken::parse(TokenKind::Session, &input).is_ok(),
+                decodes_to_32_bytes(&body),
+                "{}", body
+            );
+        }
+    }
+
+    #[test]
+    fn every_last_character_is_accepted_exactly_when_it_decodes() {
+        let stem = "A".repeat(ENCODED_LEN - 1);
+        for byte in 0u8..=255 {
+            let Ok(last) = std::str::from_utf8(&[byte]).map(str::to_owned) else {
+                continue;
+            };
+            let body = format!("{stem}{last}");
+            assert_eq!(
+                PlainToken::parse(TokenKind::Session, &format!("tsr_{body}")).is_ok(),
+                decodes_to_32_bytes(&body),
+                "{byte}"
+            );
+        }
+    }
 
     #[test]
     fn generated_tokens_have_prefix_length_and_parse_back() {

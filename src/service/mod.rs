@@ -325,7 +325,7 @@ impl Service {
     }
 
     pub fn now(&self) -> i64 {
-        self.clock.now().unix_timestamp()
+        self.clock.now_unix()
     }
 
     /// `GET /readyz`: can the database answer?
