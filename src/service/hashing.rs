@@ -23,8 +23,9 @@
 //!   introspection's p99 (BENCHMARKS.md, isolation). So half the threads (rounded down) are
 //!   *yielding* threads, scheduled `SCHED_IDLE` (any other thread that wakes takes their core at
 //!   once), the others *normal* ones at the lowered niceness. The pool counts the requests in
-//!   flight ([`Traffic`], entered by the HTTP edge) and its own waiting callers: while any
-//!   request that does not wait on a hash is in flight, only the yielding threads take jobs,
+//!   flight ([`Traffic`], entered by the HTTP edge) and its own waiting callers: while more
+//!   requests that do not wait on a hash are in flight than the pool has threads (so a few
+//!   logins between their database steps do not count), only the yielding threads take jobs,
 //!   and a normal thread takes a job only once it has waited [`STARVED`] (so hashing yields,
 //!   but logins never starve for long behind a saturated server). With only hashes in flight
 //!   the normal threads take jobs first and the yielding ones help when they are all busy, so
@@ -121,10 +122,12 @@ struct Shared {
 }
 
 impl Shared {
-    /// Are requests in flight that are not waiting on this pool? (A caller that gave up counts
-    /// as neither.)
+    /// Are more requests in flight that do not wait on this pool than it has threads? (A caller
+    /// that gave up counts as neither.) The margin keeps logins between their database steps,
+    /// and a request or two beside them, from counting as traffic to give way to: with fewer
+    /// such requests than threads the cores are not short.
     fn others_in_flight(&self) -> bool {
-        self.traffic.0.load(Ordering::Relaxed) > self.waiting.load(Ordering::Relaxed)
+        self.traffic.0.load(Ordering::Relaxed) > self.waiting.load(Ordering::Relaxed) + self.size
     }
 
     /// May a thread of `kind` take the first of `queue`'s jobs now?
@@ -574,6 +577,11 @@ mod tests {
         assert_eq!(most.load(Ordering::SeqCst), 2);
     }
 
+    /// `count` requests that do not hash, in flight until the guards are dropped.
+    fn others(pool: &HashingPool, count: usize) -> Vec<TrafficGuard> {
+        (0..count).map(|_| pool.traffic().enter()).collect()
+    }
+
     /// Runs `logins` jobs of 30 ms at once, each from a caller counted as a request in flight
     /// (as the HTTP edge counts a login), and returns the most that ran at the same time.
     async fn most_at_once(pool: &HashingPool, logins: usize) -> usize {
@@ -610,12 +618,16 @@ mod tests {
         // Only logins in flight: both threads hash.
         assert_eq!(most_at_once(&pool, 8).await, 2);
         assert_eq!(pool.traffic().in_flight(), 0);
-        // A request that does not hash (an introspection) is in flight: one thread at a time.
-        let other = pool.traffic().enter();
-        assert_eq!(pool.traffic().in_flight(), 1);
+        // As many requests that do not hash as threads: not enough to give way.
+        let few = others(&pool, 2);
+        assert_eq!(most_at_once(&pool, 8).await, 2);
+        // More of them (introspections) in flight: one thread at a time.
+        let other = others(&pool, 3);
+        assert_eq!(pool.traffic().in_flight(), 5);
         assert_eq!(most_at_once(&pool, 8).await, 1);
-        // Once it is done, both again.
+        // Once they are done, both again.
         drop(other);
+        drop(few);
         assert_eq!(pool.traffic().in_flight(), 0);
         assert_eq!(most_at_once(&pool, 8).await, 2);
     }
@@ -623,7 +635,7 @@ mod tests {
     #[tokio::test]
     async fn a_held_back_job_starts_when_the_other_request_ends() {
         let pool = HashingPool::with_traffic(2, 0, Traffic::default());
-        let other = pool.traffic().enter();
+        let other = others(&pool, 3);
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         // A long hash takes the one thread allowed while `other` is in flight.
@@ -648,7 +660,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!second.is_finished(), "held back while another request is in flight");
-        // The other request ends: the second thread takes the job within a few rechecks.
+        // The other requests end: the second thread takes the job within a few rechecks.
         drop(other);
         tokio::time::timeout(Duration::from_secs(10), second)
             .await
@@ -672,13 +684,13 @@ mod tests {
             let _login = pool.traffic().enter();
             assert_eq!(pool.run(policy).await.unwrap(), libc::SCHED_OTHER);
         }
-        // Beside a request that does not hash: the yielding thread, scheduled SCHED_IDLE.
-        let _other = pool.traffic().enter();
+        // Beside requests that do not hash: the yielding thread, scheduled SCHED_IDLE.
+        let _other = others(&pool, 3);
         let _login = pool.traffic().enter();
         assert_eq!(pool.run(policy).await.unwrap(), libc::SCHED_IDLE);
         // One thread: a normal thread that always takes jobs.
         let single = HashingPool::with_traffic(1, 0, Traffic::default());
-        let _other = single.traffic().enter();
+        let _other = others(&single, 3);
         let _login = single.traffic().enter();
         assert_eq!(single.run(policy).await.unwrap(), libc::SCHED_OTHER);
     }
@@ -686,7 +698,7 @@ mod tests {
     #[tokio::test]
     async fn a_starved_job_goes_to_a_normal_thread_despite_other_requests() {
         let pool = HashingPool::with_traffic(2, 0, Traffic::default());
-        let _other = pool.traffic().enter();
+        let _other = others(&pool, 3);
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         // The yielding thread is busy with a long hash.
