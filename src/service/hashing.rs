@@ -577,6 +577,26 @@ mod tests {
         assert_eq!(most.load(Ordering::SeqCst), 2);
     }
 
+    /// A login whose hash runs until the returned sender sends (or is dropped); returns once
+    /// the hash has started on a thread.
+    async fn occupy_a_thread(pool: &HashingPool) -> (mpsc::Sender<()>, tokio::task::JoinHandle<ServiceResult<()>>) {
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let long = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let _request = pool.traffic().enter();
+                pool.run(move || {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.recv();
+                })
+                .await
+            }
+        });
+        started_rx.await.unwrap();
+        (release_tx, long)
+    }
+
     /// `count` requests that do not hash, in flight until the guards are dropped.
     fn others(pool: &HashingPool, count: usize) -> Vec<TrafficGuard> {
         (0..count).map(|_| pool.traffic().enter()).collect()
@@ -636,21 +656,8 @@ mod tests {
     async fn a_held_back_job_starts_when_the_other_request_ends() {
         let pool = HashingPool::with_traffic(2, 0, Traffic::default());
         let other = others(&pool, 3);
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         // A long hash takes the one thread allowed while `other` is in flight.
-        let long = tokio::spawn({
-            let pool = pool.clone();
-            async move {
-                let _request = pool.traffic().enter();
-                pool.run(move || {
-                    let _ = started_tx.send(());
-                    let _ = release_rx.recv();
-                })
-                .await
-            }
-        });
-        started_rx.await.unwrap();
+        let (release_tx, long) = occupy_a_thread(&pool).await;
         let second = tokio::spawn({
             let pool = pool.clone();
             async move {
@@ -699,21 +706,8 @@ mod tests {
     async fn a_starved_job_goes_to_a_normal_thread_despite_other_requests() {
         let pool = HashingPool::with_traffic(2, 0, Traffic::default());
         let _other = others(&pool, 3);
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         // The yielding thread is busy with a long hash.
-        let long = tokio::spawn({
-            let pool = pool.clone();
-            async move {
-                let _request = pool.traffic().enter();
-                pool.run(move || {
-                    let _ = started_tx.send(());
-                    let _ = release_rx.recv();
-                })
-                .await
-            }
-        });
-        started_rx.await.unwrap();
+        let (release_tx, long) = occupy_a_thread(&pool).await;
         let queued = Instant::now();
         let second = tokio::spawn({
             let pool = pool.clone();
