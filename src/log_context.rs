@@ -9,6 +9,8 @@
 //! session introspection) for the rare request that logs (BENCHMARKS.md).
 //!
 //! A line logged during a request without [`in_request`] has no request id: log through it.
+//! The security events a request records take the same id ([`request_id`], read by the
+//! `http::extract::Meta` extractor).
 
 use std::future::Future;
 use std::sync::Arc;

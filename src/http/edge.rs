@@ -34,10 +34,6 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// to its ~400 KiB buffer) are answered 431 here, in the problem envelope.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
-/// The request id of the current request, for extractors and handlers.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
-
 /// Keeps an incoming id of 1..=128 visible ASCII characters; anything else is replaced.
 pub fn accept_request_id(incoming: Option<&HeaderValue>) -> Option<Arc<str>> {
     let value = incoming?.to_str().ok()?;
@@ -137,13 +133,12 @@ where
     }
 }
 
-async fn edge<S>(config: EdgeConfig, mut request: Request, mut inner: S) -> Response
+async fn edge<S>(config: EdgeConfig, request: Request, mut inner: S) -> Response
 where
     S: Service<Request, Error = Infallible>,
     S::Response: IntoResponse,
 {
     let request_id = accept_request_id(request.headers().get(&X_REQUEST_ID)).unwrap_or_else(new_request_id);
-    request.extensions_mut().insert(RequestId(request_id.clone()));
     // A clone of the URI shares its bytes (no allocation), where the path as a String did not.
     let uri = request.uri().clone();
     let path = uri.path();

@@ -3,7 +3,6 @@
 
 use super::AppState;
 use super::client_addr::client_ip;
-use super::edge::RequestId;
 use super::problem::{Problem, ProblemKind};
 use crate::service::RequestMeta;
 use crate::service::accounts::Authenticated;
@@ -246,7 +245,8 @@ impl FromRequestParts<AppState> for Meta {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.chars().filter(|c| !c.is_control()).take(512).collect());
-        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.to_string());
+        // The edge runs every request in its log context (`crate::log_context::scope`).
+        let request_id = crate::log_context::request_id().map(|id| id.to_string());
         Ok(Meta(RequestMeta {
             ip: ip.map(|ip| ip.to_string()),
             user_agent,

@@ -208,7 +208,6 @@ impl Drop for Waiting<'_> {
 /// and exit.
 struct Handle {
     shared: Arc<Shared>,
-    size: usize,
 }
 
 impl Drop for Handle {
@@ -227,7 +226,7 @@ pub struct HashingPool {
 
 impl std::fmt::Debug for HashingPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HashingPool").field("size", &self.handle.size).finish()
+        f.debug_struct("HashingPool").field("size", &self.size()).finish()
     }
 }
 
@@ -270,13 +269,13 @@ impl HashingPool {
             }
         }
         Self {
-            handle: Arc::new(Handle { shared, size }),
+            handle: Arc::new(Handle { shared }),
         }
     }
 
     /// The number of hashing threads.
     pub fn size(&self) -> usize {
-        self.handle.size
+        self.handle.shared.size
     }
 
     /// The requests in flight this pool gives way to.
