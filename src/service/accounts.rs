@@ -344,8 +344,7 @@ impl Service {
         match found {
             Some(summary)
                 if summary.created_at <= now + CLOCK_SKEW_SECS
-                    && summary.last_seen_at <= now + CLOCK_SKEW_SECS
-                    && summary.user_disabled_at.is_none() =>
+                    && summary.last_seen_at <= now + CLOCK_SKEW_SECS =>
             {
                 Ok(summary)
             }

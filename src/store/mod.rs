@@ -106,7 +106,6 @@ pub struct SessionSummary {
     pub mfa: bool,
     pub email: String,
     pub user_created_at: i64,
-    pub user_disabled_at: Option<i64>,
     /// MFA is on for the account (the same rule as [`UserRecord::mfa`] being `Some`).
     pub user_mfa_enabled: bool,
 }
@@ -339,7 +338,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<(SessionRecord, UserRecord)>>;
     /// [`Store::active_session`] for introspection: the same rules (expiry, idle limit, the
     /// once-a-minute `last_seen_at` refresh), but only the columns the answer needs; no password
-    /// hash, secret or throttle state is read.
+    /// hash, secret or throttle state is read. `None` as well when the account is disabled (its
+    /// sessions are revoked when it is, and the copy of `disabled_at` on the row is checked too).
     async fn active_session_summary(
         &self,
         token_hash: &TokenHash,

@@ -639,11 +639,13 @@ impl Store for PgStore {
         idle_secs: i64,
     ) -> StoreResult<Option<SessionSummary>> {
         // One primary-key read: the user's public facts are copied onto the session row
-        // (migration 0009). Read by position, in this order; nothing secret is selected.
+        // (migration 0009). Read by position, in this order; nothing secret is selected. A
+        // disabled account's sessions are not found (as on SQLite).
         let row = sqlx::query(
             "SELECT user_id, created_at, last_seen_at, expires_at, mfa, \
-             user_email, user_created_at, user_disabled_at, user_mfa \
-             FROM sessions WHERE token_hash = $1 AND expires_at > $2 AND last_seen_at > $3",
+             user_email, user_created_at, user_mfa \
+             FROM sessions WHERE token_hash = $1 AND expires_at > $2 AND last_seen_at > $3 \
+             AND user_disabled_at IS NULL",
         )
         .bind(token_hash.as_bytes())
         .bind(now)
@@ -661,8 +663,7 @@ impl Store for PgStore {
                 mfa: row.try_get(4)?,
                 email: row.try_get(5)?,
                 user_created_at: row.try_get(6)?,
-                user_disabled_at: row.try_get(7)?,
-                user_mfa_enabled: row.try_get(8)?,
+                user_mfa_enabled: row.try_get(7)?,
             })
         };
         let mut summary = decode(&row).map_err(map_err)?;

@@ -921,11 +921,15 @@ impl Store for SqliteStore {
         idle_secs: i64,
     ) -> StoreResult<Option<SessionSummary>> {
         // One primary-key read: the user's public facts are copied onto the session row
-        // (migration 0009). Read by position, in this order; nothing secret is selected.
+        // (migration 0009). Read by position, in this order; nothing secret is selected. Seven
+        // columns, not nine: a disabled account's sessions are not found (the WHERE clause), and
+        // the two flags travel as the bits of one integer; sqlx copies and frees every column of
+        // a row (`sqlite3_value_dup`), ~750 instructions a column (BENCHMARKS.md).
         let query = sqlx::query(
-            "SELECT user_id, created_at, last_seen_at, expires_at, mfa, \
-             user_email, user_created_at, user_disabled_at, user_mfa \
-             FROM sessions WHERE token_hash = ? AND expires_at > ? AND last_seen_at > ?",
+            "SELECT user_id, user_email, created_at, last_seen_at, expires_at, user_created_at, \
+             (mfa <> 0) + 2 * (user_mfa <> 0) \
+             FROM sessions WHERE token_hash = ? AND expires_at > ? AND last_seen_at > ? \
+             AND user_disabled_at IS NULL",
         )
         // Owned: a borrowed slice is copied once when bound and again for the worker thread.
         .bind(token_hash.as_bytes().to_vec())
@@ -934,16 +938,16 @@ impl Store for SqliteStore {
         let row = self.fetch_hot(query).await.map_err(map_err)?;
         let Some(row) = row else { return Ok(None) };
         let decode = |row: &SqliteRow| -> Result<SessionSummary, sqlx::Error> {
+            let flags: i64 = row.try_get(6)?;
             Ok(SessionSummary {
                 user_id: row.try_get(0)?,
-                created_at: row.try_get(1)?,
-                last_seen_at: row.try_get(2)?,
-                expires_at: row.try_get(3)?,
-                mfa: row.try_get::<i64, _>(4)? != 0,
-                email: row.try_get(5)?,
-                user_created_at: row.try_get(6)?,
-                user_disabled_at: row.try_get(7)?,
-                user_mfa_enabled: row.try_get::<i64, _>(8)? != 0,
+                email: row.try_get(1)?,
+                created_at: row.try_get(2)?,
+                last_seen_at: row.try_get(3)?,
+                expires_at: row.try_get(4)?,
+                user_created_at: row.try_get(5)?,
+                mfa: flags & 1 != 0,
+                user_mfa_enabled: flags & 2 != 0,
             })
         };
         let mut summary = decode(&row).map_err(map_err)?;

@@ -308,7 +308,6 @@ mod tests {
                 mfa: index % 2 == 0,
                 email: (*email).to_owned(),
                 user_created_at: times[(index + 2) % times.len()],
-                user_disabled_at: None,
                 user_mfa_enabled: index % 3 == 0,
             };
             let idle = times[(index + 3) % times.len()];
