@@ -104,11 +104,38 @@ fn rfc3339_four_digit_year(unix_seconds: i64) -> Option<[u8; 20]> {
     if !(FIRST..=LAST).contains(&unix_seconds) {
         return None;
     }
+    let days = unix_seconds.div_euclid(86_400);
+    let second_of_day = unix_seconds.rem_euclid(86_400);
+    let mut out = *b"0000-00-00T00:00:00Z";
+    // The date of the last few days written, per thread: an introspection writes five times
+    // that fall on two or three days, and the calendar arithmetic is most of the work.
+    thread_local! {
+        static DATES: [std::cell::Cell<(i64, [u8; 10])>; 4] =
+            const { [const { std::cell::Cell::new((i64::MIN, [0; 10])) }; 4] };
+    }
+    let slot = usize::try_from(days.rem_euclid(4)).unwrap_or(0);
+    DATES.with(|dates| {
+        let (known, date) = dates[slot].get();
+        if known == days {
+            out[..10].copy_from_slice(&date);
+        } else {
+            date_of_day(days, &mut out);
+            let mut date = [0; 10];
+            date.copy_from_slice(&out[..10]);
+            dates[slot].set((days, date));
+        }
+    });
+    pair(second_of_day / 3_600, &mut out[11..]);
+    pair(second_of_day / 60 % 60, &mut out[14..]);
+    pair(second_of_day % 60, &mut out[17..]);
+    Some(out)
+}
+
+/// Writes `YYYY-MM-DD` of the day `days` after 1970-01-01 (years 0 to 9999) into `out[..10]`.
+fn date_of_day(days: i64, out: &mut [u8; 20]) {
     // The proleptic Gregorian date of a day number by whole 400-year eras (Howard Hinnant's
     // `civil_from_days`): a few integer operations, where the calendar types cost ~600
     // instructions a call, five calls an introspection (BENCHMARKS.md).
-    let days = unix_seconds.div_euclid(86_400);
-    let second_of_day = unix_seconds.rem_euclid(86_400);
     let z = days + 719_468; // days since 0000-03-01
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
@@ -122,25 +149,22 @@ fn rfc3339_four_digit_year(unix_seconds: i64) -> Option<[u8; 20]> {
         shifted_month - 9
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    // Two digits at a time from a table (every part is below 10,000).
+    // Two digits at a time (every part is below 10,000).
+    pair(year / 100, &mut out[0..]);
+    pair(year, &mut out[2..]);
+    pair(month, &mut out[5..]);
+    pair(day, &mut out[8..]);
+}
+
+/// Two decimal digits of `value % 100` into `out[..2]`, from a table.
+fn pair(value: i64, out: &mut [u8]) {
     const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
         2021222324252627282930313233343536373839\
         4041424344454647484950515253545556575859\
         6061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
-    let pair = |value: i64, out: &mut [u8]| {
-        let at = usize::try_from(value % 100).unwrap_or(0) * 2;
-        out[..2].copy_from_slice(&PAIRS[at..at + 2]);
-    };
-    let mut out = *b"0000-00-00T00:00:00Z";
-    pair(year / 100, &mut out[0..]);
-    pair(year, &mut out[2..]);
-    pair(month, &mut out[5..]);
-    pair(day, &mut out[8..]);
-    pair(second_of_day / 3_600, &mut out[11..]);
-    pair(second_of_day / 60 % 60, &mut out[14..]);
-    pair(second_of_day % 60, &mut out[17..]);
-    Some(out)
+    let at = usize::try_from(value % 100).unwrap_or(0) * 2;
+    out[..2].copy_from_slice(&PAIRS[at..at + 2]);
 }
 
 #[cfg(test)]
@@ -169,6 +193,25 @@ mod tests {
             t += 7_919_993;
         }
         assert_eq!(rfc3339(1_800_000_000), "2027-01-15T08:00:00Z");
+    }
+
+    #[test]
+    fn rfc3339_of_days_that_share_a_remembered_slot() {
+        // Days four apart share a slot of the per-thread memo of dates: each must be written
+        // with its own date, in any order, and again after the other.
+        let base = 1_800_000_000;
+        for t in [
+            base,
+            base + 4 * 86_400,
+            base,
+            base + 86_400,
+            base + 8 * 86_400 + 59,
+            base + 3_599,
+            -86_400,
+            -4 * 86_400 - 1,
+        ] {
+            assert_eq!(rfc3339(t), reference(t), "{t}");
+        }
     }
 
     #[test]

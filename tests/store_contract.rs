@@ -345,7 +345,15 @@ async fn the_lean_session_lookup_follows_the_rules_of_the_full_one() {
             .insert_session(&session("zed", 77, false), &event("zed", "login_succeeded", NOW))
             .await
             .unwrap();
-        assert!(backend.b.active_session_summary(&token(77), NOW, 1800).await.unwrap().is_some(), "{name}");
+        assert!(
+            backend
+                .b
+                .active_session_summary(&token(77), NOW, 1800)
+                .await
+                .unwrap()
+                .is_some(),
+            "{name}"
+        );
         let mark = "UPDATE sessions SET user_disabled_at = 1800000000 WHERE user_id = 'zed'";
         match (&backend._dir, &backend._database) {
             (Some(dir), _) => {

@@ -343,8 +343,7 @@ impl Service {
         let now = self.now();
         match found {
             Some(summary)
-                if summary.created_at <= now + CLOCK_SKEW_SECS
-                    && summary.last_seen_at <= now + CLOCK_SKEW_SECS =>
+                if summary.created_at <= now + CLOCK_SKEW_SECS && summary.last_seen_at <= now + CLOCK_SKEW_SECS =>
             {
                 Ok(summary)
             }
