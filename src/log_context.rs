@@ -12,27 +12,35 @@
 //! The security events a request records take the same id ([`request_id`], read by the
 //! `http::extract::Meta` extractor).
 
+use axum::http::HeaderValue;
 use std::future::Future;
-use std::sync::Arc;
 
 tokio::task_local! {
-    static REQUEST_ID: Arc<str>;
+    /// Kept as the header value it is answered with (the edge checks it is visible ASCII).
+    static REQUEST_ID: HeaderValue;
 }
 
-/// Runs `future` as the request `request_id`.
-pub async fn scope<F: Future>(request_id: Arc<str>, future: F) -> F::Output {
-    REQUEST_ID.scope(request_id, future).await
+/// Runs `future` as the request `request_id`; gives the id back with the output, for the
+/// response header (the same value, neither copied nor shared).
+pub async fn scope<F: Future>(request_id: HeaderValue, future: F) -> (F::Output, Option<HeaderValue>) {
+    let mut scoped = std::pin::pin!(REQUEST_ID.scope(request_id, future));
+    let output = scoped.as_mut().await;
+    (output, scoped.as_mut().take_value())
 }
 
 /// The id of the request being served on this task, if any.
-pub fn request_id() -> Option<Arc<str>> {
-    REQUEST_ID.try_with(Arc::clone).ok()
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(|id| text(id).to_owned()).ok()
+}
+
+fn text(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("")
 }
 
 /// Runs `log` (a `tracing` macro) inside the span of the current request: the line carries its
 /// request id. Outside a request it runs as is.
 pub fn in_request<T>(log: impl FnOnce() -> T) -> T {
-    match REQUEST_ID.try_with(|id| tracing::info_span!("request", request_id = %id)) {
+    match REQUEST_ID.try_with(|id| tracing::info_span!("request", request_id = %text(id))) {
         Ok(span) => span.in_scope(log),
         Err(_) => log(),
     }
@@ -45,12 +53,13 @@ mod tests {
     #[tokio::test]
     async fn the_request_id_is_known_inside_the_scope_only() {
         assert_eq!(request_id(), None);
-        let inside = scope(Arc::from("req-1"), async {
+        let (inside, given_back) = scope(HeaderValue::from_static("req-1"), async {
             tokio::task::yield_now().await;
             request_id()
         })
         .await;
         assert_eq!(inside.as_deref(), Some("req-1"));
+        assert_eq!(given_back, Some(HeaderValue::from_static("req-1")));
         assert_eq!(request_id(), None);
         assert_eq!(in_request(|| 7), 7);
     }

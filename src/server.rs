@@ -10,7 +10,6 @@ use crate::service::{Service, ServiceError};
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
-use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -317,23 +316,20 @@ pub async fn run(
         };
         let service = router
             .clone()
-            .map_request(move |request: axum::extract::Request<Incoming>| {
-                let mut request = request.map(axum::body::Body::new);
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            });
+            .map_request(|request: axum::extract::Request<Incoming>| request.map(axum::body::Body::new));
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        // The client's address travels with the connection's task (`http::extract::peer_ip`).
+        tokio::spawn(http::extract::with_peer(peer, async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
             drop(client_slot);
             drop(permit);
-        });
+        }));
     }
     drop(listener);
     graceful.shutdown().await;

@@ -66,6 +66,18 @@ impl PlainToken {
 
     /// Accepts exactly `prefix + 43 base64url characters` that decode to 32 bytes.
     pub fn parse(kind: TokenKind, input: &str) -> Result<Self, TokenFormatError> {
+        Self::check(kind, input)?;
+        Ok(Self(Zeroizing::new(input.to_owned())))
+    }
+
+    /// [`PlainToken::parse`] then [`PlainToken::hash`], without copying the token: what a
+    /// lookup by token needs (every authenticated request).
+    pub fn parse_hash(kind: TokenKind, input: &str) -> Result<TokenHash, TokenFormatError> {
+        Self::check(kind, input)?;
+        Ok(TokenHash(Sha256::digest(input.as_bytes()).into()))
+    }
+
+    fn check(kind: TokenKind, input: &str) -> Result<(), TokenFormatError> {
         let body = input.strip_prefix(kind.prefix()).ok_or(TokenFormatError)?;
         if body.len() != ENCODED_LEN {
             return Err(TokenFormatError);
@@ -77,11 +89,7 @@ impl PlainToken {
         let (last, rest) = body.as_bytes().split_last().ok_or(TokenFormatError)?;
         let canonical = rest.iter().all(|&byte| base64url_value(byte).is_some())
             && base64url_value(*last).is_some_and(|value| value & 0b11 == 0);
-        if canonical {
-            Ok(Self(Zeroizing::new(input.to_owned())))
-        } else {
-            Err(TokenFormatError)
-        }
+        if canonical { Ok(()) } else { Err(TokenFormatError) }
     }
 
     pub fn expose(&self) -> &str {
@@ -170,6 +178,10 @@ mod tests {
         assert_eq!(token.expose().len(), 4 + ENCODED_LEN);
         let parsed = PlainToken::parse(TokenKind::Session, token.expose()).unwrap();
         assert_eq!(parsed.hash(), token.hash());
+        assert_eq!(
+            PlainToken::parse_hash(TokenKind::Session, token.expose()),
+            Ok(token.hash())
+        );
         assert_ne!(PlainToken::generate(TokenKind::Session).hash(), token.hash());
     }
 
@@ -199,10 +211,14 @@ mod tests {
     proptest! {
         #[test]
         fn parse_never_panics_and_only_accepts_the_exact_shape(input in "\\PC{0,80}") {
+            let hashed = PlainToken::parse_hash(TokenKind::Session, &input);
             if let Ok(token) = PlainToken::parse(TokenKind::Session, &input) {
                 prop_assert!(input.starts_with("tsr_"));
                 prop_assert_eq!(input.len(), 47);
                 prop_assert_eq!(token.expose(), input.as_str());
+                prop_assert_eq!(hashed.ok(), Some(token.hash()));
+            } else {
+                prop_assert!(hashed.is_err());
             }
         }
 

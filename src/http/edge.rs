@@ -23,7 +23,6 @@ use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower::{Layer, Service};
@@ -35,16 +34,17 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Keeps an incoming id of 1..=128 visible ASCII characters; anything else is replaced.
-pub fn accept_request_id(incoming: Option<&HeaderValue>) -> Option<Arc<str>> {
-    let value = incoming?.to_str().ok()?;
-    let valid = (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic());
-    valid.then(|| Arc::from(value))
+pub fn accept_request_id(incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let value = incoming?;
+    let bytes = value.as_bytes();
+    let valid = (1..=128).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic);
+    valid.then(|| value.clone())
 }
 
 /// A fresh request id: a UUIDv7 (time-ordered) whose random bits come from the thread's
 /// generator. `Uuid::now_v7` reads the operating system's generator, one `getrandom` system call
 /// per request (BENCHMARKS.md); a request id is a label for logs, not a secret.
-pub fn new_request_id() -> Arc<str> {
+pub fn new_request_id() -> HeaderValue {
     let mut random = [0u8; 10];
     rand::fill(&mut random[..]);
     let millis = std::time::SystemTime::now()
@@ -52,7 +52,9 @@ pub fn new_request_id() -> Arc<str> {
         .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
     let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    Arc::from(&*id.hyphenated().encode_lower(&mut text))
+    let text = id.hyphenated().encode_lower(&mut text);
+    // Hex digits and hyphens: always a valid header value.
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("request"))
 }
 
 /// Settings of the edge.
@@ -146,7 +148,6 @@ where
     // `crate::log_context`). Method and path go on the lines that need them: the access line
     // and the timeout warning.
     let method = request.method().clone();
-    let scoped_id = request_id.clone();
     let work = async move {
         // Read only for the access line (a clock read per request otherwise).
         let started = config.access_log.then(Instant::now);
@@ -188,11 +189,8 @@ where
                 .into_response()
             }
         };
-        render_problem(&mut response, path, &request_id);
+        render_problem(&mut response, path);
         protect(&mut response, path);
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-        }
         if config.access_log {
             in_request(|| {
                 tracing::info!(
@@ -206,7 +204,12 @@ where
         }
         response
     };
-    crate::log_context::scope(scoped_id, work).await
+    // The id comes back from the log context as the response header: one value per request.
+    let (mut response, request_id) = crate::log_context::scope(request_id, work).await;
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.unwrap_or_else(new_request_id));
+    response
 }
 
 fn is_problem_json(response: &Response) -> bool {
@@ -235,7 +238,8 @@ fn protect(response: &mut Response, path: &str) {
     }
 }
 
-fn render_problem(response: &mut Response, instance: &str, request_id: &str) {
+/// Inside the request's log context: the problem body carries its request id.
+fn render_problem(response: &mut Response, instance: &str) {
     let problem = match response.extensions_mut().remove::<Problem>() {
         Some(problem) => problem,
         None if response.status().as_u16() >= 400 && !is_problem_json(response) => {
@@ -243,7 +247,8 @@ fn render_problem(response: &mut Response, instance: &str, request_id: &str) {
         }
         None => return,
     };
-    let body = problem.body(instance, request_id);
+    let request_id = crate::log_context::request_id().unwrap_or_default();
+    let body = problem.body(instance, &request_id);
     let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
     *response.status_mut() = problem.kind.status();
     let headers = response.headers_mut();
@@ -277,13 +282,14 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        let ids: Vec<Arc<str>> = (0..1000).map(|_| new_request_id()).collect();
-        let distinct: std::collections::HashSet<&str> = ids.iter().map(|id| &**id).collect();
+        let ids: Vec<HeaderValue> = (0..1000).map(|_| new_request_id()).collect();
+        let ids: Vec<&str> = ids.iter().map(|id| id.to_str().unwrap()).collect();
+        let distinct: std::collections::HashSet<&str> = ids.iter().copied().collect();
         assert_eq!(distinct.len(), ids.len());
-        for id in &ids {
+        for &id in &ids {
             let parsed = uuid::Uuid::parse_str(id).unwrap();
             assert_eq!(parsed.get_version_num(), 7, "{id}");
-            assert_eq!(&**id, parsed.hyphenated().to_string(), "lower-case, hyphenated");
+            assert_eq!(id, parsed.hyphenated().to_string(), "lower-case, hyphenated");
             let (seconds, nanos) = parsed.get_timestamp().unwrap().to_unix();
             let millis = seconds * 1000 + u64::from(nanos) / 1_000_000;
             assert!(
@@ -295,7 +301,9 @@ mod tests {
 
     #[test]
     fn request_ids_of_1_to_128_visible_ascii_are_kept() {
-        let keep = |s: &str| accept_request_id(Some(&HeaderValue::from_str(s).unwrap()));
+        let keep = |s: &str| {
+            accept_request_id(Some(&HeaderValue::from_str(s).unwrap())).map(|id| id.to_str().unwrap().to_owned())
+        };
         assert_eq!(keep("abc-123").as_deref(), Some("abc-123"));
         assert_eq!(keep(&"x".repeat(128)).as_deref(), Some("x".repeat(128).as_str()));
         assert_eq!(keep(&"x".repeat(129)), None);
@@ -310,7 +318,8 @@ mod tests {
             let accepted = HeaderValue::from_bytes(&bytes).ok().and_then(|value| accept_request_id(Some(&value)));
             if let Some(id) = accepted {
                 prop_assert!(!id.is_empty() && id.len() <= 128);
-                prop_assert!(id.bytes().all(|b| b.is_ascii_graphic()));
+                prop_assert!(id.as_bytes().iter().all(u8::is_ascii_graphic));
+                prop_assert!(id.to_str().is_ok());
             }
         }
     }

@@ -138,16 +138,17 @@ pub enum TokenSource {
 /// A request authenticated by a live session.
 pub struct Auth(pub Authenticated);
 
-fn bearer_token(headers: &HeaderMap) -> Option<Result<String, ()>> {
+/// The token of an `Authorization: Bearer` header, borrowed from the header (no copy).
+fn bearer_token(headers: &HeaderMap) -> Option<Result<&str, ()>> {
     let value = headers.get(header::AUTHORIZATION)?;
     let parsed = value.to_str().ok().and_then(|text| {
         let (scheme, token) = text.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
     Some(parsed.ok_or(()))
 }
 
-pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -155,7 +156,7 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_owned())
+        .map(|(_, value)| value)
 }
 
 /// A cookie-authenticated state-changing request must come from our own origin: the browser
@@ -187,7 +188,7 @@ impl FromRequestParts<AppState> for Auth {
             super::rate_limit::take_token(parts, state)?;
         }
         let (token, source) = request_token(&parts.headers)?;
-        let authenticated = state.service.authenticate(&token).await?;
+        let authenticated = state.service.authenticate(token).await?;
         if source == TokenSource::Cookie && !safe && !same_origin(&parts.headers) {
             return Err(Problem::new(
                 ProblemKind::CrossSiteRequest,
@@ -199,7 +200,7 @@ impl FromRequestParts<AppState> for Auth {
 }
 
 /// The session token of a request: the bearer token, else the session cookie.
-fn request_token(headers: &HeaderMap) -> Result<(String, TokenSource), Problem> {
+fn request_token(headers: &HeaderMap) -> Result<(&str, TokenSource), Problem> {
     match bearer_token(headers) {
         Some(Ok(token)) => Ok((token, TokenSource::Bearer)),
         Some(Err(())) => Err(crate::service::ServiceError::Unauthenticated.into()),
@@ -221,15 +222,31 @@ impl FromRequestParts<AppState> for SessionAuth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let (token, _) = request_token(&parts.headers)?;
-        Ok(SessionAuth(state.service.introspect(&token).await?))
+        Ok(SessionAuth(state.service.introspect(token).await?))
     }
 }
 
+tokio::task_local! {
+    /// The client address of the connection whose task this is (see [`with_peer`]).
+    static PEER: SocketAddr;
+}
+
+/// Runs a connection's future (every request it serves is handled on its task) with its
+/// client's address at hand for [`peer_ip`]: set once per connection, where a `ConnectInfo`
+/// request extension cost every request an allocation and a map insertion (BENCHMARKS.md).
+pub async fn with_peer<F: std::future::Future>(peer: SocketAddr, connection: F) -> F::Output {
+    PEER.scope(peer, connection).await
+}
+
+/// The client address of the connection: from [`with_peer`], or from a `ConnectInfo` request
+/// extension (axum's own way, for a router served by other means).
 pub fn peer_ip(parts: &Parts) -> Option<IpAddr> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip())
+    PEER.try_with(SocketAddr::ip).ok().or_else(|| {
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip())
+    })
 }
 
 /// Audit metadata of a request: client address, user agent, request id. Never rejects.
@@ -246,7 +263,7 @@ impl FromRequestParts<AppState> for Meta {
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.chars().filter(|c| !c.is_control()).take(512).collect());
         // The edge runs every request in its log context (`crate::log_context::scope`).
-        let request_id = crate::log_context::request_id().map(|id| id.to_string());
+        let request_id = crate::log_context::request_id();
         Ok(Meta(RequestMeta {
             ip: ip.map(|ip| ip.to_string()),
             user_agent,

@@ -312,10 +312,11 @@ impl Service {
 
     /// Resolves a bearer token to its live session (the hot path of every host application).
     pub async fn authenticate(&self, token: &str) -> ServiceResult<Authenticated> {
-        let token = PlainToken::parse(TokenKind::Session, token).map_err(|_| ServiceError::Unauthenticated)?;
+        let token_hash =
+            PlainToken::parse_hash(TokenKind::Session, token).map_err(|_| ServiceError::Unauthenticated)?;
         let found = self
             .store
-            .active_session(&token.hash(), self.now(), self.config.session_idle_secs)
+            .active_session(&token_hash, self.now(), self.config.session_idle_secs)
             .await?;
         let now = self.now();
         match found {
@@ -335,10 +336,11 @@ impl Service {
     /// (expiry, idle limit, clock skew, disabled accounts) on a lean read of only what the
     /// answer shows.
     pub async fn introspect(&self, token: &str) -> ServiceResult<SessionSummary> {
-        let token = PlainToken::parse(TokenKind::Session, token).map_err(|_| ServiceError::Unauthenticated)?;
+        let token_hash =
+            PlainToken::parse_hash(TokenKind::Session, token).map_err(|_| ServiceError::Unauthenticated)?;
         let found = self
             .store
-            .active_session_summary(&token.hash(), self.now(), self.config.session_idle_secs)
+            .active_session_summary(&token_hash, self.now(), self.config.session_idle_secs)
             .await?;
         let now = self.now();
         match found {
