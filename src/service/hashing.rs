@@ -340,8 +340,6 @@ fn worker(shared: &Shared, kind: Kind, nice: i32) {
     lower_priority(nice);
     if kind == Kind::Yielding {
         schedule_idle();
-    } else {
-        shorten_slice();
     }
     let mut memory = WorkerMemory::default();
     loop {
@@ -438,79 +436,6 @@ fn lower_priority(nice: i32) {
             );
         }
     }
-}
-
-/// The time slice a normal hashing thread asks for: the shortest Linux grants (0.1 ms).
-pub const SLICE_NS: u64 = 100_000;
-
-/// `struct sched_attr` of `sched_setattr(2)` / `sched_getattr(2)` (the first 48 bytes: the
-/// kernel accepts this size).
-#[cfg(target_os = "linux")]
-#[repr(C)]
-#[derive(Debug, Default)]
-struct SchedAttr {
-    size: u32,
-    policy: u32,
-    flags: u64,
-    nice: i32,
-    priority: u32,
-    runtime: u64,
-    deadline: u64,
-    period: u64,
-}
-
-/// Asks for a [`SLICE_NS`] time slice for the calling thread, keeping its policy and niceness
-/// (Linux 6.12+: EEVDF's custom slice, `sched_runtime` of a `SCHED_OTHER` thread). A thread
-/// that wakes on a core where a niced thread runs does not preempt it at once: the running
-/// thread keeps the core until its slice is used (0.75 ms by default, scaled up with the number
-/// of cores), and a session lookup waited that long behind a normal hashing thread during a
-/// login flood (BENCHMARKS.md, isolation). Needs no privilege. Older kernels ignore the value
-/// or refuse it; either way the thread hashes as before, so a failure is logged at debug only.
-fn shorten_slice() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: plain system calls on the calling thread's own id; `attr` outlives the call
-        // and its size field tells the kernel how much of it to read.
-        let result = unsafe {
-            *libc::__errno_location() = 0;
-            let nice = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
-            if nice == -1 && *libc::__errno_location() != 0 {
-                -1
-            } else {
-                let attr = SchedAttr {
-                    size: std::mem::size_of::<SchedAttr>() as u32,
-                    policy: libc::SCHED_OTHER as u32,
-                    nice,
-                    runtime: SLICE_NS,
-                    ..SchedAttr::default()
-                };
-                libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0)
-            }
-        };
-        if result != 0 {
-            tracing::debug!(
-                error = %std::io::Error::last_os_error(),
-                "could not shorten the time slice of a password hashing thread"
-            );
-        }
-    }
-}
-
-/// The calling thread's `sched_runtime` (its time slice on Linux 6.12+), for tests.
-#[cfg(all(test, target_os = "linux"))]
-fn own_slice() -> Option<u64> {
-    let mut attr = SchedAttr::default();
-    // SAFETY: the kernel writes at most `size` (48) bytes into `attr`.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getattr,
-            0,
-            &mut attr as *mut SchedAttr,
-            std::mem::size_of::<SchedAttr>() as u32,
-            0,
-        )
-    };
-    (result == 0).then_some(attr.runtime)
 }
 
 /// Moves the calling thread to `SCHED_IDLE`: it runs when its core has nothing else to run, and
@@ -774,28 +699,6 @@ mod tests {
         let _other = others(&single, 3);
         let _login = single.traffic().enter();
         assert_eq!(single.run(policy).await.unwrap(), libc::SCHED_OTHER);
-    }
-
-    #[test]
-    fn normal_threads_ask_for_the_shortest_time_slice() {
-        let pool = HashingPool::with_traffic(2, 0, Traffic::default());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let hashing_thread = runtime.block_on(async {
-            let _login = pool.traffic().enter();
-            pool.run(own_slice).await.unwrap()
-        });
-        // Kernels with EEVDF's custom slices (6.12+) report every fair thread's slice (this
-        // one's is the default); older ones report none and ignore the request.
-        match own_slice() {
-            Some(default) if default > 0 => {
-                assert_ne!(default, SLICE_NS, "the test thread keeps the default slice");
-                assert_eq!(hashing_thread, Some(SLICE_NS));
-            }
-            _ => assert!(matches!(hashing_thread, Some(0) | None), "{hashing_thread:?}"),
-        }
     }
 
     #[tokio::test]
