@@ -377,6 +377,51 @@ async fn the_lean_session_lookup_follows_the_rules_of_the_full_one() {
     }
 }
 
+/// The limits at their exact boundaries, the same for the lean lookup and the full one: a
+/// session is live while `expires_at > now` and `last_seen_at > now - idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_session_lookups_end_a_session_exactly_at_its_limits() {
+    let _shared = CLUSTER.read().await;
+    for backend in backends().await {
+        let name = backend.name;
+        let store = backend.b.as_ref();
+        user(backend.a.as_ref(), "ida").await;
+        // Each session seen at NOW, expiring at NOW + 3600 (a session per check: a hit a
+        // minute or more after it was last seen refreshes `last_seen_at`).
+        for n in 5..=8 {
+            backend
+                .a
+                .insert_session(&session("ida", n, false), &event("ida", "login_succeeded", NOW))
+                .await
+                .unwrap();
+        }
+        let lean = |n: u8, at: i64, idle: i64| async move {
+            store
+                .active_session_summary(&token(n), at, idle)
+                .await
+                .unwrap()
+                .is_some()
+        };
+        let full = |n: u8, at: i64, idle: i64| async move {
+            store.active_session(&token(n), at, idle).await.unwrap().is_some()
+        };
+        // Idle limit 1800 s: over exactly 1800 s after it was last seen, live a second before.
+        assert!(
+            !lean(5, NOW + 1800, 1800).await && !full(5, NOW + 1800, 1800).await,
+            "{name}"
+        );
+        assert!(lean(6, NOW + 1799, 1800).await, "{name}");
+        assert!(full(6, NOW + 1799, 1800).await, "{name}");
+        // Absolute limit (a longer idle limit): over at NOW + 3600, live a second before.
+        assert!(
+            !lean(7, NOW + 3600, 7200).await && !full(7, NOW + 3600, 7200).await,
+            "{name}"
+        );
+        assert!(lean(8, NOW + 3599, 7200).await, "{name}");
+        assert!(full(8, NOW + 3599, 7200).await, "{name}");
+    }
+}
+
 /// Introspection reads the user's public facts from the session row (migration 0009): every
 /// change of the user row that alters one must reach every session of the user, in the same
 /// transaction, and agree with the full lookup (which reads the user row itself).
