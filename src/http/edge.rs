@@ -1,11 +1,12 @@
 //! The outermost middleware: request ids, the request timeout, the access log, and the
 //! rendering of every error response into the problem envelope.
 //!
-//! Order of work for each request: take or make the request id, open the tracing span that
-//! carries it (so every log line of the request has it), run the rest of the stack under the
-//! timeout, then render: a [`Problem`] left in the response extensions becomes the envelope, and
-//! any other error status (404, 405, 413 from the body limit, the 500 of a caught panic) becomes
-//! the generic problem for that status. Every response carries `X-Request-Id`.
+//! Order of work for each request: take or make the request id and keep it in the log context
+//! (`crate::log_context`: every line logged during the request carries it), run the rest of the
+//! stack under the timeout, then render: a [`Problem`] left in the response extensions becomes
+//! the envelope, and any other error status (404, 405, 413 from the body limit, the 500 of a
+//! caught panic) becomes the generic problem for that status. Every response carries
+//! `X-Request-Id`.
 //!
 //! It also sets what a client or intermediary may keep and how it may read a response
 //! ([`protect`]): `/api` answers are never cached (they carry tokens, TOTP secrets and backup
