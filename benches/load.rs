@@ -911,6 +911,13 @@ async fn drive(load: Load) -> Outcome {
     total
 }
 
+/// The median of per-round values, and the values in round order as printed ("0.98, 1.04, ...").
+fn median_and_list(mut values: Vec<f64>) -> (f64, String) {
+    let listed = values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ");
+    values.sort_by(|a, b| a.total_cmp(b));
+    (values[values.len() / 2], listed)
+}
+
 /// Several runs of one workload as one: counts and durations added, latencies pooled.
 fn merge(outcomes: impl Iterator<Item = Outcome>) -> Outcome {
     let mut total = Outcome::default();
@@ -1128,12 +1135,7 @@ async fn run(options: Options) -> Result<(), String> {
     drop(server_on);
     let touches_began = now_unix() - seeded_at >= tessera::service::accounts::CLOCK_SKEW_SECS + 60;
     let merged = |slot: usize| merge(rounds.iter().map(|round| round[slot].clone()));
-    let per_round = |f: &dyn Fn(&[Outcome; 5]) -> f64| -> (f64, String) {
-        let mut values: Vec<f64> = rounds.iter().map(f).collect();
-        let listed = values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ");
-        values.sort_by(|a, b| a.total_cmp(b));
-        (values[values.len() / 2], listed)
-    };
+    let per_round = |f: &dyn Fn(&[Outcome; 5]) -> f64| median_and_list(rounds.iter().map(f).collect());
     let (intro_vs_read, intro_vs_read_rounds) = per_round(&|r| ratio(r[2].rate(), r[1].rate()));
     let (intro_p99_vs_read, intro_p99_rounds) =
         per_round(&|r| ratio(r[2].percentile_ms(99.0), r[1].percentile_ms(99.0)));
@@ -1202,12 +1204,8 @@ async fn run(options: Options) -> Result<(), String> {
     }
     let bare_write_outcome = merge(writes.iter().map(|round| round[0].clone()));
     let mfa = merge(writes.iter().map(|round| round[1].clone()));
-    let (mfa_vs_write, mfa_vs_write_rounds) = {
-        let mut values: Vec<f64> = writes.iter().map(|r| ratio(r[1].rate(), r[0].rate())).collect();
-        let listed = values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ");
-        values.sort_by(|a, b| a.total_cmp(b));
-        (values[values.len() / 2], listed)
-    };
+    let (mfa_vs_write, mfa_vs_write_rounds) =
+        median_and_list(writes.iter().map(|r| ratio(r[1].rate(), r[0].rate())).collect());
 
     // Password logins (argon2 bound), on users the other workloads do not write.
     let login = |address: SocketAddr| -> MakeRequest {
@@ -1355,15 +1353,12 @@ async fn run(options: Options) -> Result<(), String> {
         ),
         outcome: logins,
     });
-    let (isolation, isolation_windows) = {
-        let mut values: Vec<f64> = windows
+    let (isolation, isolation_windows) = median_and_list(
+        windows
             .iter()
             .map(|window| ratio(window.percentile_ms(99.0), intro_p99))
-            .collect();
-        let listed = values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ");
-        values.sort_by(|a, b| a.total_cmp(b));
-        (values[values.len() / 2], listed)
-    };
+            .collect(),
+    );
     rows.push(Row {
         workload: "session introspection during a login flood".into(),
         versus: format!(

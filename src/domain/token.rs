@@ -74,7 +74,7 @@ impl PlainToken {
     /// lookup by token needs (every authenticated request).
     pub fn parse_hash(kind: TokenKind, input: &str) -> Result<TokenHash, TokenFormatError> {
         Self::check(kind, input)?;
-        Ok(TokenHash(Sha256::digest(input.as_bytes()).into()))
+        Ok(TokenHash::of(input))
     }
 
     fn check(kind: TokenKind, input: &str) -> Result<(), TokenFormatError> {
@@ -97,7 +97,7 @@ impl PlainToken {
     }
 
     pub fn hash(&self) -> TokenHash {
-        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+        TokenHash::of(&self.0)
     }
 }
 
@@ -112,6 +112,11 @@ impl fmt::Debug for PlainToken {
 pub struct TokenHash(pub [u8; 32]);
 
 impl TokenHash {
+    /// SHA-256 of a token's whole text.
+    fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }

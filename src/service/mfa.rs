@@ -538,9 +538,10 @@ impl Service {
         meta: &RequestMeta,
     ) -> ServiceResult<IssuedSession> {
         let factor = SecondFactorInput::parse("code", code)?;
-        let token = PlainToken::parse(TokenKind::MfaChallenge, mfa_token).map_err(|_| ServiceError::InvalidMfaToken)?;
+        let token_hash =
+            PlainToken::parse_hash(TokenKind::MfaChallenge, mfa_token).map_err(|_| ServiceError::InvalidMfaToken)?;
         let now = self.now();
-        let user = match self.store.challenge_user_record(&token.hash(), now).await? {
+        let user = match self.store.challenge_user_record(&token_hash, now).await? {
             Some(user) if user.mfa.is_some() => user,
             _ => return Err(ServiceError::InvalidMfaToken),
         };
@@ -557,7 +558,7 @@ impl Service {
                 self.checkpoint("second_factor").await;
                 match self
                     .store
-                    .complete_challenge_with_totp(&token.hash(), step, SECOND_FACTOR_LOCKS, &record, &event)
+                    .complete_challenge_with_totp(&token_hash, step, SECOND_FACTOR_LOCKS, &record, &event)
                     .await?
                 {
                     TotpCompletion::Completed => {
@@ -596,7 +597,7 @@ impl Service {
         self.checkpoint("second_factor").await;
         match self
             .store
-            .complete_challenge(&token.hash(), proof, &record, &event)
+            .complete_challenge(&token_hash, proof, &record, &event)
             .await?
         {
             Consumed::Yes => {
